@@ -1,0 +1,30 @@
+"""statepost: post-training as (state source, signal) pairs, as a Snakemake DAG.
+
+snakemake --cores 8 --use-conda                          # the paper's experiment (GPU box)
+snakemake --cores 2 --configfile config/toy.yaml         # the offline toy world (CPU, minutes)
+"""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# A --configfile replaces the paper config instead of merging over it, so a toy run never
+# inherits a paper-only key; --config KEY=VALUE still overrides either.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

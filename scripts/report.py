@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Build the report: score tables, figures and claim verdicts from score files and training metrics.
+
+Reads   {scores-dir}/{model}/{benchmark}.json       for every model in --models-json and every benchmark
+        {metrics-dir}/{run}/seed{seed}/metrics.jsonl  for every trained model
+Writes  {tables-dir}/{scores,delta_vs_base,delta_vs_teacher,retention}.{csv,md,tex}, claims.md, claims.json
+        {figures-dir}/{scores,retention_vs_gain,training_curves}.{png,pdf}
+and prints the scores table (Markdown) to stdout.
+
+Each *-json option takes a path to a JSON file or the JSON text itself.
+  --models-json      {"base": {"run": "base", "seed": null}, "opd/seed0": {"run": "opd", "seed": 0,
+                      "teacher": "sft_stress"}, ...}  (config order: it sets row order and colours;
+                      a list of model names also works)
+  --thresholds-json  {"little_forgetting": 0.02, "substantial_loss": 0.05, "min_gain": 0.0,
+                      "surpass_margin": 0.0, "z": 1.96}  (missing keys take these defaults)
+  --roles-json       {"mild": "sft_mild", "stress": "sft_stress", "opd": "opd", "rl": "rl",
+                      "opd_teacher": "sft_stress"}  (missing keys: these defaults; opd_teacher follows
+                      the OPD run's teacher)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# Run as `python scripts/report.py` from anywhere: make the repo's package importable without installing it.
+_REPO = Path(__file__).resolve().parent.parent
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+
+def _json_arg(text: str | None, what: str):
+    if text is None:
+        return None
+    path = Path(text)
+    try:
+        if not text.lstrip().startswith(("{", "[")) and path.is_file():
+            return json.loads(path.read_text())
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: --{what}: not valid JSON ({e.msg}): {text[:200]!r}") from None
+    except OSError as e:
+        raise SystemExit(f"error: --{what}: {e}") from None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scores-dir", default="results/scores", help="score files root (default: %(default)s)")
+    p.add_argument("--metrics-dir", default="results/models", help="trained models root (default: %(default)s)")
+    p.add_argument("--models-json", required=True, help="model list (file or JSON text), see above")
+    p.add_argument("--thresholds-json", default=None, help="verdict thresholds (file or JSON text)")
+    p.add_argument("--roles-json", default=None, help="claim roles -> runs (file or JSON text)")
+    p.add_argument(
+        "--benchmarks", nargs="+", default=["gsm8k", "truthfulqa_mc2", "mmlu"],
+        help="benchmarks in config order; the first must be the target (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--tables-dir", default="results/tables", help="(default: %(default)s)")
+    p.add_argument("--figures-dir", default="results/figures", help="(default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    models = _json_arg(args.models_json, "models-json")
+    thresholds = _json_arg(args.thresholds_json, "thresholds-json")
+    roles = _json_arg(args.roles_json, "roles-json")
+
+    from statepost import report  # heavy imports (pandas, matplotlib) only after parsing
+    from statepost.io import ConfigError, DataError
+
+    try:
+        out = report.make_report(
+            args.scores_dir,
+            args.metrics_dir,
+            models,
+            args.tables_dir,
+            args.figures_dir,
+            thresholds=thresholds,
+            roles=roles,
+            benchmarks=args.benchmarks,
+            target=args.benchmarks[0],
+        )
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(out["tables"]["scores"].markdown())
+    for r in out["claims"]:
+        print(f"{r['claim']}: {r['verdict']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

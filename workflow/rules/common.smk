@@ -1,0 +1,129 @@
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, workflow.basedir)
+
+from statepost import config as cfglib
+from statepost.io import ConfigError
+
+try:
+    cfglib.validate(config)
+except ConfigError as e:
+    raise WorkflowError(str(e)) from None
+
+BENCHMARKS = list(config["benchmarks"])
+SEEDS = config["seeds"]
+RUNS = cfglib.run_order(config)
+MODELS = cfglib.model_names(config)
+
+
+def gpu_launch(n_gpu):
+    """Prefix that gives a job its own n_gpu GPUs (CUDA_VISIBLE_DEVICES) on a local multi-GPU box."""
+    return f"python scripts/gpu_slots.py --gpus {n_gpu} --"
+
+
+wildcard_constraints:
+    benchmark="|".join(BENCHMARKS),
+    model="base|[a-z][a-z0-9_]*/seed[0-9]+",
+    seed="[0-9]+",
+
+
+def data_files(benchmark):
+    splits = config["benchmarks"][benchmark]["splits"]
+    return [f"results/data/{benchmark}/{split}.jsonl" for split in splits]
+
+
+def data_manifest(benchmark):
+    return f"results/data/{benchmark}/manifest.json"
+
+
+def model_path(name):
+    return cfglib.model_dir(name)
+
+
+def score_path(model, benchmark):
+    return f"results/scores/{model}/{benchmark}.json"
+
+
+def all_scores():
+    return [score_path(m, b) for m in MODELS for b in BENCHMARKS]
+
+
+def resources_for(group, run=None):
+    """Snakemake resources of a rule group; memory and runtime grow with each retry."""
+    res = cfglib.run_resources(config, group, run)
+    out = dict(
+        gpu=res["gpu"],
+        mem_mb=lambda wc, attempt, m=res["mem_mb"]: m * attempt,
+        runtime=lambda wc, attempt, t=res["runtime"]: t * attempt,
+    )
+    if res.get("gpu_model"):
+        out["gpu_model"] = res["gpu_model"]
+    return out, res["cpus"]
+
+
+def json_arg(obj):
+    return json.dumps(obj, sort_keys=True)
+
+
+def all_targets():
+    return [
+        "results/tables/scores.md",
+        "results/tables/claims.md",
+        "results/figures/retention_vs_gain.png",
+    ]
+
+
+def train_command(run):
+    """python for one process; accelerate launch with one process per GPU for gpu > 1."""
+    n_gpu = cfglib.run_resources(config, "train", run)["gpu"]
+    if n_gpu > 1:
+        return f"{gpu_launch(n_gpu)} accelerate launch --num_processes {n_gpu} scripts/train.py"
+    return f"{gpu_launch(n_gpu)} python scripts/train.py"
+
+
+def train_inputs(run):
+    deps = cfglib.run_deps(config["runs"][run])
+    data = config["runs"][run]["states"]["data"]
+
+    def inputs(wildcards):
+        paths = {
+            role: model_path(cfglib.run_model(config, name, wildcards.seed))
+            for role, name in deps.items()
+        }
+        paths["data"] = data_files(data)
+        return paths
+
+    return inputs
+
+
+def teacher_arg(wildcards, input):
+    return f"--teacher {input.teacher}" if "teacher" in input.keys() else ""
+
+
+def base_model_inputs(wildcards):
+    # The toy corpus must leave out every evaluation row, so the toy build reads the data.
+    if config["base_model"]["source"] == "toy":
+        return [data_manifest(b) for b in BENCHMARKS]
+    return []
+
+
+def report_models():
+    """Every evaluated model with what the report needs to know about it, in config order."""
+    models = [{"name": "base", "run": "base", "seed": None}]
+    for run in RUNS:
+        deps = cfglib.run_deps(config["runs"][run])
+        for seed in SEEDS:
+            models.append(
+                {
+                    "name": f"{run}/seed{seed}",
+                    "run": run,
+                    "seed": seed,
+                    "init": deps["init"],
+                    "teacher": deps.get("teacher"),
+                    "signal": config["runs"][run]["signal"]["type"],
+                    "states": config["runs"][run]["states"]["source"],
+                }
+            )
+    return models

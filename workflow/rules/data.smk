@@ -1,0 +1,24 @@
+# One rule per benchmark: results/data/{benchmark}/{split}.jsonl in the standard columns, and a manifest.
+DATA_RES, DATA_CPUS = resources_for("data")
+
+for _bench in BENCHMARKS:
+
+    rule:
+        name:
+            f"data_{_bench}"
+        output:
+            splits=data_files(_bench),
+            manifest=data_manifest(_bench),
+        log:
+            f"results/logs/data/{_bench}.log",
+        conda:
+            "../../envs/train.yaml"
+        threads: DATA_CPUS
+        resources:
+            **DATA_RES,
+        params:
+            bench=json_arg(config["benchmarks"][_bench]),
+            name=_bench,
+        shell:
+            "python scripts/prepare_data.py --benchmark {params.name} --config-json {params.bench:q} "
+            "--out results/data/{params.name} > {log} 2>&1"

@@ -1,0 +1,28 @@
+# One job per (model, benchmark): lm-evaluation-harness with the standard task definitions.
+EVAL_RES, EVAL_CPUS = resources_for("evaluate")
+
+
+rule evaluate:
+    input:
+        model=lambda wc: model_path(wc.model),
+        data=lambda wc: data_files(wc.benchmark),
+    output:
+        scores="results/scores/{model}/{benchmark}.json",
+        samples="results/scores/{model}/{benchmark}.samples.jsonl",
+    log:
+        "results/logs/evaluate/{model}/{benchmark}.log",
+    conda:
+        "../../envs/evaluate.yaml"
+    threads: EVAL_CPUS
+    resources:
+        **EVAL_RES,
+    params:
+        eval=lambda wc: json_arg(config["benchmarks"][wc.benchmark]["eval"]),
+        device=config["evaluation"]["device"],
+        dtype=config["evaluation"]["dtype"],
+        launch=gpu_launch(EVAL_RES["gpu"]),
+    shell:
+        "{params.launch} python scripts/evaluate.py --model-dir {input.model} "
+        "--model-name {wildcards.model} --benchmark {wildcards.benchmark} --data-dir results/data "
+        "--eval-json {params.eval:q} --device {params.device} --dtype {params.dtype} "
+        "--out {output.scores} > {log} 2>&1"

@@ -1,0 +1,22 @@
+# The base model: downloaded from the hub (safetensors only) or built and pretrained as the toy.
+BASE_RES, BASE_CPUS = resources_for("base_model")
+
+
+rule base_model:
+    input:
+        base_model_inputs,
+    output:
+        directory(model_path("base")),
+    log:
+        "results/logs/base_model.log",
+    conda:
+        "../../envs/train.yaml"
+    threads: BASE_CPUS
+    resources:
+        **BASE_RES,
+    params:
+        base=json_arg(config["base_model"]),
+        benchmarks=json_arg(config["benchmarks"]),
+    shell:
+        "python scripts/base_model.py --config-json {params.base:q} --benchmarks-json {params.benchmarks:q} "
+        "--data-dir results/data --out {output} > {log} 2>&1"

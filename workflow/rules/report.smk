@@ -1,0 +1,45 @@
+# Tables, figures and the claim verdicts, from every score file and every run's metrics.
+REPORT_RES, REPORT_CPUS = resources_for("report")
+TABLES = ["scores", "delta_vs_base", "delta_vs_teacher", "retention"]
+FIGURES = ["scores", "retention_vs_gain", "training_curves"]
+
+
+rule report:
+    input:
+        scores=all_scores(),
+        models=[model_path(m) for m in MODELS if m != "base"],
+    output:
+        tables=multiext("results/tables/scores", ".csv", ".md", ".tex"),
+        deltas=expand(
+            "results/tables/{table}.{ext}", table=TABLES[1:], ext=["csv", "md", "tex"]
+        ),
+        claims=report(
+            "results/tables/claims.md",
+            caption="../report/claims.rst",
+            category="Claims",
+        ),
+        claims_json="results/tables/claims.json",
+        figures=report(
+            expand(
+                "results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]
+            ),
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+    log:
+        "results/logs/report.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: REPORT_CPUS
+    resources:
+        **REPORT_RES,
+    params:
+        models=json_arg(report_models()),
+        roles=json_arg(config["claims"]["roles"]),
+        thresholds=json_arg(config["claims"]["thresholds"]),
+        benchmarks=json_arg(BENCHMARKS),
+    shell:
+        "python scripts/report.py --scores-dir results/scores --metrics-dir results/models "
+        "--models-json {params.models:q} --roles-json {params.roles:q} "
+        "--thresholds-json {params.thresholds:q} --benchmarks-json {params.benchmarks:q} "
+        "--tables-dir results/tables --figures-dir results/figures > {log} 2>&1"

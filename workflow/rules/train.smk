@@ -1,0 +1,31 @@
+# One named rule per run, so `snakemake --forcerun sft_stress` reruns that run and exactly its
+# dependents. Edges come from the run's config: its init model and, for teacher_kl, its teacher.
+
+
+for _run in RUNS:
+    _res, _cpus = resources_for("train", _run)
+
+    rule:
+        name:
+            _run
+        input:
+            unpack(train_inputs(_run)),
+        output:
+            directory(f"results/models/{_run}/seed{{seed}}"),
+        log:
+            f"results/logs/train/{_run}/seed{{seed}}.log",
+        conda:
+            "../../envs/train.yaml"
+        threads: _cpus
+        resources:
+            **_res,
+        params:
+            run_json=lambda wc, r=_run: json_arg(
+                cfglib.resolve_run(config, r, int(wc.seed))
+            ),
+            state_dir=lambda wc, r=_run: f"results/.state/{r}/seed{wc.seed}",
+            teacher=teacher_arg,
+            launch=train_command(_run),
+        shell:
+            "{params.launch} --run-json {params.run_json:q} --init {input.init} {params.teacher} "
+            "--data-dir results/data --out {output} --state-dir {params.state_dir} > {log} 2>&1"

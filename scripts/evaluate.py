@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Score one model on one benchmark with lm-evaluation-harness (hf backend) on the local data files.
+
+Writes the score record to --out (results/scores/{model}/{benchmark}.json) and the per-sample log
+beside it ({benchmark}.samples.jsonl). Prints the fixed per-job overheads (imports, task build and data
+load, model load) apart from the evaluation itself.
+
+Example:
+  scripts/evaluate.py --model-dir results/models/base --benchmark gsm8k --data-dir results/data \\
+      --eval-json '{"num_fewshot": 5, "max_gen_toks": 256, "limit": null, "batch_size": 8}' \\
+      --out results/scores/base/gsm8k.json
+"""
+
+from __future__ import annotations
+
+import time
+
+_T_START = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+BENCHMARKS = ("gsm8k", "mmlu", "truthfulqa_mc2")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True, type=Path, help="save_pretrained model directory")
+    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    p.add_argument("--data-dir", required=True, type=Path,
+                   help="results/data (holds {benchmark}/{split}.jsonl)")
+    p.add_argument("--eval-json", required=True,
+                   help="eval config as JSON text (or a path to a JSON file): {num_fewshot, max_gen_toks, "
+                        "limit, batch_size, split?, fewshot_split?}")
+    p.add_argument("--out", required=True, type=Path, help="score file, results/scores/{model}/{benchmark}.json")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:0, ...")
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, ...")
+    p.add_argument("--model-name", default=None,
+                   help="name recorded in the score file (default: the path under results/scores/)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep the rendered task YAMLs and split data here (default: a temp dir, removed)")
+    p.add_argument("--verbose", action="store_true", help="lm-eval's INFO logging")
+    return p.parse_args(argv)
+
+
+def load_eval_cfg(text: str) -> dict:
+    src = "--eval-json"
+    if not text.lstrip().startswith("{") and Path(text).is_file():
+        src, text = text, Path(text).read_text()
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{src}: not valid JSON ({e.msg})")
+    if not isinstance(cfg, dict):
+        raise SystemExit(f"{src}: expected a JSON object")
+    return cfg
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = load_eval_cfg(args.eval_json)
+    import logging
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    t = time.perf_counter()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from statepost.evaluate import evaluate
+
+    t_pkg = time.perf_counter() - t
+    rec = evaluate(args.model_dir, args.benchmark, args.data_dir, cfg, args.out, device=args.device,
+                   dtype=args.dtype, model_name=args.model_name, workdir=args.workdir)
+    tm = rec["timing_s"]
+    total = time.perf_counter() - _T_START
+    print(f"{rec['model']} {rec['benchmark']}: {rec['primary_metric']} = {rec['value']:.4f}"
+          f" (stderr {rec['stderr'] if rec['stderr'] is not None else 'n/a'}), n={rec['n']}, "
+          f"{rec['num_fewshot']}-shot")
+    print(f"timing: imports {t_pkg + tm['import']:.1f}s, task build+data load {tm['tasks']:.1f}s, "
+          f"model load {tm['model']:.1f}s, evaluation {tm['evaluate']:.1f}s, process total {total:.1f}s")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

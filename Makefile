@@ -1,0 +1,30 @@
+# The README's two commands: `make toy` and `make test`. Both install into .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+# Rules run `python`: make it the venv's.
+export PATH := $(BIN):$(PATH)
+CORES ?= 2
+
+.PHONY: install toy test lint clean-toy
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+toy: install
+	$(BIN)/snakemake --cores $(CORES) --configfile config/toy.yaml
+	@echo; cat results/tables/scores.md; echo; cat results/tables/claims.md
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/

@@ -407,7 +407,7 @@ class Table:
     def latex(self) -> str:
         if not len(self.display):
             return f"% {self.caption}: no rows\n"
-        align = "l" + "r" * (self.display.shape[1] - 1)
+        align = "".join("l" if c in ("run", "teacher") else "r" for c in self.display.columns)
         return self.display.to_latex(
             index=False, escape=True, column_format=align, caption=self.caption or None, label=f"tab:{self.name}"
         )
@@ -915,17 +915,32 @@ def scores_figure(summary: pd.DataFrame, colors: Mapping[str, str] | None = None
         ax.set_ylim(0, min(1.0, max(0.05, float(np.nanmax(summary["mean"] + summary["spread"].fillna(0))) * 1.15)))
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-        kinds = set(summary["spread_kind"])
-        note = "error bars: " + " / ".join(sorted(kinds))
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title=note, title_fontsize=8)
+        multi = (summary["n_seeds"] > 1).any()
+        single = (summary["n_seeds"] <= 1).any()
+        note = "error bars: " + (
+            "std over seeds (runs with >1 seed),\nelse lm-eval standard error"
+            if multi and single
+            else "std over seeds"
+            if multi
+            else "lm-eval standard error"
+        )
+        if scores is not None and multi:
+            note += "\ndots: individual seeds"
+        leg = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title=note, title_fontsize=8)
+        leg._legend_box.align = "left"
     return fig
 
 
 def retention_vs_gain_figure(
-    retention: pd.DataFrame, colors: Mapping[str, str] | None = None, target: str = TARGET, z: float = 1.0
+    retention: pd.DataFrame,
+    colors: Mapping[str, str] | None = None,
+    target: str = TARGET,
+    z: float = 1.0,
+    thresholds: Mapping[str, float] | None = None,
 ):
     """The study's central picture: x = target (GSM8K) change vs base, y = mean retention change vs base.
-    One point per run with error bars of ``z`` combined standard errors; base at the origin; dashed zero lines."""
+    One point per run with error bars of ``z`` combined standard errors; base at the origin; dashed zero lines.
+    With ``thresholds``, dotted lines mark the claims' "little forgetting" and "substantial loss" levels."""
     runs = list(retention["run"])
     colors = dict(colors or run_colors([BASE] + runs))
     markers = run_markers([BASE] + runs)
@@ -953,8 +968,21 @@ def retention_vs_gain_figure(
         hi_x = max(0.0, np.nanmax(xs + xe)) if len(xs) else 0.01
         lo_y = min(0.0, np.nanmin(ys - ye)) if len(ys) else -0.01
         hi_y = max(0.0, np.nanmax(ys + ye)) if len(ys) else 0.01
+        levels = []
+        if thresholds:
+            levels = [
+                (-thresholds["little_forgetting"], f"little forgetting (−{thresholds['little_forgetting']:g})"),
+                (-thresholds["substantial_loss"], f"substantial loss (−{thresholds['substantial_loss']:g})"),
+            ]
+            lo_y = min([lo_y] + [y for y, _ in levels])
         px = max(hi_x - lo_x, 0.01) * 0.18
         py = max(hi_y - lo_y, 0.01) * 0.18
+        for y, text in levels:
+            ax.axhline(y, color="0.55", lw=0.8, ls=":", zorder=1)
+            ax.annotate(
+                text, (0, y), xycoords=("axes fraction", "data"), xytext=(3, 2), textcoords="offset points",
+                fontsize=7.5, color="0.35", va="bottom", ha="left",
+            )  # fmt: skip
         ax.set_xlim(lo_x - px, hi_x + px)
         ax.set_ylim(lo_y - py, hi_y + py)
         ax.set_xlabel(f"{_label(target)} accuracy change vs base  (→ better)")
@@ -982,7 +1010,7 @@ def _place_labels(fig, ax, points):
         Bbox.from_extents(px - r, py - r, px + r, py + r)
         for px, py in (ax.transData.transform((x, y)) for x, y, _ in points if np.isfinite(x) and np.isfinite(y))
     ]
-    placed = []
+    placed = [t.get_window_extent(renderer) for t in ax.texts]  # texts already there (threshold notes)
     for x, y, text in points:
         if not (np.isfinite(x) and np.isfinite(y)):
             continue
@@ -1135,7 +1163,7 @@ def make_report(
     write_claims(results, tables_dir, roles)
     figs = {
         "scores": scores_figure(summary, colors, scores),
-        "retention_vs_gain": retention_vs_gain_figure(tables["retention"].data, colors, target),
+        "retention_vs_gain": retention_vs_gain_figure(tables["retention"].data, colors, target, thresholds=th),
         "training_curves": training_curves_figure(metrics, colors, runs),
     }
     for name, fig in figs.items():

@@ -60,6 +60,10 @@ def validate(config: dict) -> dict:
     from jsonschema.exceptions import best_match
 
     schema = load_schema()
+    # `--config seeds=[0,1]` reaches us as ["0", "1"]: Snakemake reads list items as strings.
+    seeds = config.get("seeds")
+    if isinstance(seeds, list) and all(isinstance(s, str) and s.strip().isdigit() for s in seeds):
+        config["seeds"] = [int(s) for s in seeds]
     plain = Draft202012Validator(schema)
     errors = sorted(plain.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:

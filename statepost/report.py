@@ -400,7 +400,7 @@ class Table:
     extra: dict = field(default_factory=dict)
 
     def markdown(self) -> str:
-        body = self.display.to_markdown(index=False) if len(self.display) else "_(no rows)_"
+        body = self.display.to_markdown(index=False, disable_numparse=True) if len(self.display) else "_(no rows)_"
         parts = [f"**{self.caption}**" if self.caption else "", body, self.note]
         return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -821,7 +821,7 @@ def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None)
                 }
                 for c in r["checks"]
             ]
-            lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
+            lines += [pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
         extra = {k: v for k, v in r["quantities"].items() if k not in {c["quantity"] for c in r["checks"]}}
         if extra:
             lines += [
@@ -997,11 +997,17 @@ def retention_vs_gain_figure(
 
 
 def _place_labels(fig, ax, points):
-    """Put each label next to its point, trying offsets until it overlaps no earlier label, no point and stays
-    inside the axes; if none fits, the first offset is used."""
+    """Put each label next to its point: try close offsets first, then farther ones with a thin leader line, and
+    take the first that overlaps no earlier label or marker and stays inside the axes (else the least overlap)."""
+    from matplotlib.text import Text
     from matplotlib.transforms import Bbox
 
-    offsets = [(7, 5), (7, -5), (-7, 5), (-7, -5), (0, 10), (0, -12), (12, 14), (-12, -16), (18, 0), (-18, 0)]
+    near = [(7, 5), (7, -5), (-7, 5), (-7, -5), (0, 10), (0, -12)]
+    far = [
+        (round(d * math.cos(a)), round(d * math.sin(a)))
+        for d in (24, 42, 62)
+        for a in np.deg2rad([45, 135, 225, 315, 90, 270, 0, 180, 20, 160, 200, 340])
+    ]
     renderer = fig.canvas.get_renderer()
     fig.draw_without_rendering()
     axbox = ax.get_window_extent(renderer)
@@ -1011,31 +1017,41 @@ def _place_labels(fig, ax, points):
         for px, py in (ax.transData.transform((x, y)) for x, y, _ in points if np.isfinite(x) and np.isfinite(y))
     ]
     placed = [t.get_window_extent(renderer) for t in ax.texts]  # texts already there (threshold notes)
+
+    def overlap(a, b):
+        w = min(a.x1, b.x1) - max(a.x0, b.x0)
+        h = min(a.y1, b.y1) - max(a.y0, b.y0)
+        return max(w, 0) * max(h, 0)
+
+    def make(text, x, y, dx, dy, leader):
+        return ax.annotate(
+            text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=9, zorder=5,
+            ha="left" if dx > 0 else "right" if dx < 0 else "center",
+            va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
+            arrowprops={"arrowstyle": "-", "color": "0.45", "lw": 0.6, "shrinkA": 1, "shrinkB": 5} if leader else None,
+        )  # fmt: skip
+
     for x, y, text in points:
         if not (np.isfinite(x) and np.isfinite(y)):
             continue
-        chosen = None
-        for dx, dy in offsets:
-            ann = ax.annotate(
-                text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=9, zorder=5,
-                ha="left" if dx > 0 else "right" if dx < 0 else "center", va="bottom" if dy > 0 else "top",
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
-            )  # fmt: skip
-            bb = ann.get_window_extent(renderer)
-            ok = (
-                not any(bb.overlaps(o) for o in placed + marks)
-                and axbox.contains(bb.x0, bb.y0)
-                and axbox.contains(bb.x1, bb.y1)
-            )
-            if ok:
-                chosen = (ann, bb)
-                break
+        best = None
+        for dx, dy in near + far:
+            ann = make(text, x, y, dx, dy, leader=(dx, dy) not in near)
+            ann.get_window_extent(renderer)  # positions the text (and leader) for this renderer
+            # the label's own box (Annotation.get_window_extent would include the leader line)
+            bb = Text.get_window_extent(ann, renderer).padded(3)
+            cost = sum(overlap(bb, o) for o in placed + marks)
+            if not (axbox.contains(bb.x0, bb.y0) and axbox.contains(bb.x1, bb.y1)):
+                cost += 1e6
             ann.remove()
-        if chosen is None:
-            dx, dy = offsets[0]
-            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=9, zorder=5)
-            chosen = (ann, ann.get_window_extent(renderer))
-        placed.append(chosen[1])
+            if best is None or cost < best[0]:
+                best = (cost, dx, dy, bb)
+            if cost == 0:
+                break
+        _, dx, dy, bb = best
+        make(text, x, y, dx, dy, leader=(dx, dy) not in near)
+        placed.append(bb)
 
 
 def _smooth(y: pd.Series, n: int) -> pd.Series:

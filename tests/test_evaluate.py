@@ -224,7 +224,7 @@ def test_rendered_yaml_includes_builtin_and_overrides_only_data(scored, world):
             cfg = yaml.safe_load(path.read_text())
             inc = Path(cfg["include"])
             assert inc.is_file() and inc.resolve().is_relative_to(builtin.resolve())
-            includes[cfg.get("task") or cfg.get("group")] = inc.relative_to(builtin).as_posix()
+            includes[cfg.get("group") or cfg["task"]] = inc.relative_to(builtin).as_posix()
             if "group" in cfg:  # MMLU groups: the builtin group file, with our members
                 assert set(cfg) == {"include", "group", "task"}
                 continue

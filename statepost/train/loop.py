@@ -1,0 +1,508 @@
+"""The one training loop: ``states = source.sample(policy, step)``, ``loss, metrics = signal(policy, states)``, step.
+
+Every method (SFT, on-policy distillation, RL, ...) runs through :func:`train`; what differs is
+the (state source, signal) pair built from the run config by :mod:`statepost.train.registry`.
+Optimiser, schedule, precision, batching, checkpointing, logging and seeding are shared.
+
+Per optimiser step
+------------------
+1. ``grad_accum`` micro-batches are sampled (same ``step`` argument each time) under
+   ``torch.no_grad()`` and autocast, from the *unwrapped* policy (generation must not go through
+   DDP). The source's ``policy`` is the model being trained.
+2. Completion-token counts are summed over micro-batches and processes (one all-reduce), so a
+   ``loss_reduction == "token_mean"`` signal is weighted by tokens: the step minimises the mean
+   NLL/KL over every completion token of the step, identical for 1 process x batch 8, 2 x 4 or
+   1 x 4 x 2 accumulation. Other signals are averaged per micro-batch.
+3. forward + backward per micro-batch (``accelerator.no_sync`` except on the last one), gradient
+   clipping, AdamW, scheduler. A non-finite loss or gradient norm raises :class:`TrainingError`
+   naming the step before the optimiser touches the weights; no model is written.
+4. One JSON line of metrics (main process) to ``{state_dir}/metrics.jsonl``, copied into the
+   model directory at the end.
+
+Resume: every ``checkpoint.every`` steps the full training state goes to ``state_dir``
+(:mod:`statepost.train.checkpoint`); a rerun resumes from the newest complete checkpoint whose
+config hash, input hashes and process count match, logging ``resumed from step N``. On CPU a
+resumed run ends with the same weights, bit for bit, as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from statepost.io import ConfigError, atomic_dir, env_info, sha256_file, utc_now, write_json, write_jsonl
+
+log = logging.getLogger("statepost.train")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss or gradient); the message names the step."""
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+DEFAULT_OPTIM = {
+    "lr": 1.0e-5,
+    "epochs": 1,
+    "max_steps": None,
+    "batch_size": 8,
+    "grad_accum": 1,
+    "warmup_ratio": 0.03,
+    "schedule": "cosine",
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "max_length": 512,
+    "gradient_checkpointing": False,
+    "precision": "auto",
+}
+DEFAULT_CHECKPOINT = {"every": 50, "keep": 2}
+_SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+# Keys that do not change what is trained: a change of them does not prevent resuming.
+_NOT_HASHED = ("checkpoint", "log_every", "resources")
+
+
+def resolve_run_config(run_cfg: dict) -> dict:
+    """A copy of ``run_cfg`` with the loop's defaults filled in (the same as the config schema's)."""
+    cfg = copy.deepcopy(run_cfg)
+    for key in ("states", "signal"):
+        if not isinstance(cfg.get(key), dict):
+            raise ConfigError(f"config key {key}: missing (run {cfg.get('name', '?')!r})")
+    cfg.setdefault("name", "run")
+    cfg.setdefault("seed", 0)
+    cfg["optim"] = {**DEFAULT_OPTIM, **(cfg.get("optim") or {})}
+    cfg["checkpoint"] = {**DEFAULT_CHECKPOINT, **(cfg.get("checkpoint") or {})}
+    cfg.setdefault("log_every", 1)
+    o = cfg["optim"]
+    if o["schedule"] not in _SCHEDULES:
+        raise ConfigError(f"config key optim.schedule: {o['schedule']!r} not in {sorted(_SCHEDULES)}")
+    if o["precision"] not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"config key optim.precision: {o['precision']!r} not in auto | fp32 | bf16")
+    for key in ("batch_size", "grad_accum", "max_length"):
+        if int(o[key]) < 1:
+            raise ConfigError(f"config key optim.{key}: must be >= 1")
+    return cfg
+
+
+def training_config_hash(cfg: dict) -> str:
+    """Hash of everything in the run config that changes the trained weights."""
+    core = {k: v for k, v in cfg.items() if k not in _NOT_HASHED}
+    return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+def load_tokenizer(path):
+    try:
+        from statepost.models import load_tokenizer as _load
+    except ImportError:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    return _load(path)
+
+
+def load_model(path, dtype=torch.float32):
+    """A causal LM from a ``save_pretrained`` directory: safetensors only, no remote code, ``dtype``."""
+    try:
+        from statepost.models import load_model as _load
+    except ImportError:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(
+            str(path), use_safetensors=True, trust_remote_code=False, dtype=dtype
+        )
+    import inspect
+
+    params = inspect.signature(_load).parameters
+    model = _load(path, dtype=dtype) if "dtype" in params else _load(path)
+    return model.to(dtype)
+
+
+def _frozen(model, device):
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def model_hashes(path) -> dict[str, str]:
+    """sha256 of a model directory's weights (``*.safetensors``) and config/tokenizer files."""
+    path = Path(path)
+    names = sorted(p.name for p in path.glob("*.safetensors")) + [n for n in MODEL_FILES if (path / n).is_file()]
+    if not any(n.endswith(".safetensors") for n in names):
+        raise ConfigError(f"{path}: no *.safetensors weights (only safetensors checkpoints are loaded)")
+    return {n: sha256_file(path / n) for n in names}
+
+
+# -- accelerate -----------------------------------------------------------------------------------
+
+
+def make_accelerator(precision: str = "auto"):
+    """auto: bf16 mixed precision on CUDA, fp32 on CPU (no native bf16 there)."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    mixed = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16"}[precision]
+    return Accelerator(mixed_precision=mixed, step_scheduler_with_optimizer=False)
+
+
+def _gather_dicts(accelerator, d: dict) -> list[dict]:
+    if accelerator.num_processes == 1:
+        return [d]
+    from accelerate.utils import gather_object
+
+    return gather_object([d])
+
+
+def _broadcast(accelerator, obj):
+    if accelerator.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    box = [obj]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def _mean_dicts(dicts: list[dict]) -> dict[str, float]:
+    keys = sorted({k for d in dicts for k in d})
+    out = {}
+    for k in keys:
+        vals = [float(d[k]) for d in dicts if k in d and d[k] is not None]
+        if vals:
+            out[k] = sum(vals) / len(vals)
+    return out
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+
+def _stderr_is_tty() -> bool:
+    import sys
+
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+
+def train(
+    run_cfg: dict,
+    *,
+    init_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    state_dir: str | os.PathLike | None = None,
+    teacher_dir: str | os.PathLike | None = None,
+    metrics_path: str | os.PathLike | None = None,
+    accelerator=None,
+    hooks: dict[str, Callable] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train one (run, seed) and write the final model to ``out_dir``; return the run record.
+
+    ``state_dir`` (default ``{out_dir.parent}/.{out_dir.name}.state``) holds the resumable
+    states and the live metrics; it is removed after the final model is written.
+    ``hooks["after_step"](step, model)`` runs after each optimiser step and its checkpoint
+    (tests use it to simulate a crash or to poison the weights).
+    """
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from .checkpoint import Checkpointer
+    from .registry import SignalContext, data_path, make_signal, make_state_source, signal_needs
+    from .states import padding_waste
+
+    t_start = time.time()
+    started = utc_now()
+    hooks = hooks or {}
+    cfg = resolve_run_config(run_cfg)
+    optim, ck = cfg["optim"], cfg["checkpoint"]
+    out_dir = Path(out_dir)
+    state_dir = Path(state_dir) if state_dir else out_dir.parent / f".{out_dir.name}.state"
+    acc = accelerator if accelerator is not None else make_accelerator(optim["precision"])
+    main = acc.is_main_process
+    device = acc.device
+
+    def info(msg, *args):
+        if main:
+            log.info(msg, *args)
+
+    from accelerate.utils import set_seed
+
+    # python, numpy, torch (CPU + every CUDA device); + process index so learner sampling differs per
+    # process. The data order has its own generator seeded from (seed, epoch), equal in every process.
+    set_seed(int(cfg["seed"]), device_specific=True)
+
+    # -- models, source, signal --
+    tokenizer = load_tokenizer(init_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = load_model(init_dir, torch.float32)
+    if optim["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    compute_dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
+    needs = signal_needs(cfg)
+    teacher = reference = None
+    if needs["teacher"]:
+        if teacher_dir is None:
+            raise ConfigError(f"config key signal.teacher: signal {cfg['signal']['type']!r} needs --teacher DIR")
+        teacher = _frozen(load_model(teacher_dir, compute_dtype), device)
+    elif teacher_dir is not None:
+        info("signal %s uses no teacher: %s not loaded", cfg["signal"]["type"], teacher_dir)
+    if needs["reference"]:
+        reference = _frozen(load_model(init_dir, compute_dtype), device)
+    source = make_state_source(cfg, tokenizer, data_dir, acc)
+    signal = make_signal(
+        cfg, SignalContext(tokenizer=tokenizer, accelerator=acc, teacher=teacher, reference=reference, run_cfg=cfg)
+    )
+    token_mean = getattr(signal, "loss_reduction", "batch_mean") == "token_mean"
+    n_skipped = int(getattr(source, "n_skipped", 0) or 0)
+    if n_skipped:
+        info("skipped %d examples longer than optim.max_length=%d", n_skipped, optim["max_length"])
+
+    # -- input hashes (main process) and the resume key --
+    inputs = None
+    if main:
+        dpath = data_path(cfg, data_dir)
+        inputs = {
+            "init": model_hashes(init_dir),
+            "teacher": model_hashes(teacher_dir) if teacher is not None else None,
+            "data": {str(dpath): sha256_file(dpath)},
+        }
+    inputs = _broadcast(acc, inputs)
+    config_hash = training_config_hash(cfg)
+    key = {
+        "config_hash": config_hash,
+        "inputs_hash": hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16],
+        "num_processes": acc.num_processes,
+    }
+
+    # -- steps, optimiser, schedule --
+    accum = int(optim["grad_accum"])
+    micro_per_epoch = source.__len__() if hasattr(source, "__len__") else None
+    if optim["max_steps"]:
+        total = int(optim["max_steps"])
+    elif micro_per_epoch:
+        total = max(1, math.floor(float(optim["epochs"]) * micro_per_epoch / accum))
+    else:
+        raise ConfigError("config key optim.max_steps: required for a state source without epochs (learner)")
+    warmup = math.ceil(float(optim["warmup_ratio"]) * total)
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": float(optim["weight_decay"])},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=float(optim["lr"]),
+    )
+    scheduler = get_scheduler(
+        _SCHEDULES[optim["schedule"]], optimizer, num_warmup_steps=warmup, num_training_steps=total
+    )
+    # The scheduler is stepped by hand once per optimiser step (not prepared: accelerate would
+    # step it once per process and make the schedule depend on the process count).
+    model, optimizer = acc.prepare(model, optimizer)
+    policy = acc.unwrap_model(model)
+
+    # -- resume or start fresh --
+    ckpt = Checkpointer(state_dir, acc, keep=int(ck["keep"]))
+    found = ckpt.find_resumable(key) if main else None
+    found_path = _broadcast(acc, str(found[0]) if found else None)
+    start_step, resumed_from, prior_time = 0, None, 0.0
+    if found_path:
+        ck_info = ckpt.load(Path(found_path), model=model, optimizer=optimizer, scheduler=scheduler, source=source)
+        start_step = resumed_from = int(ck_info["step"])
+        prior_time = float(ck_info.get("train_time_s", 0.0))
+        ckpt.truncate_metrics(start_step)
+        info("resumed from step %d (%s)", start_step, found_path)
+    else:
+        ckpt.reset()
+    acc.wait_for_everyone()
+    if main:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    info(
+        "run %s seed %s: %d steps (%d warmup), %s micro-batches/epoch, grad_accum %d, %d process(es), %s, "
+        "precision %s, live metrics %s",
+        cfg["name"], cfg["seed"], total, warmup, micro_per_epoch, accum, acc.num_processes, device,
+        acc.mixed_precision, ckpt.metrics_path,
+    )
+
+    metrics_file = ckpt.metrics_path.open("a") if main else None
+    pbar = tqdm(
+        total=total, initial=start_step, desc=f"{cfg['name']}/seed{cfg['seed']}",
+        disable=not (progress and main), dynamic_ncols=True,
+    )
+    tokens_seen = 0.0
+    log_every = max(1, int(cfg.get("log_every", 1)))
+    max_norm = float(optim["max_grad_norm"]) if optim["max_grad_norm"] else float("inf")
+    try:
+        for step in range(start_step + 1, total + 1):
+            t0 = time.perf_counter()
+            # 1. states
+            with torch.no_grad(), acc.autocast():
+                batches = [source.sample(policy, step) for _ in range(accum)]
+            batches = [b.to(device) for b in batches]
+            model.train()
+            n_comp = [b.completion_mask[:, 1:].sum().double() for b in batches]
+            counts = torch.stack(
+                [
+                    sum(n_comp),
+                    sum(b.attention_mask.sum().double() for b in batches),
+                ]
+            ).to(device)
+            counts = acc.reduce(counts, reduction="sum") if acc.num_processes > 1 else counts
+            n_global = float(counts[0])
+            if token_mean and n_global == 0:
+                raise TrainingError(f"step {step}: the batch has no completion tokens")
+
+            # 2. forward / backward
+            loss_local, bad = 0.0, 0.0
+            sig_metrics: list[dict] = []
+            for a, batch in enumerate(batches):
+                last = a == accum - 1
+                with contextlib.nullcontext() if last else acc.no_sync(model):
+                    with acc.autocast():
+                        loss, m = signal(model, batch)
+                    if not torch.isfinite(loss.detach()).all():
+                        bad += 1.0
+                    if token_mean:
+                        weight = float(n_comp[a]) / n_global  # share of the step's completion tokens
+                        scale = weight * acc.num_processes  # DDP averages gradients over processes
+                    else:
+                        weight = 1.0 / (accum * acc.num_processes)
+                        scale = 1.0 / accum
+                    acc.backward(loss * scale)
+                loss_local += float(loss.detach()) * weight
+                sig_metrics.append({**batch.metrics, **m, "padding_waste": padding_waste(batch)})
+            red = torch.tensor([loss_local, bad], dtype=torch.float64, device=device)
+            red = acc.reduce(red, reduction="sum") if acc.num_processes > 1 else red
+            step_loss, n_bad = float(red[0]), float(red[1])
+            if n_bad > 0 or not math.isfinite(step_loss):
+                raise TrainingError(
+                    f"non-finite loss ({step_loss}) at step {step} of run {cfg['name']} seed {cfg['seed']}; "
+                    "no model written"
+                )
+
+            # 3. clip, step
+            grad_norm = float(acc.clip_grad_norm_(model.parameters(), max_norm))
+            if not math.isfinite(grad_norm):
+                raise TrainingError(
+                    f"non-finite gradient norm ({grad_norm}) at step {step} of run {cfg['name']} "
+                    f"seed {cfg['seed']}; no model written"
+                )
+            lr = float(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            # 4. metrics
+            local = _mean_dicts(sig_metrics)
+            merged = _mean_dicts(_gather_dicts(acc, local))
+            dt = time.perf_counter() - t0
+            tokens_seen += float(counts[1])
+            row = {
+                **merged,
+                "step": step,
+                "loss": step_loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": float(counts[1]),
+                "completion_tokens": n_global,
+                "tokens_per_s": float(counts[1]) / dt if dt > 0 else 0.0,
+                "padding_waste": merged.get("padding_waste", 0.0),
+                "time_s": dt,
+                "elapsed_s": prior_time + time.time() - t_start,
+            }
+            if main:
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+                pbar.update(1)
+                if step % log_every == 0 or step == total:
+                    pbar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+                    if not (progress and _stderr_is_tty()):
+                        log.info(
+                            "step %d/%d loss %.4f lr %.3g grad_norm %.3g tok/s %.0f pad %.3f",
+                            step, total, step_loss, lr, grad_norm, row["tokens_per_s"], row["padding_waste"],
+                        )
+
+            # 5. resumable state
+            if ck["every"] and step % int(ck["every"]) == 0 and step < total:
+                ckpt.save(
+                    step, model=model, optimizer=optimizer, scheduler=scheduler, source=source,
+                    info={**key, "train_time_s": prior_time + time.time() - t_start, "run": cfg["name"],
+                          "seed": cfg["seed"]},
+                )
+            if "after_step" in hooks:
+                hooks["after_step"](step, policy)
+    finally:
+        pbar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+
+    # -- final model --
+    acc.wait_for_everyone()
+    wall = time.time() - t_start
+    record = {
+        "name": cfg["name"],
+        "seed": cfg["seed"],
+        "config": cfg,
+        "config_hash": config_hash,
+        "init": str(init_dir),
+        "teacher": str(teacher_dir) if teacher is not None else None,
+        "data_dir": str(data_dir),
+        "inputs": inputs,
+        "env": env_info(),
+        "accelerate": {
+            "num_processes": acc.num_processes,
+            "mixed_precision": acc.mixed_precision,
+            "device": str(device),
+            "distributed_type": str(acc.distributed_type),
+        },
+        "total_steps": total,
+        "final_step": total,
+        "warmup_steps": warmup,
+        "micro_batches_per_epoch": micro_per_epoch,
+        "examples_skipped": n_skipped,
+        "resumed_from_step": resumed_from,
+        "wall_time_s": wall,
+        "train_time_s": prior_time + wall,
+        "started": started,
+        "finished": utc_now(),
+    }
+    if main:
+        from statepost.io import read_jsonl
+
+        rows = list(read_jsonl(ckpt.metrics_path)) if ckpt.metrics_path.is_file() else []
+        final = acc.unwrap_model(model, keep_fp32_wrapper=False)
+        if optim["gradient_checkpointing"]:
+            final.gradient_checkpointing_disable()
+        with atomic_dir(out_dir) as tmp:
+            final.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            if getattr(final, "generation_config", None) is not None and not (tmp / "generation_config.json").exists():
+                final.generation_config.save_pretrained(tmp)
+            write_jsonl(tmp / "metrics.jsonl", rows)
+            write_json(tmp / "run.json", record)
+        if metrics_path is not None and Path(metrics_path).resolve() != (out_dir / "metrics.jsonl").resolve():
+            write_jsonl(metrics_path, rows)
+        info("saved %s (step %d, %.1f s)", out_dir, total, wall)
+    acc.wait_for_everyone()
+    ckpt.remove_all()
+    return record

@@ -1,0 +1,197 @@
+"""The whole toy DAG, run once (conftest.toy_run): every output checked against its documented schema,
+and the user stories of DESIGN.md checked against the finished run."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import snakemake
+from statepost import config as cfglib
+from statepost.data import validate_file
+from statepost.io import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+TOY = cfglib.load(Path(__file__).resolve().parent.parent / "config" / "toy.yaml")
+BENCHMARKS = list(TOY["benchmarks"])
+MODELS = cfglib.model_names(TOY)
+SCORE_KEYS = {"model", "benchmark", "task", "metrics", "primary_metric", "value", "stderr", "n", "num_fewshot",
+              "limit", "lm_eval_version", "model_path", "created"}
+STEP_KEYS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "padding_waste", "time_s"}
+SIGNAL_KEYS = {
+    "nll": {"nll"},
+    "teacher_kl": {"kl", "entropy", "teacher_nll", "completion_len", "eos_frac", "accuracy"},
+    "reward": {"reward", "accuracy", "zero_var_frac", "completion_len", "entropy"},
+}
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    block = stdout.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", block, re.M)}
+
+
+def metrics(work: Path, run: str) -> list[dict]:
+    return list(read_jsonl(work / "results" / "models" / run / "seed0" / "metrics.jsonl"))
+
+
+def test_data_outputs_validate_and_have_manifests(toy_run):
+    work, _ = toy_run
+    for bench, cfg in TOY["benchmarks"].items():
+        manifest = json.loads((work / "results" / "data" / bench / "manifest.json").read_text())
+        assert manifest["source"] == "toy" and manifest["benchmark"] == bench
+        for split in cfg["splits"]:
+            path = work / "results" / "data" / bench / f"{split}.jsonl"
+            validate_file(bench, split, path)
+            assert manifest["outputs"][split]["rows"] == sum(1 for _ in read_jsonl(path))
+
+
+def test_models_are_loadable_checkpoints_with_provenance(toy_run):
+    from statepost.models import load_model
+
+    work, _ = toy_run
+    base = work / "results" / "models" / "base"
+    assert (base / "model.safetensors").exists() and (base / "tokenizer.json").exists()
+    assert not list(base.glob("*.bin"))
+    assert sum(p.numel() for p in load_model(base).parameters()) < 5_000_000
+    for run in cfglib.run_order(TOY):
+        out = work / "results" / "models" / run / "seed0"
+        assert (out / "model.safetensors").exists(), run
+        info = json.loads((out / "run.json").read_text())
+        assert info["config"]["name"] == run and info["config"]["seed"] == 0
+        for key in ("versions", "git_commit", "inputs", "wall_time_s"):
+            assert key in info, (run, key)
+        lines = metrics(work, run)
+        assert lines and [m["step"] for m in lines] == sorted({m["step"] for m in lines})
+        signal = TOY["runs"][run]["signal"]["type"]
+        for m in lines:
+            assert STEP_KEYS | SIGNAL_KEYS[signal] <= set(m), (run, set(m))
+        # resumable states are removed once the model is written
+        assert not (work / "results" / ".state" / run / "seed0").exists()
+
+
+def test_every_model_scored_on_every_benchmark(toy_run):
+    work, _ = toy_run
+    for model in MODELS:
+        for bench in BENCHMARKS:
+            path = work / "results" / "scores" / model / f"{bench}.json"
+            score = json.loads(path.read_text())
+            assert SCORE_KEYS <= set(score), (path, SCORE_KEYS - set(score))
+            assert score["model"] == model and score["benchmark"] == bench
+            assert 0.0 <= score["value"] <= 1.0 and score["n"] > 0
+            assert score["num_fewshot"] == TOY["benchmarks"][bench]["eval"]["num_fewshot"]
+            names = {m["metric"] for m in score["metrics"]}
+            if bench == "gsm8k":
+                assert {"exact_match,strict-match", "exact_match,flexible-extract"} <= names
+                assert score["primary_metric"] == "exact_match,strict-match"
+            else:
+                assert score["primary_metric"] == "acc,none"
+            samples = list(read_jsonl(path.with_name(f"{bench}.samples.jsonl")))
+            assert len(samples) == score["n"]
+
+
+def test_tables_figures_and_claims(toy_run):
+    work, _ = toy_run
+    tables, figures = work / "results" / "tables", work / "results" / "figures"
+    for name in ("scores", "delta_vs_base", "delta_vs_teacher", "retention"):
+        for ext in ("csv", "md", "tex"):
+            assert (tables / f"{name}.{ext}").stat().st_size > 0, (name, ext)
+    scores_md = (tables / "scores.md").read_text()
+    for run in ["base", *cfglib.run_order(TOY)]:
+        assert run in scores_md
+    for name in ("scores", "retention_vs_gain", "training_curves"):
+        assert (figures / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (figures / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    claims = json.loads((tables / "claims.json").read_text())
+    assert len(claims) == 3
+    for claim in claims:
+        assert claim["verdict"] in {"reproduced", "not reproduced", "inconclusive"}, claim
+
+
+def test_second_dry_run_has_nothing_to_do(toy_run):
+    work, _ = toy_run
+    out = snakemake(work, "-n", "--configfile", "config/toy.yaml")
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_forcerun_stress_plans_exactly_its_dependents(toy_run):
+    work, _ = toy_run
+    out = snakemake(work, "-n", "--configfile", "config/toy.yaml", "--forcerun", "sft_stress")
+    counts = job_counts(out.stdout)
+    assert counts["sft_stress"] == 1 and counts["opd"] == 1
+    assert counts["evaluate"] == 2 * len(BENCHMARKS)  # sft_stress and opd, every benchmark
+    assert counts["report"] == 1
+    assert not {"sft_mild", "rl", "base_model"} & set(counts)
+
+
+def test_changing_one_run_reruns_only_it_and_dependents(toy_run, tmp_path):
+    work, _ = toy_run
+    cfg = yaml.safe_load((work / "config" / "toy.yaml").read_text())
+    cfg["runs"]["sft_mild"]["optim"]["lr"] = 2.0e-3
+    path = tmp_path / "toy_changed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    counts = job_counts(snakemake(work, "-n", "--configfile", str(path)).stdout)
+    assert counts.get("sft_mild") == 1 and counts["evaluate"] == len(BENCHMARKS)
+    assert not {"sft_stress", "opd", "rl", "base_model"} & set(counts)
+
+
+def test_sft_stress_fits_far_harder_than_mild(toy_run):
+    work, _ = toy_run
+    mild = metrics(work, "sft_mild")[-5:]
+    stress = metrics(work, "sft_stress")[-5:]
+    mild_loss = sum(m["loss"] for m in mild) / len(mild)
+    stress_loss = sum(m["loss"] for m in stress) / len(stress)
+    assert stress_loss < 0.5 * mild_loss, (stress_loss, mild_loss)
+
+
+def test_opd_kl_to_teacher_falls(toy_run):
+    work, _ = toy_run
+    kl = [m["kl"] for m in metrics(work, "opd")]
+    q = max(len(kl) // 4, 1)
+    first, last = sum(kl[:q]) / q, sum(kl[-q:]) / q
+    assert last < 0.8 * first, (first, last)
+
+
+def test_rl_mean_reward_rises(toy_run):
+    work, _ = toy_run
+    reward = [m["reward"] for m in metrics(work, "rl")]
+    q = max(len(reward) // 4, 1)
+    first, last = sum(reward[:q]) / q, sum(reward[-q:]) / q
+    assert last > first + 0.05, (first, last)
+
+
+def test_snakemake_report_builds(toy_run):
+    work, _ = toy_run
+    snakemake(work, "--configfile", "config/toy.yaml", "--report", "results/report.html")
+    html = (work / "results" / "report.html").read_text(errors="replace")
+    assert "claims" in html.lower() and len(html) > 10_000
+
+
+def test_new_methods_from_config_alone(toy_run, tmp_path):
+    """A third SFT, off-policy distillation and rejection-sampling SFT: config entries, no code change."""
+    work, _ = toy_run
+    cfg = yaml.safe_load((work / "config" / "toy.yaml").read_text())
+    short = {"lr": 1.0e-3, "max_steps": 6, "batch_size": 8, "max_length": 256}
+    cfg["runs"]["sft_lr2"] = {"init": "base", "states": {"source": "dataset"}, "signal": {"type": "nll"},
+                              "optim": dict(short, lr=2.0e-3)}
+    cfg["runs"]["offpolicy_kd"] = {"init": "base", "states": {"source": "dataset"},
+                                   "signal": {"type": "teacher_kl", "teacher": "sft_stress"}, "optim": short}
+    cfg["runs"]["rft"] = {"init": "base",
+                          "states": {"source": "learner", "temperature": 1.0, "max_new_tokens": 48,
+                                     "samples_per_prompt": 4, "filter": {"reward": "gsm8k", "min": 1.0}},
+                          "signal": {"type": "nll"}, "optim": short}
+    path = tmp_path / "toy_more.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    targets = [f"results/scores/{run}/seed0/gsm8k.json" for run in ("sft_lr2", "offpolicy_kd", "rft")]
+    out = snakemake(work, "--configfile", str(path), *targets)
+    counts = job_counts(out.stdout)
+    assert not {"sft_mild", "sft_stress", "opd", "rl"} & set(counts)  # existing runs are reused
+    for run in ("sft_lr2", "offpolicy_kd", "rft"):
+        score = json.loads((work / f"results/scores/{run}/seed0/gsm8k.json").read_text())
+        assert score["model"] == f"{run}/seed0"
+        assert len(metrics(work, run)) == 6
+    assert "kl" in metrics(work, "offpolicy_kd")[0]

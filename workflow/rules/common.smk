@@ -5,6 +5,7 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)
 
 from statepost import config as cfglib
+from statepost.gpus import launcher_prefix
 from statepost.io import ConfigError
 
 try:
@@ -16,17 +17,6 @@ BENCHMARKS = list(config["benchmarks"])
 SEEDS = config["seeds"]
 RUNS = cfglib.run_order(config)
 MODELS = cfglib.model_names(config)
-
-
-def gpu_launch(n_gpu):
-    """Prefix that gives a job its own n_gpu GPUs (CUDA_VISIBLE_DEVICES) on a local multi-GPU box."""
-    return f"python scripts/gpu_slots.py --gpus {n_gpu} --"
-
-
-wildcard_constraints:
-    benchmark="|".join(BENCHMARKS),
-    model="base|[a-z][a-z0-9_]*/seed[0-9]+",
-    seed="[0-9]+",
 
 
 def data_files(benchmark):
@@ -76,11 +66,7 @@ def all_targets():
 
 
 def train_command(run):
-    """python for one process; accelerate launch with one process per GPU for gpu > 1."""
-    n_gpu = cfglib.run_resources(config, "train", run)["gpu"]
-    if n_gpu > 1:
-        return f"{gpu_launch(n_gpu)} accelerate launch --num_processes {n_gpu} scripts/train.py"
-    return f"{gpu_launch(n_gpu)} python scripts/train.py"
+    return f"{launcher_prefix(cfglib.run_resources(config, 'train', run)['gpu'])} scripts/train.py"
 
 
 def train_inputs(run):

@@ -20,9 +20,9 @@ rule evaluate:
         eval=lambda wc: json_arg(config["benchmarks"][wc.benchmark]["eval"]),
         device=config["evaluation"]["device"],
         dtype=config["evaluation"]["dtype"],
-        launch=gpu_launch(EVAL_RES["gpu"]),
+        launch=launcher_prefix(EVAL_RES["gpu"]),
     shell:
-        "{params.launch} python scripts/evaluate.py --model-dir {input.model} "
+        "{params.launch} scripts/evaluate.py --model-dir {input.model} "
         "--model-name {wildcards.model} --benchmark {wildcards.benchmark} --data-dir results/data "
         "--eval-json {params.eval:q} --device {params.device} --dtype {params.dtype} "
         "--out {output.scores} > {log} 2>&1"

@@ -6,7 +6,7 @@ beside it ({benchmark}.samples.jsonl). Prints the fixed per-job overheads (impor
 load, model load) apart from the evaluation itself.
 
 Example:
-  scripts/evaluate.py --model-dir results/models/base --benchmark gsm8k --data-dir results/data \\
+  python scripts/evaluate.py --model-dir results/models/base --benchmark gsm8k --data-dir results/data \\
       --eval-json '{"num_fewshot": 5, "max_gen_toks": 256, "limit": null, "batch_size": 8}' \\
       --out results/scores/base/gsm8k.json
 """
@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", required=True, type=Path,
                    help="results/data (holds {benchmark}/{split}.jsonl)")
     p.add_argument("--eval-json", required=True,
-                   help="eval config as JSON text (or a path to a JSON file): {num_fewshot, max_gen_toks, "
+                   help="eval config as JSON text, or @FILE: {num_fewshot, max_gen_toks, "
                         "limit, batch_size, split?, fewshot_split?}")
     p.add_argument("--out", required=True, type=Path, help="score file, results/scores/{model}/{benchmark}.json")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:0, ...")
@@ -47,8 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_eval_cfg(text: str) -> dict:
     src = "--eval-json"
-    if not text.lstrip().startswith("{") and Path(text).is_file():
-        src, text = text, Path(text).read_text()
+    if text.startswith("@") or (not text.lstrip().startswith("{") and Path(text).is_file()):
+        path = Path(text.removeprefix("@"))
+        if not path.is_file():
+            raise SystemExit(f"--eval-json: {path}: no such file")
+        src, text = str(path), path.read_text()
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as e:
@@ -66,12 +69,16 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t = time.perf_counter()
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    repo = str(Path(__file__).resolve().parent.parent)
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
     from statepost.evaluate import evaluate
 
     t_pkg = time.perf_counter() - t
     rec = evaluate(args.model_dir, args.benchmark, args.data_dir, cfg, args.out, device=args.device,
                    dtype=args.dtype, model_name=args.model_name, workdir=args.workdir)
+    if not rec:  # non-zero rank of a multi-process run; rank 0 reports and writes
+        return 0
     tm = rec["timing_s"]
     total = time.perf_counter() - _T_START
     print(f"{rec['model']} {rec['benchmark']}: {rec['primary_metric']} = {rec['value']:.4f}"

@@ -8,14 +8,16 @@ Writes  {tables-dir}/{scores,delta_vs_base,delta_vs_teacher,retention}.{csv,md,t
 and prints the scores table (Markdown) to stdout.
 
 Each *-json option takes a path to a JSON file or the JSON text itself.
-  --models-json      {"base": {"run": "base", "seed": null}, "opd/seed0": {"run": "opd", "seed": 0,
-                      "teacher": "sft_stress"}, ...}  (config order: it sets row order and colours;
-                      a list of model names also works)
+  --models-json      [{"name": "base", "run": "base", "seed": null},
+                      {"name": "opd/seed0", "run": "opd", "seed": 0, "teacher": "sft_stress"}, ...]
+                      in config order (it sets row order and colours). Also accepted: a mapping
+                      {name: {"run", "seed", "teacher"}} or a plain list of names.
   --thresholds-json  {"little_forgetting": 0.02, "substantial_loss": 0.05, "min_gain": 0.0,
                       "surpass_margin": 0.0, "z": 1.96}  (missing keys take these defaults)
   --roles-json       {"mild": "sft_mild", "stress": "sft_stress", "opd": "opd", "rl": "rl",
                       "opd_teacher": "sft_stress"}  (missing keys: these defaults; opd_teacher follows
-                      the OPD run's teacher)
+                      the OPD run's teacher in the model list)
+  --benchmarks-json  ["gsm8k", "truthfulqa_mc2", "mmlu"]  (gsm8k is the target; the rest are retention)
 """
 
 from __future__ import annotations
@@ -52,10 +54,13 @@ def parse_args(argv=None):
     p.add_argument("--models-json", required=True, help="model list (file or JSON text), see above")
     p.add_argument("--thresholds-json", default=None, help="verdict thresholds (file or JSON text)")
     p.add_argument("--roles-json", default=None, help="claim roles -> runs (file or JSON text)")
-    p.add_argument(
-        "--benchmarks", nargs="+", default=["gsm8k", "truthfulqa_mc2", "mmlu"],
-        help="benchmarks in config order; the first must be the target (default: %(default)s)",
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--benchmarks", nargs="+", default=None,
+        help="benchmarks in config order; gsm8k is the target, the others measure retention "
+        "(default: gsm8k truthfulqa_mc2 mmlu)",
     )  # fmt: skip
+    g.add_argument("--benchmarks-json", default=None, help="the same as a JSON list (file or JSON text)")
     p.add_argument("--tables-dir", default="results/tables", help="(default: %(default)s)")
     p.add_argument("--figures-dir", default="results/figures", help="(default: %(default)s)")
     return p.parse_args(argv)
@@ -66,6 +71,10 @@ def main(argv=None) -> int:
     models = _json_arg(args.models_json, "models-json")
     thresholds = _json_arg(args.thresholds_json, "thresholds-json")
     roles = _json_arg(args.roles_json, "roles-json")
+    benchmarks = args.benchmarks or _json_arg(args.benchmarks_json, "benchmarks-json")
+    benchmarks = list(benchmarks or ["gsm8k", "truthfulqa_mc2", "mmlu"])
+    if not all(isinstance(b, str) for b in benchmarks):
+        raise SystemExit(f"error: --benchmarks: expected names, got {benchmarks!r}")
 
     from statepost import report  # heavy imports (pandas, matplotlib) only after parsing
     from statepost.io import ConfigError, DataError
@@ -79,8 +88,7 @@ def main(argv=None) -> int:
             args.figures_dir,
             thresholds=thresholds,
             roles=roles,
-            benchmarks=args.benchmarks,
-            target=args.benchmarks[0],
+            benchmarks=benchmarks,
         )
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -398,7 +398,9 @@ def evaluate(
 
     eval_cfg: {num_fewshot, max_gen_toks, limit (int|null; per task, so per subject for MMLU),
     batch_size, split?, fewshot_split?}. ``workdir`` keeps the rendered tasks (default: a temp dir,
-    removed afterwards). Returns the score record (also written to ``out_json``) plus "timing_s".
+    removed afterwards). Returns the score record (also written to ``out_json``) with "timing_s" in
+    seconds (import, tasks: build + data load, model: load, evaluate, total); {} on a non-zero rank of
+    a multi-process (accelerate) run, where rank 0 writes the files.
     """
     t0 = time.perf_counter()
     model_dir, out_json = Path(model_dir), Path(out_json)
@@ -465,6 +467,8 @@ def evaluate(
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    if results is None:  # a non-zero rank under `accelerate launch`: rank 0 gathers and writes
+        return {}
     record = _score_record(results, spec, benchmark, eval_cfg, limit, model_dir, out_json, model_name,
                            device, dtype, gen_kwargs)
     timing["total"] = time.perf_counter() - t0

@@ -31,7 +31,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,15 +50,16 @@ PRIMARY_METRIC = {
 }
 BENCHMARK_LABEL = {"gsm8k": "GSM8K", "truthfulqa_mc2": "TruthfulQA mc2", "mmlu": "MMLU"}
 
-# Verdict thresholds (config: report.thresholds). Accuracies are fractions in [0, 1], so 0.02 = 2 points.
+# Verdict thresholds (config: claims.thresholds). Accuracies are fractions in [0, 1], so 0.02 = 2 points.
 DEFAULT_THRESHOLDS = {
-    "little_forgetting": 0.02,  # max mean retention drop (TruthfulQA mc2, MMLU) for "little forgetting"/"keeps retention"
+    # max mean retention drop (TruthfulQA mc2, MMLU) for "little forgetting" / "keeps retention"
+    "little_forgetting": 0.02,
     "substantial_loss": 0.05,  # min mean retention drop for "forgets a lot"
     "min_gain": 0.0,  # GSM8K change vs base must exceed this to count as an improvement
     "surpass_margin": 0.0,  # OPD minus its teacher must exceed this on every benchmark
     "z": 1.96,  # a check within z * uncertainty of its threshold is undecided
 }
-# Claim roles (config: report.roles) -> run names.
+# Claim roles (config: claims.roles) -> run names.
 DEFAULT_ROLES = {
     "mild": "sft_mild",
     "stress": "sft_stress",
@@ -101,8 +102,16 @@ def normalize_models(models: Mapping | Iterable) -> dict[str, dict]:
     """Return ``{model: {"run", "seed", "teacher", "role"}}`` in the given order (see module doc)."""
     if isinstance(models, Mapping) and "models" in models and isinstance(models["models"], (Mapping, list)):
         models = models["models"]
-    if not isinstance(models, Mapping):
-        models = {m: {} for m in models}
+    if not isinstance(models, Mapping):  # a list of names, or of dicts with a "name" (the workflow's form)
+        items = {}
+        for i, m in enumerate(models):
+            if isinstance(m, str):
+                items[m] = {}
+            elif isinstance(m, Mapping) and isinstance(m.get("name"), str):
+                items[m["name"]] = m
+            else:
+                raise ConfigError(f"models[{i}]: expected a model name or an object with a 'name', got {m!r}")
+        models = items
     out: dict[str, dict] = {}
     for name, info in models.items():
         info = dict(info or {})
@@ -149,17 +158,23 @@ def run_markers(runs: Iterable[str]) -> dict[str, str]:
     return markers
 
 
-def roles_from_models(models: Mapping) -> dict[str, str]:
-    """Default roles, overridden by ``role`` keys in the model list; ``opd_teacher`` follows the OPD run's teacher."""
-    roles = dict(DEFAULT_ROLES)
+def resolve_roles(models, roles: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Claim roles -> runs: ``DEFAULT_ROLES``, then ``role`` keys in the model list, then ``roles``.
+    Unless given explicitly, ``opd_teacher`` is the teacher named by the OPD run (else the stress run)."""
+    out = {k: v for k, v in DEFAULT_ROLES.items() if k != "opd_teacher"}
     norm = normalize_models(models)
     for info in norm.values():
         if info["role"]:
-            roles[info["role"]] = info["run"]
-    for info in norm.values():
-        if info["run"] == roles.get("opd") and info["teacher"]:
-            roles["opd_teacher"] = _teacher_ref(info["teacher"])[0]
-    return roles
+            out[info["role"]] = info["run"]
+    roles = dict(roles or {})
+    unknown = set(roles) - set(DEFAULT_ROLES)
+    if unknown:
+        raise ConfigError(f"claims.roles: unknown role(s) {sorted(unknown)} (known: {', '.join(DEFAULT_ROLES)})")
+    out.update(roles)
+    if "opd_teacher" not in roles:
+        teachers = [info["teacher"] for info in norm.values() if info["run"] == out.get("opd") and info["teacher"]]
+        out["opd_teacher"] = _teacher_ref(teachers[0])[0] if teachers else out.get("stress")
+    return out
 
 
 def check_thresholds(thresholds: Mapping | None) -> dict[str, float]:
@@ -167,12 +182,12 @@ def check_thresholds(thresholds: Mapping | None) -> dict[str, float]:
     out = dict(DEFAULT_THRESHOLDS)
     for k, v in (thresholds or {}).items():
         if k not in DEFAULT_THRESHOLDS:
-            raise ConfigError(f"report.thresholds.{k}: unknown key (known: {', '.join(DEFAULT_THRESHOLDS)})")
+            raise ConfigError(f"claims.thresholds.{k}: unknown key (known: {', '.join(DEFAULT_THRESHOLDS)})")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ConfigError(f"report.thresholds.{k}: expected a finite number, got {v!r}")
+            raise ConfigError(f"claims.thresholds.{k}: expected a finite number, got {v!r}")
         out[k] = float(v)
     if out["z"] < 0:
-        raise ConfigError("report.thresholds.z: must be >= 0")
+        raise ConfigError("claims.thresholds.z: must be >= 0")
     return out
 
 
@@ -240,14 +255,17 @@ def _read_score_file(path: Path, model: str, info: dict, bench: str) -> list[dic
                 "seed": info["seed"],
                 "benchmark": bench,
                 "metric": m["metric"],
-                "value": _number(m["value"], path, f"metrics[{i}].value"),
+                "value": _number(m["value"], path, f"metrics[{i}].value", allow_none=m["metric"] != primary),
                 "stderr": _number(m.get("stderr"), path, f"metrics[{i}].stderr", allow_none=True),
                 "n": rec.get("n"),
                 "primary": m["metric"] == primary,
             }
         )
-    if not any(r["primary"] for r in rows):
+    prim = [r for r in rows if r["primary"]]
+    if not prim:
         raise DataError(f"{path}: primary metric {primary!r} not among metrics {[r['metric'] for r in rows]}")
+    if not math.isfinite(prim[0]["value"]):
+        raise DataError(f"{path}: primary metric {primary!r} has no finite value")
     return rows
 
 
@@ -397,10 +415,14 @@ class Table:
     display: pd.DataFrame
     note: str = ""
     caption: str = ""
-    extra: dict = field(default_factory=dict)
 
     def markdown(self) -> str:
-        body = self.display.to_markdown(index=False, disable_numparse=True) if len(self.display) else "_(no rows)_"
+        align = ["left" if c in ("run", "teacher") else "right" for c in self.display.columns]
+        body = (
+            self.display.to_markdown(index=False, disable_numparse=True, colalign=align)
+            if len(self.display)
+            else "_(no rows)_"
+        )
         parts = [f"**{self.caption}**" if self.caption else "", body, self.note]
         return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -500,7 +522,10 @@ def delta_vs_teacher_table(scores: pd.DataFrame, models, summary: pd.DataFrame |
                 s_val = val.get((run, seed, b))
                 if s_val is None:
                     continue
-                if t_seed is not None and (t_run, t_seed, b) in val:
+                if t_run == BASE and (BASE, None, b) in val:
+                    tv = val[(BASE, None, b)]
+                    paired += 1
+                elif t_seed is not None and (t_run, t_seed, b) in val:
                     tv = val[(t_run, t_seed, b)]
                     paired += 1
                 elif (t_run, seed, b) in val:
@@ -524,7 +549,8 @@ def delta_vs_teacher_table(scores: pd.DataFrame, models, summary: pd.DataFrame |
                     "uncertainty": _rss(look[(run, b)][1], look[(t_run, b)][1]),
                 }
             )
-    cols = ["run", "teacher", "benchmark", "n_seeds", "paired_seeds", "run_mean", "teacher_mean", "delta", "uncertainty"]
+    cols = ["run", "teacher", "benchmark", "n_seeds", "paired_seeds", "run_mean", "teacher_mean", "delta"]
+    cols.append("uncertainty")
     d = pd.DataFrame(rows, columns=cols)
     disp = []
     for (run, teacher), g in d.groupby(["run", "teacher"], sort=False):
@@ -640,7 +666,7 @@ def _combine(claim, statement, checks, thresholds, quantities) -> dict:
         verdict = "not reproduced"
         reason = "fails: " + "; ".join(desc(c) for c in fails)
         if unsure:
-            reason += f". Also within z·uncertainty: " + "; ".join(desc(c) for c in unsure)
+            reason += ". Also within z·uncertainty: " + "; ".join(desc(c) for c in unsure)
     elif unsure:
         verdict = "inconclusive"
         reason = (
@@ -821,7 +847,8 @@ def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None)
                 }
                 for c in r["checks"]
             ]
-            lines += [pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
+            align = ("left", "right", "right", "left", "left")
+            lines += [pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True, colalign=align), ""]
         extra = {k: v for k, v in r["quantities"].items() if k not in {c["quantity"] for c in r["checks"]}}
         if extra:
             lines += [
@@ -920,9 +947,7 @@ def scores_figure(summary: pd.DataFrame, colors: Mapping[str, str] | None = None
         note = "error bars: " + (
             "std over seeds (runs with >1 seed),\nelse lm-eval standard error"
             if multi and single
-            else "std over seeds"
-            if multi
-            else "lm-eval standard error"
+            else "std over seeds" if multi else "lm-eval standard error"
         )
         if scores is not None and multi:
             note += "\ndots: individual seeds"
@@ -992,17 +1017,22 @@ def retention_vs_gain_figure(
         ax.set_axisbelow(True)
         err_note = "error bars: ±1 combined std. error" if z == 1 else f"error bars: ±{z:g} combined std. errors"
         ax.text(0.99, 0.01, err_note, transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5, color="0.35")
-        _place_labels(fig, ax, [(0.0, 0.0, "base")] + [(xs[i], ys[i], runs[i]) for i in range(len(runs))])
+        _place_labels(
+            fig,
+            ax,
+            [(0.0, 0.0, "base")] + [(xs[i], ys[i], runs[i]) for i in range(len(runs))],
+            [(0.0, 0.0)] + [(xe[i], ye[i]) for i in range(len(runs))],
+        )
     return fig
 
 
-def _place_labels(fig, ax, points):
+def _place_labels(fig, ax, points, errors=None):
     """Put each label next to its point: try close offsets first, then farther ones with a thin leader line, and
     take the first that overlaps no earlier label or marker and stays inside the axes (else the least overlap)."""
     from matplotlib.text import Text
     from matplotlib.transforms import Bbox
 
-    near = [(7, 5), (7, -5), (-7, 5), (-7, -5), (0, 10), (0, -12)]
+    near = [(8, 5), (8, -5), (-8, 5), (-8, -5), (0, 10), (0, -12)]
     far = [
         (round(d * math.cos(a)), round(d * math.sin(a)))
         for d in (24, 42, 62)
@@ -1011,11 +1041,17 @@ def _place_labels(fig, ax, points):
     renderer = fig.canvas.get_renderer()
     fig.draw_without_rendering()
     axbox = ax.get_window_extent(renderer)
-    r = 7  # half-size (pixels) of the box a marker occupies
+    r = 6 * fig.dpi / 72  # half-size (pixels) of the box a marker occupies
     marks = [
         Bbox.from_extents(px - r, py - r, px + r, py + r)
         for px, py in (ax.transData.transform((x, y)) for x, y, _ in points if np.isfinite(x) and np.isfinite(y))
     ]
+    bars = []  # error bars as thin boxes: a label may cross one, at a lower cost than covering a marker
+    for (x, y, _), (xe, ye) in zip(points, errors or []):
+        if np.isfinite(x) and np.isfinite(y):
+            for (x0, y0), (x1, y1) in (((x - xe, y), (x + xe, y)), ((x, y - ye), (x, y + ye))):
+                (a0, b0), (a1, b1) = ax.transData.transform([(x0, y0), (x1, y1)])
+                bars.append(Bbox.from_extents(min(a0, a1) - 1, min(b0, b1) - 1, max(a0, a1) + 1, max(b0, b1) + 1))
     placed = [t.get_window_extent(renderer) for t in ax.texts]  # texts already there (threshold notes)
 
     def overlap(a, b):
@@ -1040,8 +1076,8 @@ def _place_labels(fig, ax, points):
             ann = make(text, x, y, dx, dy, leader=(dx, dy) not in near)
             ann.get_window_extent(renderer)  # positions the text (and leader) for this renderer
             # the label's own box (Annotation.get_window_extent would include the leader line)
-            bb = Text.get_window_extent(ann, renderer).padded(3)
-            cost = sum(overlap(bb, o) for o in placed + marks)
+            bb = Text.get_window_extent(ann, renderer).padded(2)
+            cost = sum(overlap(bb, o) for o in placed + marks) + 0.3 * sum(overlap(bb, o) for o in bars)
             if not (axbox.contains(bb.x0, bb.y0) and axbox.contains(bb.x1, bb.y1)):
                 cost += 1e6
             ann.remove()
@@ -1066,7 +1102,7 @@ def _second_signal(df: pd.DataFrame) -> str | None:
     return None
 
 
-SIGNAL_LABEL = {"kl": "KL(policy ‖ teacher)", "reward": "mean reward"}
+SIGNAL_LABEL = {"kl": "KL to teacher", "reward": "mean reward"}
 
 
 def training_curves_figure(metrics: pd.DataFrame, colors: Mapping[str, str] | None = None, runs=None):
@@ -1160,7 +1196,7 @@ def make_report(
     norm = normalize_models(models)
     benchmarks = list(benchmarks)
     th = check_thresholds(thresholds)
-    roles = {**roles_from_models(norm), **dict(roles or {})}
+    roles = resolve_roles(norm, roles)
     runs = run_order(norm)
     colors = run_colors(runs)
     retention = [b for b in benchmarks if b != target]

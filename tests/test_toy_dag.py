@@ -106,7 +106,7 @@ def test_tables_figures_and_claims(toy_run):
     for name in ("scores", "retention_vs_gain", "training_curves"):
         assert (figures / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (figures / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
-    claims = json.loads((tables / "claims.json").read_text())
+    claims = json.loads((tables / "claims.json").read_text())["claims"]
     assert len(claims) == 3
     for claim in claims:
         assert claim["verdict"] in {"reproduced", "not reproduced", "inconclusive"}, claim

@@ -1,0 +1,251 @@
+"""Claim verdicts: every verdict path of every claim, through hand-made score summaries."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from statepost.io import ConfigError
+from statepost.report import DEFAULT_ROLES, DEFAULT_THRESHOLDS, check_thresholds, claims_markdown, verdicts
+
+BENCHES = ("gsm8k", "truthfulqa_mc2", "mmlu")
+BASE = (0.30, 0.40, 0.50)
+# A picture where every claim holds by a wide margin.
+GOOD = {
+    "base": BASE,
+    "sft_mild": (0.40, 0.395, 0.495),  # gain 0.10, retention drop 0.005
+    "sft_stress": (0.45, 0.32, 0.42),  # retention drop 0.08
+    "opd": (0.48, 0.36, 0.46),  # beats stress by 0.03/0.04/0.04
+    "rl": (0.36, 0.40, 0.498),  # gain 0.06, drop 0.001
+}
+
+
+def table(values: dict, unc: float | dict = 0.001) -> pd.DataFrame:
+    """Summary rows (run, benchmark, mean, uncertainty); ``unc`` may be per (run, benchmark)."""
+    rows = []
+    for run, vals in values.items():
+        for b, v in zip(BENCHES, vals):
+            u = unc.get((run, b), 0.001) if isinstance(unc, dict) else unc
+            rows.append({"run": run, "benchmark": b, "mean": v, "uncertainty": u, "n_seeds": 1})
+    return pd.DataFrame(rows)
+
+
+def by_claim(values, unc=0.001, roles=DEFAULT_ROLES, thresholds=None):
+    return {r["claim"]: r for r in verdicts(table(values, unc), roles, thresholds or {})}
+
+
+def with_(run, vals, base=GOOD):
+    d = dict(base)
+    d[run] = vals
+    return d
+
+
+def test_all_reproduced_and_record_shape():
+    res = by_claim(GOOD)
+    assert [r for r in res] == ["claim1", "claim2", "claim3"]
+    for r in res.values():
+        assert r["verdict"] == "reproduced", r
+        assert set(r) >= {"claim", "statement", "quantities", "thresholds", "verdict", "reason"}
+        assert r["statement"] and r["reason"]
+        for q in r["quantities"].values():
+            assert set(q) == {"value", "uncertainty"}
+            assert math.isfinite(q["value"]) and q["uncertainty"] > 0
+        assert r["thresholds"]["z"] == DEFAULT_THRESHOLDS["z"]
+    q1 = res["claim1"]["quantities"]
+    assert q1["sft_mild gsm8k gain"]["value"] == pytest.approx(0.10)
+    assert q1["sft_mild retention drop"]["value"] == pytest.approx(0.005)
+    assert q1["sft_stress retention drop"]["value"] == pytest.approx(0.08)
+    assert q1["sft_mild gsm8k gain"]["uncertainty"] == pytest.approx(math.sqrt(2) * 0.001)
+    # mean of two changes: sqrt(2 * (2 u^2)) / 2 = u
+    assert q1["sft_mild retention drop"]["uncertainty"] == pytest.approx(0.001)
+    q2 = res["claim2"]["quantities"]
+    assert [v["value"] for v in q2.values()] == pytest.approx([0.03, 0.04, 0.04])
+    assert set(res["claim1"]["thresholds"]) == {"min_gain", "little_forgetting", "substantial_loss", "z"}
+    assert set(res["claim2"]["thresholds"]) == {"surpass_margin", "z"}
+
+
+# ------------------------------------------------------------------------------------------ claim 1
+
+
+@pytest.mark.parametrize(
+    "run, vals, failing",
+    [
+        ("sft_mild", (0.29, 0.395, 0.495), "sft_mild gsm8k gain"),  # mild does not improve GSM8K
+        ("sft_mild", (0.40, 0.35, 0.46), "sft_mild retention drop"),  # mild forgets (drop 0.045)
+        ("sft_stress", (0.45, 0.39, 0.49), "sft_stress retention drop"),  # stress barely forgets (drop 0.01)
+    ],
+)
+def test_claim1_each_part_failing_alone(run, vals, failing):
+    r = by_claim(with_(run, vals))["claim1"]
+    assert r["verdict"] == "not reproduced"
+    outcomes = {c["quantity"]: c["outcome"] for c in r["checks"]}
+    assert outcomes[failing] == "fail"
+    assert [o for q, o in outcomes.items() if q != failing] == ["pass", "pass"]
+    assert failing in r["reason"]
+
+
+def test_claim1_parts_are_labelled():
+    r = by_claim(GOOD)["claim1"]
+    assert [c["part"] for c in r["checks"]] == ["mild", "mild", "stress"]
+
+
+@pytest.mark.parametrize(
+    "run, vals, unc",
+    [
+        # mild's retention drop 0.015 vs 0.02, uncertainty 0.005 -> within 1.96 se
+        ("sft_mild", (0.40, 0.385, 0.485), {("sft_mild", "truthfulqa_mc2"): 0.005, ("sft_mild", "mmlu"): 0.005}),
+        # stress's retention drop 0.055 vs 0.05
+        ("sft_stress", (0.45, 0.345, 0.445), {("sft_stress", "truthfulqa_mc2"): 0.01}),
+        # mild's gain 0.01 vs 0 with a noisy GSM8K
+        ("sft_mild", (0.31, 0.395, 0.495), {("sft_mild", "gsm8k"): 0.02}),
+    ],
+)
+def test_claim1_inconclusive(run, vals, unc):
+    r = by_claim(with_(run, vals), unc)["claim1"]
+    assert r["verdict"] == "inconclusive", r["reason"]
+    assert [c["outcome"] for c in r["checks"]].count("uncertain") == 1
+    assert "hinges" in r["reason"]
+
+
+def test_claim1_fail_beats_uncertain():
+    vals = with_("sft_mild", (0.31, 0.395, 0.495))  # uncertain gain
+    vals["sft_stress"] = (0.45, 0.39, 0.49)  # clear failure
+    r = by_claim(vals, {("sft_mild", "gsm8k"): 0.02})["claim1"]
+    assert r["verdict"] == "not reproduced"
+    assert sorted(c["outcome"] for c in r["checks"]) == ["fail", "pass", "uncertain"]
+
+
+@pytest.mark.parametrize("missing", ["sft_mild", "sft_stress", "base"])
+def test_claim1_not_run(missing):
+    vals = {k: v for k, v in GOOD.items() if k != missing}
+    res = by_claim(vals)
+    assert res["claim1"]["verdict"] == "not run"
+    assert missing in res["claim1"]["reason"]
+    assert res["claim1"]["quantities"] == {}
+    # claim 2 needs no base
+    assert res["claim2"]["verdict"] == ("not run" if missing == "sft_stress" else "reproduced")
+
+
+def test_not_run_when_role_unassigned_or_benchmark_missing():
+    roles = {k: v for k, v in DEFAULT_ROLES.items() if k != "mild"}
+    assert by_claim(GOOD, roles=roles)["claim1"]["verdict"] == "not run"
+    assert "role 'mild'" in by_claim(GOOD, roles=roles)["claim1"]["reason"]
+    t = table(GOOD)
+    t = t[~((t["run"] == "rl") & (t["benchmark"] == "mmlu"))]
+    r = {x["claim"]: x for x in verdicts(t, DEFAULT_ROLES, {})}["claim3"]
+    assert r["verdict"] == "not run" and "mmlu" in r["reason"]
+
+
+# ------------------------------------------------------------------------------------------ claim 2
+
+
+def test_claim2_not_reproduced_when_one_benchmark_loses():
+    r = by_claim(with_("opd", (0.48, 0.36, 0.40)))["claim2"]  # MMLU below teacher (0.42)
+    assert r["verdict"] == "not reproduced"
+    assert [c["outcome"] for c in r["checks"]] == ["pass", "pass", "fail"]
+    assert "mmlu" in r["reason"]
+
+
+def test_claim2_inconclusive():
+    r = by_claim(with_("opd", (0.455, 0.36, 0.46)), {("opd", "gsm8k"): 0.01})["claim2"]
+    assert r["verdict"] == "inconclusive"
+    assert [c["outcome"] for c in r["checks"]] == ["uncertain", "pass", "pass"]
+
+
+def test_claim2_margin_threshold():
+    r = by_claim(GOOD, thresholds={"surpass_margin": 0.035})["claim2"]
+    assert r["verdict"] == "not reproduced"  # gsm8k margin is 0.03
+    assert r["thresholds"]["surpass_margin"] == 0.035
+
+
+@pytest.mark.parametrize("missing", ["opd", "sft_stress"])
+def test_claim2_not_run(missing):
+    vals = {k: v for k, v in GOOD.items() if k != missing}
+    r = by_claim(vals)["claim2"]
+    assert r["verdict"] == "not run" and missing in r["reason"]
+
+
+def test_claim2_uses_opd_teacher_role():
+    vals = dict(GOOD, other_teacher=(0.50, 0.50, 0.50))
+    roles = dict(DEFAULT_ROLES, opd_teacher="other_teacher")
+    r = by_claim(vals, roles=roles)["claim2"]
+    assert r["verdict"] == "not reproduced"
+    assert all("other_teacher" in q for q in r["quantities"])
+
+
+# ------------------------------------------------------------------------------------------ claim 3
+
+
+@pytest.mark.parametrize(
+    "vals, unc, verdict, outcomes",
+    [
+        ((0.36, 0.40, 0.498), 0.001, "reproduced", ["pass", "pass"]),
+        ((0.28, 0.40, 0.498), 0.001, "not reproduced", ["fail", "pass"]),  # GSM8K falls
+        ((0.36, 0.35, 0.45), 0.001, "not reproduced", ["pass", "fail"]),  # forgets 0.05
+        ((0.31, 0.40, 0.498), {("rl", "gsm8k"): 0.02}, "inconclusive", ["uncertain", "pass"]),
+        ((0.30, 0.40, 0.498), 0.001, "inconclusive", ["uncertain", "pass"]),  # zero gain, noisy either way
+        ((0.36, 0.38, 0.48), {("rl", "mmlu"): 0.01}, "inconclusive", ["pass", "uncertain"]),  # drop 0.02 at threshold
+    ],
+)
+def test_claim3_paths(vals, unc, verdict, outcomes):
+    r = by_claim(with_("rl", vals), unc)["claim3"]
+    assert r["verdict"] == verdict, r["reason"]
+    assert [c["outcome"] for c in r["checks"]] == outcomes
+
+
+def test_claim3_not_run():
+    vals = {k: v for k, v in GOOD.items() if k != "rl"}
+    r = by_claim(vals)["claim3"]
+    assert r["verdict"] == "not run" and "'rl'" in r["reason"]
+
+
+# ------------------------------------------------------------------------------------------ thresholds
+
+
+def test_z_zero_removes_inconclusive():
+    r = by_claim(with_("rl", (0.31, 0.40, 0.498)), {("rl", "gsm8k"): 0.02}, thresholds={"z": 0})["claim3"]
+    assert r["verdict"] == "reproduced"
+
+
+def test_min_gain_threshold():
+    r = by_claim(GOOD, thresholds={"min_gain": 0.07})["claim3"]  # RL gains 0.06
+    assert r["verdict"] == "not reproduced"
+
+
+def test_missing_uncertainty_uses_point_estimate():
+    unc = {("rl", b): float("nan") for b in BENCHES} | {("base", b): float("nan") for b in BENCHES}
+    r = by_claim(with_("rl", (0.3001, 0.40, 0.50)), unc)["claim3"]
+    assert r["verdict"] == "reproduced"
+    assert r["quantities"]["rl gsm8k gain"]["uncertainty"] is None
+
+
+def test_thresholds_validation():
+    assert check_thresholds(None) == DEFAULT_THRESHOLDS
+    assert check_thresholds({"z": 1})["z"] == 1.0
+    with pytest.raises(ConfigError, match="claims.thresholds.little_forgeting"):
+        check_thresholds({"little_forgeting": 0.1})
+    with pytest.raises(ConfigError, match="z"):
+        check_thresholds({"z": "two"})
+    with pytest.raises(ConfigError):
+        verdicts(table(GOOD), DEFAULT_ROLES, {"bogus": 1})
+
+
+def test_verdicts_is_pure():
+    t = table(GOOD)
+    before = t.copy()
+    a = verdicts(t, DEFAULT_ROLES, {})
+    b = verdicts(t, DEFAULT_ROLES, {})
+    pd.testing.assert_frame_equal(t, before)
+    assert a == b
+
+
+def test_markdown_has_a_table_per_claim_and_bold_verdicts():
+    res = verdicts(table(with_("rl", (0.28, 0.40, 0.498))), DEFAULT_ROLES, {})
+    md = claims_markdown(res, DEFAULT_ROLES)
+    assert md.count("## claim") == 3
+    assert "**reproduced**" in md and "**not reproduced**" in md
+    assert md.count("| check") == 3
+    assert "+0.1000" in md  # mild gain, signed
+    res = verdicts(table({k: v for k, v in GOOD.items() if k != "opd"}), DEFAULT_ROLES, {})
+    md = claims_markdown(res)
+    assert "**not run**" in md

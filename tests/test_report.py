@@ -1,0 +1,430 @@
+"""Report: loading score files and metrics, tables, figures and the command line, on small synthetic inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from statepost import report as R
+from statepost.io import ConfigError, DataError
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHES = ["gsm8k", "truthfulqa_mc2", "mmlu"]
+PRIMARY = {"gsm8k": "exact_match,strict-match", "truthfulqa_mc2": "acc,none", "mmlu": "acc,none"}
+STDERR = {"gsm8k": 0.012, "truthfulqa_mc2": 0.015, "mmlu": 0.004}
+
+# (run, seed) -> scores on gsm8k, truthfulqa_mc2, mmlu. sft_mild and sft_stress have 2 seeds, opd has seeds 0
+# and 2 (seed 2 has no teacher seed), rl has 1 seed.
+SCORES = {
+    ("base", None): (0.30, 0.40, 0.50),
+    ("sft_mild", 0): (0.40, 0.39, 0.49),
+    ("sft_mild", 1): (0.42, 0.41, 0.50),
+    ("sft_stress", 0): (0.45, 0.32, 0.42),
+    ("sft_stress", 1): (0.47, 0.30, 0.40),
+    ("opd", 0): (0.50, 0.36, 0.46),
+    ("opd", 2): (0.48, 0.34, 0.44),
+    ("rl", 0): (0.36, 0.40, 0.498),
+}
+
+
+def model_name(run, seed):
+    return "base" if run == "base" else f"{run}/seed{seed}"
+
+
+def models_list():
+    """The workflow's form: a list of dicts with name/run/seed/teacher in config order."""
+    out = []
+    for run, seed in SCORES:
+        out.append(
+            {
+                "name": model_name(run, seed),
+                "run": run,
+                "seed": seed,
+                "init": "base",
+                "teacher": "sft_stress" if run == "opd" else None,
+            }
+        )
+    return out
+
+
+def write_score(root: Path, model: str, bench: str, value: float, stderr=None):
+    d = root / model
+    d.mkdir(parents=True, exist_ok=True)
+    metrics = [{"metric": PRIMARY[bench], "value": value, "stderr": stderr}]
+    if bench == "gsm8k":
+        metrics.append({"metric": "exact_match,flexible-extract", "value": value + 0.05, "stderr": stderr})
+    rec = {
+        "model": model, "benchmark": bench, "task": f"statepost_{bench}", "metrics": metrics,
+        "primary_metric": PRIMARY[bench], "value": value, "stderr": stderr, "n": 100, "num_fewshot": 0,
+        "limit": None, "lm_eval_version": "0.4.13", "model_path": f"results/models/{model}", "created": "now",
+    }  # fmt: skip
+    (d / f"{bench}.json").write_text(json.dumps(rec))
+
+
+def write_metrics(root: Path, run: str, seed: int, steps: int = 40):
+    d = root / run / f"seed{seed}"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with open(d / "metrics.jsonl", "w") as f:
+        for t in range(1, steps + 1):
+            row = {"step": t, "loss": 2.0 * math.exp(-t / 15) + 0.2 + 0.05 * rng.standard_normal(), "lr": 1e-5,
+                   "grad_norm": 1.0, "tokens_per_s": 100.0, "padding_waste": 0.1, "time_s": 0.1}  # fmt: skip
+            if run == "opd":
+                row["kl"] = 0.5 * math.exp(-t / 10) + 0.01
+            if run == "rl":
+                row["reward"] = min(1.0, 0.2 + t / 60)
+            f.write(json.dumps(row) + "\n")
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    scores, models = tmp_path / "scores", tmp_path / "models"
+    for (run, seed), vals in SCORES.items():
+        m = model_name(run, seed)
+        for b, v in zip(BENCHES, vals):
+            write_score(scores, m, b, v, STDERR[b])
+        if run != "base":
+            write_metrics(models, run, seed)
+    return tmp_path
+
+
+@pytest.fixture
+def loaded(workspace):
+    return R.load_scores(workspace / "scores", models_list())
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def test_load_scores_tidy(loaded):
+    df = loaded
+    assert list(df.columns[:8]) == ["model", "run", "seed", "benchmark", "metric", "value", "stderr", "n"]
+    # 8 models x 3 benchmarks primary + 8 gsm8k flexible-extract rows
+    assert len(df) == 8 * 3 + 8
+    prim = df[df["primary"]]
+    assert len(prim) == 24
+    assert set(prim.loc[prim["benchmark"] == "gsm8k", "metric"]) == {"exact_match,strict-match"}
+    base = prim[(prim["model"] == "base") & (prim["benchmark"] == "mmlu")].iloc[0]
+    assert base["run"] == "base" and pd.isna(base["seed"]) and base["value"] == 0.50 and base["n"] == 100
+    assert prim[prim["model"] == "opd/seed2"]["seed"].tolist() == [2, 2, 2]
+
+
+def test_missing_score_file_is_named(workspace):
+    (workspace / "scores" / "rl" / "seed0" / "mmlu.json").unlink()
+    with pytest.raises(DataError, match=r"rl/seed0/mmlu\.json"):
+        R.load_scores(workspace / "scores", models_list())
+
+
+def test_bad_score_files(workspace):
+    path = workspace / "scores" / "base" / "gsm8k.json"
+    path.write_text("{not json")
+    with pytest.raises(DataError, match="base/gsm8k.json: not valid JSON"):
+        R.load_scores(workspace / "scores", models_list())
+    write_score(workspace / "scores", "base", "gsm8k", 0.3, 0.01)
+    rec = json.loads(path.read_text())
+    rec["model"] = "sft_mild/seed0"
+    path.write_text(json.dumps(rec))
+    with pytest.raises(DataError, match="field 'model'"):
+        R.load_scores(workspace / "scores", models_list())
+    rec["model"] = "base"
+    rec["metrics"] = [{"metric": "exact_match,flexible-extract", "value": 0.3, "stderr": None}]
+    path.write_text(json.dumps(rec))
+    with pytest.raises(DataError, match="strict-match"):
+        R.load_scores(workspace / "scores", models_list())
+    # a null non-primary metric is fine (lm-eval leaves some empty); a null primary is not
+    rec["metrics"].append({"metric": "exact_match,strict-match", "value": 0.3, "stderr": None})
+    path.write_text(json.dumps(rec))
+    df = R.load_scores(workspace / "scores", models_list())
+    row = df[(df.model == "base") & (df.benchmark == "gsm8k") & df.primary].iloc[0]
+    assert row["value"] == 0.3 and math.isnan(row["stderr"])
+    rec["metrics"][0]["value"] = None
+    path.write_text(json.dumps(rec))
+    df = R.load_scores(workspace / "scores", models_list())
+    flex = df[(df.model == "base") & (df.metric == "exact_match,flexible-extract")]["value"]
+    assert flex.isna().all() and len(flex) == 1
+    rec["metrics"][1]["value"] = None
+    path.write_text(json.dumps(rec))
+    with pytest.raises(DataError, match=r"metrics\[1\]\.value must be a number"):
+        R.load_scores(workspace / "scores", models_list())
+
+
+def test_model_list_forms():
+    as_list = R.normalize_models(models_list())
+    as_names = R.normalize_models([m["name"] for m in models_list()])
+    assert {k: (v["run"], v["seed"]) for k, v in as_list.items()} == {
+        k: (v["run"], v["seed"]) for k, v in as_names.items()
+    }
+    assert list(as_list) == [m["name"] for m in models_list()]  # order kept
+    assert as_list["opd/seed0"]["teacher"] == "sft_stress"
+    assert R.run_order(as_list) == ["base", "sft_mild", "sft_stress", "opd", "rl"]
+    with pytest.raises(ConfigError, match="seed"):
+        R.normalize_models(["sft_mild"])
+    with pytest.raises(ConfigError):
+        R.normalize_models({"x/seed0": {"run": "x", "seed": "0"}})
+
+
+def test_roles_follow_opd_teacher():
+    models = models_list() + [{"name": "opd2/seed0", "run": "opd2", "seed": 0, "teacher": "sft_mild"}]
+    assert R.resolve_roles(models)["opd_teacher"] == "sft_stress"
+    assert R.resolve_roles(models, {"opd": "opd2"})["opd_teacher"] == "sft_mild"
+    assert R.resolve_roles(models, {"opd": "opd2", "opd_teacher": "rl"})["opd_teacher"] == "rl"
+    with pytest.raises(ConfigError, match="unknown role"):
+        R.resolve_roles(models, {"mlid": "x"})
+
+
+def test_load_metrics(workspace):
+    m = R.load_metrics(workspace / "models", models_list())
+    assert set(m["model"]) == {model_name(r, s) for r, s in SCORES if r != "base"}
+    assert m.groupby("model")["step"].max().eq(40).all()
+    assert m.loc[m["run"] == "opd", "kl"].notna().all() and m.loc[m["run"] == "sft_mild", "kl"].isna().all()
+    (workspace / "models" / "rl" / "seed0" / "metrics.jsonl").unlink()
+    with pytest.raises(DataError, match=r"rl/seed0/metrics\.jsonl"):
+        R.load_metrics(workspace / "models", models_list())
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+
+def test_summary_two_seeds_and_one(loaded):
+    s = R.summarize(loaded, runs=R.run_order(models_list())).set_index(["run", "benchmark"])
+    mild = s.loc[("sft_mild", "gsm8k")]
+    assert mild["n_seeds"] == 2
+    assert mild["mean"] == pytest.approx(0.41)
+    assert mild["seed_std"] == pytest.approx(np.std([0.40, 0.42], ddof=1))
+    assert mild["seed_sem"] == pytest.approx(np.std([0.40, 0.42], ddof=1) / math.sqrt(2))
+    assert mild["eval_stderr"] == pytest.approx(0.012)
+    assert mild["uncertainty"] == pytest.approx(math.hypot(mild["seed_sem"], 0.012))
+    assert mild["spread"] == pytest.approx(mild["seed_std"])
+    rl = s.loc[("rl", "mmlu")]  # one seed: no seed spread, lm-eval stderr instead
+    assert rl["n_seeds"] == 1 and math.isnan(rl["seed_std"])
+    assert rl["spread"] == pytest.approx(0.004) and rl["uncertainty"] == pytest.approx(0.004)
+    assert list(dict.fromkeys(s.index.get_level_values(0))) == ["base", "sft_mild", "sft_stress", "opd", "rl"]
+
+
+def test_tables_content(loaded, tmp_path):
+    tables = R.build_tables(loaded, models_list())
+    assert set(tables) == set(R.TABLES)
+    sc = tables["scores"].display.set_index("run")
+    assert list(sc.columns) == ["seeds", "GSM8K", "TruthfulQA mc2", "MMLU"]
+    assert sc.loc["sft_mild", "seeds"] == 2 and sc.loc["rl", "seeds"] == 1
+    assert sc.loc["rl", "MMLU"] == "0.498 ± 0.004"  # one seed: lm-eval stderr
+    assert sc.loc["sft_mild", "GSM8K"].startswith("0.410 ± 0.014")  # two seeds: seed std
+    assert "(se 0.012)" in sc.loc["sft_mild", "GSM8K"]
+
+    d = tables["delta_vs_base"].data.set_index(["run", "benchmark"])
+    assert d.loc[("sft_stress", "truthfulqa_mc2"), "delta"] == pytest.approx(0.31 - 0.40)
+    assert d.loc[("rl", "gsm8k"), "uncertainty"] == pytest.approx(math.hypot(0.012, 0.012))
+    assert "base" not in d.index.get_level_values(0)
+
+    t = tables["delta_vs_teacher"].data.set_index("benchmark")
+    assert set(t["run"]) == {"opd"} and set(t["teacher"]) == {"sft_stress"}
+    # seed 0 paired with teacher seed 0 (0.50 - 0.45); seed 2 against the teacher mean (0.48 - 0.46)
+    assert t.loc["gsm8k", "delta"] == pytest.approx(((0.50 - 0.45) + (0.48 - 0.46)) / 2)
+    assert t.loc["gsm8k", "paired_seeds"] == 1 and t.loc["gsm8k", "n_seeds"] == 2
+    assert tables["delta_vs_teacher"].display.iloc[0]["seeds (paired)"] == "2 (1)"
+
+    r = tables["retention"].data.set_index("run")
+    assert r.loc["sft_stress", "gsm8k_gain"] == pytest.approx(0.16)
+    assert r.loc["sft_stress", "retention_change"] == pytest.approx(((0.31 - 0.40) + (0.41 - 0.50)) / 2)
+    u = r.loc["rl", "retention_change_unc"]
+    assert u == pytest.approx(math.hypot(math.hypot(0.015, 0.015), math.hypot(0.004, 0.004)) / 2)
+    assert list(r.index) == ["sft_mild", "sft_stress", "opd", "rl"]
+
+
+def test_write_tables_csv_md_tex(loaded, tmp_path):
+    tables = R.build_tables(loaded, models_list())
+    for t in tables.values():
+        paths = R.write_table(t, tmp_path)
+        assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
+    back = pd.read_csv(tmp_path / "scores.csv")
+    assert {"run", "benchmark", "n_seeds", "mean", "seed_std", "eval_stderr", "uncertainty"} <= set(back.columns)
+    assert back.loc[(back.run == "rl") & (back.benchmark == "gsm8k"), "mean"].item() == pytest.approx(0.36)
+    md = (tmp_path / "scores.md").read_text()
+    assert "| run" in md and "0.498 ± 0.004" in md and "seeds" in md
+    assert "+0.110 ± 0.020" in (tmp_path / "delta_vs_base.md").read_text()  # signs kept (no number parsing)
+    tex = (tmp_path / "retention.tex").read_text()
+    assert "\\begin{tabular}" in tex and "sft\\_mild" in tex and "\\label{tab:retention}" in tex
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_no_teacher_table_still_written(loaded, tmp_path):
+    models = [dict(m, teacher=None) for m in models_list()]
+    t = R.build_tables(loaded, models)["delta_vs_teacher"]
+    assert t.data.empty and "No run in the config has a teacher" in t.note
+    R.write_table(t, tmp_path)
+    assert "no rows" in (tmp_path / "delta_vs_teacher.md").read_text()
+    assert (tmp_path / "delta_vs_teacher.tex").read_text().startswith("%")
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def test_colors_fixed_by_run_order():
+    c = R.run_colors(["base", "a", "b", "c"])
+    assert c["base"] == R.BASE_COLOR and c["a"] == R.PALETTE[0] and c["c"] == R.PALETTE[2]
+    assert R.run_colors(["a", "base", "b"]) == {"a": R.PALETTE[0], "base": R.BASE_COLOR, "b": R.PALETTE[1]}
+
+
+def test_scores_figure(loaded):
+    from matplotlib.colors import to_hex
+
+    runs = R.run_order(models_list())
+    colors = R.run_colors(runs)
+    fig = R.scores_figure(R.summarize(loaded, runs=runs), colors, loaded)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "accuracy"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["GSM8K", "TruthfulQA mc2", "MMLU"]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["base", "sft_mild (2 seeds)", "sft_stress (2 seeds)", "opd (2 seeds)", "rl"]
+    assert "lm-eval standard error" in ax.get_legend().get_title().get_text()
+    # one bar per run per benchmark, coloured by run
+    from matplotlib.container import BarContainer
+
+    groups = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [len(g.patches) for g in groups] == [3] * 5
+    assert to_hex(groups[1].patches[0].get_facecolor()) == colors["sft_mild"].lower()
+    assert groups[1].patches[0].get_height() == pytest.approx(0.41)
+    # error bars: seed std for sft_mild (2 seeds), lm-eval stderr for rl (1 seed)
+    assert groups[1].errorbar.lines[2][0].get_segments()[0][:, 1] == pytest.approx(
+        [0.41 - np.std([0.40, 0.42], ddof=1), 0.41 + np.std([0.40, 0.42], ddof=1)]
+    )
+    assert groups[4].errorbar.lines[2][0].get_segments()[0][:, 1] == pytest.approx([0.36 - 0.012, 0.36 + 0.012])
+
+
+def test_retention_vs_gain_figure(loaded):
+    runs = R.run_order(models_list())
+    colors = R.run_colors(runs)
+    table = R.retention_table(R.summarize(loaded, runs=runs))
+    fig = R.retention_vs_gain_figure(table.data, colors, thresholds=R.DEFAULT_THRESHOLDS)
+    ax = fig.axes[0]
+    assert "GSM8K" in ax.get_xlabel() and "vs base" in ax.get_xlabel()
+    assert "retention" in ax.get_ylabel() and "MMLU" in ax.get_ylabel()
+    texts = [t.get_text() for t in ax.texts]
+    for run in runs:
+        assert texts.count(run) == 1  # one label per run, base included
+    assert any("little forgetting" in t for t in texts)
+    # dashed zero lines through the origin
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) >= 2
+    # origin, every point and its error bar inside the limits
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    d = table.data
+    assert x0 < 0 < x1 and y0 < 0 < y1
+    assert x1 > (d["gsm8k_gain"] + d["gsm8k_gain_unc"]).max()
+    assert y0 < min((d["retention_change"] - d["retention_change_unc"]).min(), -0.05)
+    # labels do not overlap one another
+    fig.draw_without_rendering()
+    r = fig.canvas.get_renderer()
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(t, r) for t in ax.texts if t.get_text() in runs]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j])
+
+
+def test_training_curves_figure(workspace):
+    runs = R.run_order(models_list())
+    metrics = R.load_metrics(workspace / "models", models_list())
+    fig = R.training_curves_figure(metrics, R.run_colors(runs), runs)
+    axes = fig.axes
+    assert len(axes) == 2 * 4  # two rows, one column per trained run
+    titles = [a.get_title() for a in axes if a.get_title()]
+    assert titles == ["sft_mild", "sft_stress", "opd", "rl"]
+    ylabels = [a.get_ylabel() for a in axes]
+    assert ylabels.count("training loss") == 4
+    assert any("KL" in y for y in ylabels) and "mean reward" in ylabels
+    assert any("step" in a.get_xlabel() for a in axes)
+    # a smoothed and a raw line per seed: opd has two seeds
+    opd_loss = axes[2]
+    assert len(opd_loss.get_lines()) == 4 and opd_loss.get_legend() is not None
+    # only NLL runs: a single row
+    only_sft = metrics[metrics["run"].str.startswith("sft")]
+    fig = R.training_curves_figure(only_sft)
+    assert len(fig.axes) == 2
+
+
+def test_save_figure_png_pdf(loaded, tmp_path):
+    from matplotlib.image import imread
+
+    runs = R.run_order(models_list())
+    fig = R.scores_figure(R.summarize(loaded, runs=runs))
+    png, pdf = R.save_figure(fig, tmp_path, "scores")
+    img = imread(png)
+    w_in, h_in = fig.get_size_inches()
+    # 200 dpi; bbox_inches="tight" trims or grows the canvas a little
+    assert img.shape[1] > 0.8 * w_in * R.FIGURE_DPI and img.shape[0] > 0.8 * h_in * R.FIGURE_DPI
+    assert img.shape[0] < 2 * h_in * R.FIGURE_DPI
+    assert img[..., :3].std() > 0.05  # not blank
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------ end to end + CLI
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "report.py"), *args], cwd=cwd, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+def test_cli_help_is_fast_and_light():
+    t0 = time.perf_counter()
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and "--models-json" in proc.stdout and "--thresholds-json" in proc.stdout
+    assert time.perf_counter() - t0 < 10
+    code = (
+        "import sys, runpy; sys.argv = ['report.py', '--help']\n"
+        "try:\n    runpy.run_path('scripts/report.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('pandas', 'matplotlib', 'numpy') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_cli_end_to_end(workspace):
+    models_file = workspace / "models.json"
+    models_file.write_text(json.dumps(models_list()))
+    args = [
+        "--scores-dir", str(workspace / "scores"), "--metrics-dir", str(workspace / "models"),
+        "--models-json", str(models_file), "--thresholds-json", '{"little_forgetting": 0.02, "z": 1.96}',
+        "--roles-json", '{"mild": "sft_mild", "stress": "sft_stress", "opd": "opd", "rl": "rl"}',
+        "--benchmarks-json", json.dumps(BENCHES),
+        "--tables-dir", str(workspace / "t"), "--figures-dir", str(workspace / "f"),
+    ]  # fmt: skip
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "| run" in proc.stdout and "0.498 ± 0.004" in proc.stdout  # the scores table, printed
+    assert "claim1:" in proc.stdout
+    for p in R.output_paths(workspace / "t", workspace / "f"):
+        assert p.is_file() and p.stat().st_size > 0, p
+    claims = json.loads((workspace / "t" / "claims.json").read_text())
+    assert [c["claim"] for c in claims["claims"]] == ["claim1", "claim2", "claim3"]
+    assert claims["roles"]["opd_teacher"] == "sft_stress"  # from the OPD run's teacher
+    verdicts = [c["verdict"] for c in claims["claims"]]
+    assert [f"{c}: {v}" in proc.stdout for c, v in zip(["claim1", "claim2", "claim3"], verdicts)] == [True] * 3
+    md = (workspace / "t" / "claims.md").read_text()
+    assert md.count("Verdict: **") == 3
+    from matplotlib.image import imread
+
+    assert imread(workspace / "f" / "retention_vs_gain.png").shape[1] > 800
+    assert not list((workspace / "t").glob(".*.tmp")) and not list((workspace / "f").glob(".*.tmp"))
+    # a missing score file: a clear error, exit code 2, nothing half-written
+    (workspace / "scores" / "opd" / "seed2" / "gsm8k.json").unlink()
+    proc = run_cli(*[a if a != str(workspace / "t") else str(workspace / "t2") for a in args])
+    assert proc.returncode == 2 and "opd/seed2/gsm8k.json" in proc.stderr
+    assert not (workspace / "t2").exists()
+    proc = run_cli(*args[:4], "--models-json", "{bad json")
+    assert proc.returncode != 0 and "models-json" in proc.stderr

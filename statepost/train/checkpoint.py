@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from statepost.io import read_jsonl, utc_now, write_json
+from statepost.io import utc_now, write_json
 
 log = logging.getLogger("statepost.train")
 
@@ -165,6 +165,30 @@ class Checkpointer:
             return None
         return path, info
 
+    def lock(self) -> None:
+        """Hold an exclusive lock on the state dir (main process) so two runs never share it."""
+        if not self.acc.is_main_process:
+            return
+        import fcntl
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.state_dir / "lock", "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise RuntimeError(
+                f"{self.state_dir} is in use by another training process (its lock is held); "
+                "wait for it to finish or stop it"
+            ) from None
+        self._lock = f
+
+    def unlock(self) -> None:
+        f = getattr(self, "_lock", None)
+        if f is not None:
+            f.close()
+            self._lock = None
+
     def reset(self) -> None:
         """Remove checkpoints and live metrics of an earlier attempt (main process)."""
         if not self.acc.is_main_process or not self.state_dir.is_dir():
@@ -181,6 +205,8 @@ class Checkpointer:
         self.reset()
         for p in self.state_dir.glob(".metrics.jsonl.*.tmp"):
             p.unlink(missing_ok=True)
+        (self.state_dir / "lock").unlink(missing_ok=True)
+        self.unlock()
         try:
             self.state_dir.rmdir()
         except OSError:
@@ -247,9 +273,18 @@ class Checkpointer:
         """Keep the live metrics rows of steps <= ``step`` (those the resumed state has done)."""
         if not self.acc.is_main_process or not self.metrics_path.is_file():
             return
+        import json
+
         from statepost.io import write_jsonl
 
-        rows = [r for r in read_jsonl(self.metrics_path) if int(r.get("step", 0)) <= step]
+        rows = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the kill
+                continue
+            if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+                rows.append(row)
         write_jsonl(self.metrics_path, rows)
 
 

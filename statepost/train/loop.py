@@ -36,7 +36,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -129,6 +129,19 @@ def load_model(path, dtype=torch.float32):
     return model.to(dtype)
 
 
+def _set_checkpointing(model, on: bool) -> None:
+    """Activation (gradient) checkpointing, non-reentrant (works with DDP); transformers 5 renamed it."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def _frozen(model, device):
     model.to(device)
     model.eval()
@@ -157,7 +170,10 @@ def make_accelerator(precision: str = "auto"):
 
     cuda = torch.cuda.is_available()
     mixed = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16"}[precision]
-    return Accelerator(mixed_precision=mixed, step_scheduler_with_optimizer=False)
+    # cpu=True without CUDA: under a multi-process launcher (torchrun / `accelerate launch
+    # --multi_gpu`) accelerate then runs data parallel over gloo (MULTI_CPU) instead of N
+    # independent single processes. (`accelerate launch --cpu` itself starts one process only.)
+    return Accelerator(mixed_precision=mixed, cpu=not cuda, step_scheduler_with_optimizer=False)
 
 
 def _gather_dicts(accelerator, d: dict) -> list[dict]:
@@ -200,7 +216,6 @@ def _stderr_is_tty() -> bool:
         return False
 
 
-
 def train(
     run_cfg: dict,
     *,
@@ -217,292 +232,343 @@ def train(
     """Train one (run, seed) and write the final model to ``out_dir``; return the run record.
 
     ``state_dir`` (default ``{out_dir.parent}/.{out_dir.name}.state``) holds the resumable
-    states and the live metrics; it is removed after the final model is written.
-    ``hooks["after_step"](step, model)`` runs after each optimiser step and its checkpoint
-    (tests use it to simulate a crash or to poison the weights).
+    states and the live metrics; it is locked while a run uses it and removed after the final
+    model is written. ``hooks["after_step"](step, model)`` runs after each optimiser step and its
+    checkpoint (tests use it to simulate a crash or to poison the weights).
     """
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
+    trainer = _Trainer(
+        run_cfg,
+        init_dir=Path(init_dir),
+        out_dir=Path(out_dir),
+        data_dir=Path(data_dir),
+        state_dir=Path(state_dir) if state_dir else None,
+        teacher_dir=Path(teacher_dir) if teacher_dir else None,
+        metrics_path=Path(metrics_path) if metrics_path else None,
+        accelerator=accelerator,
+        hooks=hooks or {},
+        progress=progress,
+    )
+    trainer.setup()
+    trainer.ckpt.lock()
+    try:
+        return trainer.run()
+    finally:
+        trainer.ckpt.unlock()
 
-    from .checkpoint import Checkpointer
-    from .registry import SignalContext, data_path, make_signal, make_state_source, signal_needs
-    from .states import padding_waste
 
-    t_start = time.time()
-    started = utc_now()
-    hooks = hooks or {}
-    cfg = resolve_run_config(run_cfg)
-    optim, ck = cfg["optim"], cfg["checkpoint"]
-    out_dir = Path(out_dir)
-    state_dir = Path(state_dir) if state_dir else out_dir.parent / f".{out_dir.name}.state"
-    acc = accelerator if accelerator is not None else make_accelerator(optim["precision"])
-    main = acc.is_main_process
-    device = acc.device
+class _Trainer:
+    def __init__(self, run_cfg, *, init_dir, out_dir, data_dir, state_dir, teacher_dir, metrics_path,
+                 accelerator, hooks, progress):
+        self.t_start = time.time()
+        self.started = utc_now()
+        self.cfg = resolve_run_config(run_cfg)
+        self.optim, self.ck = self.cfg["optim"], self.cfg["checkpoint"]
+        self.init_dir, self.out_dir, self.data_dir = init_dir, out_dir, data_dir
+        self.state_dir = state_dir or out_dir.parent / f".{out_dir.name}.state"
+        self.teacher_dir, self.metrics_path = teacher_dir, metrics_path
+        self.hooks, self.progress = hooks, progress
+        self.acc = accelerator if accelerator is not None else make_accelerator(self.optim["precision"])
+        self.main = self.acc.is_main_process
+        self.device = self.acc.device
 
-    def info(msg, *args):
-        if main:
+    def info(self, msg, *args):
+        if self.main:
             log.info(msg, *args)
 
-    from accelerate.utils import set_seed
+    # -- models, source, signal, optimiser ----------------------------------------------------------
+    def setup(self) -> None:
+        from accelerate.utils import set_seed
+        from transformers import get_scheduler
 
-    # python, numpy, torch (CPU + every CUDA device); + process index so learner sampling differs per
-    # process. The data order has its own generator seeded from (seed, epoch), equal in every process.
-    set_seed(int(cfg["seed"]), device_specific=True)
+        from .checkpoint import Checkpointer
+        from .registry import SignalContext, data_path, make_signal, make_state_source, signal_needs
 
-    # -- models, source, signal --
-    tokenizer = load_tokenizer(init_dir)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = load_model(init_dir, torch.float32)
-    if optim["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    compute_dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
-    needs = signal_needs(cfg)
-    teacher = reference = None
-    if needs["teacher"]:
-        if teacher_dir is None:
-            raise ConfigError(f"config key signal.teacher: signal {cfg['signal']['type']!r} needs --teacher DIR")
-        teacher = _frozen(load_model(teacher_dir, compute_dtype), device)
-    elif teacher_dir is not None:
-        info("signal %s uses no teacher: %s not loaded", cfg["signal"]["type"], teacher_dir)
-    if needs["reference"]:
-        reference = _frozen(load_model(init_dir, compute_dtype), device)
-    source = make_state_source(cfg, tokenizer, data_dir, acc)
-    signal = make_signal(
-        cfg, SignalContext(tokenizer=tokenizer, accelerator=acc, teacher=teacher, reference=reference, run_cfg=cfg)
-    )
-    token_mean = getattr(signal, "loss_reduction", "batch_mean") == "token_mean"
-    n_skipped = int(getattr(source, "n_skipped", 0) or 0)
-    if n_skipped:
-        info("skipped %d examples longer than optim.max_length=%d", n_skipped, optim["max_length"])
+        cfg, optim, acc = self.cfg, self.optim, self.acc
+        # python, numpy, torch (CPU + every CUDA device), + the process index so that learner sampling
+        # differs between processes. The data order has its own generator seeded from (seed, epoch).
+        set_seed(int(cfg["seed"]), device_specific=True)
 
-    # -- input hashes (main process) and the resume key --
-    inputs = None
-    if main:
-        dpath = data_path(cfg, data_dir)
-        inputs = {
-            "init": model_hashes(init_dir),
-            "teacher": model_hashes(teacher_dir) if teacher is not None else None,
-            "data": {str(dpath): sha256_file(dpath)},
-        }
-    inputs = _broadcast(acc, inputs)
-    config_hash = training_config_hash(cfg)
-    key = {
-        "config_hash": config_hash,
-        "inputs_hash": hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16],
-        "num_processes": acc.num_processes,
-    }
-
-    # -- steps, optimiser, schedule --
-    accum = int(optim["grad_accum"])
-    micro_per_epoch = source.__len__() if hasattr(source, "__len__") else None
-    if optim["max_steps"]:
-        total = int(optim["max_steps"])
-    elif micro_per_epoch:
-        total = max(1, math.floor(float(optim["epochs"]) * micro_per_epoch / accum))
-    else:
-        raise ConfigError("config key optim.max_steps: required for a state source without epochs (learner)")
-    warmup = math.ceil(float(optim["warmup_ratio"]) * total)
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": float(optim["weight_decay"])},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=float(optim["lr"]),
-    )
-    scheduler = get_scheduler(
-        _SCHEDULES[optim["schedule"]], optimizer, num_warmup_steps=warmup, num_training_steps=total
-    )
-    # The scheduler is stepped by hand once per optimiser step (not prepared: accelerate would
-    # step it once per process and make the schedule depend on the process count).
-    model, optimizer = acc.prepare(model, optimizer)
-    policy = acc.unwrap_model(model)
-
-    # -- resume or start fresh --
-    ckpt = Checkpointer(state_dir, acc, keep=int(ck["keep"]))
-    found = ckpt.find_resumable(key) if main else None
-    found_path = _broadcast(acc, str(found[0]) if found else None)
-    start_step, resumed_from, prior_time = 0, None, 0.0
-    if found_path:
-        ck_info = ckpt.load(Path(found_path), model=model, optimizer=optimizer, scheduler=scheduler, source=source)
-        start_step = resumed_from = int(ck_info["step"])
-        prior_time = float(ck_info.get("train_time_s", 0.0))
-        ckpt.truncate_metrics(start_step)
-        info("resumed from step %d (%s)", start_step, found_path)
-    else:
-        ckpt.reset()
-    acc.wait_for_everyone()
-    if main:
-        state_dir.mkdir(parents=True, exist_ok=True)
-    info(
-        "run %s seed %s: %d steps (%d warmup), %s micro-batches/epoch, grad_accum %d, %d process(es), %s, "
-        "precision %s, live metrics %s",
-        cfg["name"], cfg["seed"], total, warmup, micro_per_epoch, accum, acc.num_processes, device,
-        acc.mixed_precision, ckpt.metrics_path,
-    )
-
-    metrics_file = ckpt.metrics_path.open("a") if main else None
-    pbar = tqdm(
-        total=total, initial=start_step, desc=f"{cfg['name']}/seed{cfg['seed']}",
-        disable=not (progress and main), dynamic_ncols=True,
-    )
-    tokens_seen = 0.0
-    log_every = max(1, int(cfg.get("log_every", 1)))
-    max_norm = float(optim["max_grad_norm"]) if optim["max_grad_norm"] else float("inf")
-    try:
-        for step in range(start_step + 1, total + 1):
-            t0 = time.perf_counter()
-            # 1. states
-            with torch.no_grad(), acc.autocast():
-                batches = [source.sample(policy, step) for _ in range(accum)]
-            batches = [b.to(device) for b in batches]
-            model.train()
-            n_comp = [b.completion_mask[:, 1:].sum().double() for b in batches]
-            counts = torch.stack(
-                [
-                    sum(n_comp),
-                    sum(b.attention_mask.sum().double() for b in batches),
-                ]
-            ).to(device)
-            counts = acc.reduce(counts, reduction="sum") if acc.num_processes > 1 else counts
-            n_global = float(counts[0])
-            if token_mean and n_global == 0:
-                raise TrainingError(f"step {step}: the batch has no completion tokens")
-
-            # 2. forward / backward
-            loss_local, bad = 0.0, 0.0
-            sig_metrics: list[dict] = []
-            for a, batch in enumerate(batches):
-                last = a == accum - 1
-                with contextlib.nullcontext() if last else acc.no_sync(model):
-                    with acc.autocast():
-                        loss, m = signal(model, batch)
-                    if not torch.isfinite(loss.detach()).all():
-                        bad += 1.0
-                    if token_mean:
-                        weight = float(n_comp[a]) / n_global  # share of the step's completion tokens
-                        scale = weight * acc.num_processes  # DDP averages gradients over processes
-                    else:
-                        weight = 1.0 / (accum * acc.num_processes)
-                        scale = 1.0 / accum
-                    acc.backward(loss * scale)
-                loss_local += float(loss.detach()) * weight
-                sig_metrics.append({**batch.metrics, **m, "padding_waste": padding_waste(batch)})
-            red = torch.tensor([loss_local, bad], dtype=torch.float64, device=device)
-            red = acc.reduce(red, reduction="sum") if acc.num_processes > 1 else red
-            step_loss, n_bad = float(red[0]), float(red[1])
-            if n_bad > 0 or not math.isfinite(step_loss):
-                raise TrainingError(
-                    f"non-finite loss ({step_loss}) at step {step} of run {cfg['name']} seed {cfg['seed']}; "
-                    "no model written"
-                )
-
-            # 3. clip, step
-            grad_norm = float(acc.clip_grad_norm_(model.parameters(), max_norm))
-            if not math.isfinite(grad_norm):
-                raise TrainingError(
-                    f"non-finite gradient norm ({grad_norm}) at step {step} of run {cfg['name']} "
-                    f"seed {cfg['seed']}; no model written"
-                )
-            lr = float(scheduler.get_last_lr()[0])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            # 4. metrics
-            local = _mean_dicts(sig_metrics)
-            merged = _mean_dicts(_gather_dicts(acc, local))
-            dt = time.perf_counter() - t0
-            tokens_seen += float(counts[1])
-            row = {
-                **merged,
-                "step": step,
-                "loss": step_loss,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens": float(counts[1]),
-                "completion_tokens": n_global,
-                "tokens_per_s": float(counts[1]) / dt if dt > 0 else 0.0,
-                "padding_waste": merged.get("padding_waste", 0.0),
-                "time_s": dt,
-                "elapsed_s": prior_time + time.time() - t_start,
-            }
-            if main:
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
-                pbar.update(1)
-                if step % log_every == 0 or step == total:
-                    pbar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-                    if not (progress and _stderr_is_tty()):
-                        log.info(
-                            "step %d/%d loss %.4f lr %.3g grad_norm %.3g tok/s %.0f pad %.3f",
-                            step, total, step_loss, lr, grad_norm, row["tokens_per_s"], row["padding_waste"],
-                        )
-
-            # 5. resumable state
-            if ck["every"] and step % int(ck["every"]) == 0 and step < total:
-                ckpt.save(
-                    step, model=model, optimizer=optimizer, scheduler=scheduler, source=source,
-                    info={**key, "train_time_s": prior_time + time.time() - t_start, "run": cfg["name"],
-                          "seed": cfg["seed"]},
-                )
-            if "after_step" in hooks:
-                hooks["after_step"](step, policy)
-    finally:
-        pbar.close()
-        if metrics_file is not None:
-            metrics_file.close()
-
-    # -- final model --
-    acc.wait_for_everyone()
-    wall = time.time() - t_start
-    record = {
-        "name": cfg["name"],
-        "seed": cfg["seed"],
-        "config": cfg,
-        "config_hash": config_hash,
-        "init": str(init_dir),
-        "teacher": str(teacher_dir) if teacher is not None else None,
-        "data_dir": str(data_dir),
-        "inputs": inputs,
-        "env": env_info(),
-        "accelerate": {
-            "num_processes": acc.num_processes,
-            "mixed_precision": acc.mixed_precision,
-            "device": str(device),
-            "distributed_type": str(acc.distributed_type),
-        },
-        "total_steps": total,
-        "final_step": total,
-        "warmup_steps": warmup,
-        "micro_batches_per_epoch": micro_per_epoch,
-        "examples_skipped": n_skipped,
-        "resumed_from_step": resumed_from,
-        "wall_time_s": wall,
-        "train_time_s": prior_time + wall,
-        "started": started,
-        "finished": utc_now(),
-    }
-    if main:
-        from statepost.io import read_jsonl
-
-        rows = list(read_jsonl(ckpt.metrics_path)) if ckpt.metrics_path.is_file() else []
-        final = acc.unwrap_model(model, keep_fp32_wrapper=False)
+        tokenizer = load_tokenizer(self.init_dir)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = load_model(self.init_dir, torch.float32)
         if optim["gradient_checkpointing"]:
-            final.gradient_checkpointing_disable()
-        with atomic_dir(out_dir) as tmp:
-            final.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            if getattr(final, "generation_config", None) is not None and not (tmp / "generation_config.json").exists():
-                final.generation_config.save_pretrained(tmp)
-            write_jsonl(tmp / "metrics.jsonl", rows)
-            write_json(tmp / "run.json", record)
-        if metrics_path is not None and Path(metrics_path).resolve() != (out_dir / "metrics.jsonl").resolve():
-            write_jsonl(metrics_path, rows)
-        info("saved %s (step %d, %.1f s)", out_dir, total, wall)
-    acc.wait_for_everyone()
-    ckpt.remove_all()
-    return record
+            _set_checkpointing(model, True)
+        model.train()
+        # teacher / reference: eval mode, no grad, the policy's device and compute dtype
+        compute_dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
+        needs = signal_needs(cfg)
+        teacher = reference = None
+        if needs["teacher"]:
+            if self.teacher_dir is None:
+                raise ConfigError(f"config key signal.teacher: signal {cfg['signal']['type']!r} needs --teacher DIR")
+            teacher = _frozen(load_model(self.teacher_dir, compute_dtype), self.device)
+        elif self.teacher_dir is not None:
+            self.info("signal %s uses no teacher: %s not loaded", cfg["signal"]["type"], self.teacher_dir)
+            self.teacher_dir = None
+        if needs["reference"]:
+            reference = _frozen(load_model(self.init_dir, compute_dtype), self.device)
+        self.source = make_state_source(cfg, tokenizer, self.data_dir, acc)
+        ctx = SignalContext(
+            tokenizer=tokenizer,
+            accelerator=acc,
+            teacher=teacher,
+            reference=reference,
+            run_cfg=cfg,
+            teacher_tokenizer=load_tokenizer(self.teacher_dir) if teacher is not None else None,
+            init_dir=str(self.init_dir),
+            teacher_dir=str(self.teacher_dir) if teacher is not None else None,
+        )
+        self.signal = make_signal(cfg, ctx)
+        self.tokenizer = tokenizer
+        self.token_mean = getattr(self.signal, "loss_reduction", "batch_mean") == "token_mean"
+        self.n_skipped = int(getattr(self.source, "n_skipped", 0) or 0)
+        if self.n_skipped:
+            self.info("skipped %d examples longer than optim.max_length=%d", self.n_skipped, optim["max_length"])
+
+        # input hashes (main process) and the resume key
+        inputs = None
+        if self.main:
+            dpath = data_path(cfg, self.data_dir)
+            inputs = {
+                "init": model_hashes(self.init_dir),
+                "teacher": model_hashes(self.teacher_dir) if self.teacher_dir is not None else None,
+                "data": {dpath.relative_to(self.data_dir).as_posix(): sha256_file(dpath)},
+            }
+        self.inputs = _broadcast(acc, inputs)
+        self.config_hash = training_config_hash(cfg)
+        self.key = {
+            "config_hash": self.config_hash,
+            "inputs_hash": hashlib.sha256(json.dumps(self.inputs, sort_keys=True).encode()).hexdigest()[:16],
+            "num_processes": acc.num_processes,
+        }
+
+        # steps, optimiser, schedule
+        self.accum = int(optim["grad_accum"])
+        self.micro_per_epoch = self.source.__len__() if hasattr(self.source, "__len__") else None
+        if optim["max_steps"]:
+            self.total = int(optim["max_steps"])
+        elif self.micro_per_epoch:
+            self.total = max(1, math.floor(float(optim["epochs"]) * self.micro_per_epoch / self.accum))
+        else:
+            raise ConfigError("config key optim.max_steps: required for a state source without epochs (learner)")
+        self.warmup = math.ceil(float(optim["warmup_ratio"]) * self.total)
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": float(optim["weight_decay"])},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=float(optim["lr"]),
+        )
+        self.scheduler = get_scheduler(
+            _SCHEDULES[optim["schedule"]], optimizer, num_warmup_steps=self.warmup, num_training_steps=self.total
+        )
+        # The scheduler is stepped by hand once per optimiser step (not prepared: accelerate would
+        # step it once per process and make the schedule depend on the process count).
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.policy = acc.unwrap_model(self.model)  # for sampling / generation (not through DDP)
+        self.ckpt = Checkpointer(self.state_dir, acc, keep=int(self.ck["keep"]))
+
+    # -- resume, steps, save ------------------------------------------------------------------------
+    def run(self) -> dict:
+        from tqdm.auto import tqdm
+
+        from .states import padding_waste
+
+        cfg, optim, acc, ckpt = self.cfg, self.optim, self.acc, self.ckpt
+        model, optimizer, scheduler, source, signal = self.model, self.optimizer, self.scheduler, self.source, self.signal
+        device, main, accum, total = self.device, self.main, self.accum, self.total
+
+        found = ckpt.find_resumable(self.key) if main else None
+        found_path = _broadcast(acc, str(found[0]) if found else None)
+        start_step, resumed_from, prior_time = 0, None, 0.0
+        if found_path:
+            ck_info = ckpt.load(Path(found_path), model=model, optimizer=optimizer, scheduler=scheduler, source=source)
+            start_step = resumed_from = int(ck_info["step"])
+            prior_time = float(ck_info.get("train_time_s", 0.0))
+            ckpt.truncate_metrics(start_step)
+            self.info("resumed from step %d (%s)", start_step, found_path)
+        else:
+            ckpt.reset()
+        acc.wait_for_everyone()
+        self.info(
+            "run %s seed %s: %d steps (%d warmup), %s micro-batches/epoch, grad_accum %d, %d process(es), %s, "
+            "precision %s, live metrics %s",
+            cfg["name"], cfg["seed"], total, self.warmup, self.micro_per_epoch, accum, acc.num_processes, device,
+            acc.mixed_precision, ckpt.metrics_path,
+        )
+
+        metrics_file = ckpt.metrics_path.open("a") if main else None
+        pbar = tqdm(
+            total=total, initial=start_step, desc=f"{cfg['name']}/seed{cfg['seed']}",
+            disable=not (self.progress and main), dynamic_ncols=True,
+        )
+        log_lines = not (self.progress and _stderr_is_tty())
+        log_every = max(1, int(cfg.get("log_every", 1)))
+        max_norm = float(optim["max_grad_norm"]) if optim["max_grad_norm"] else float("inf")
+        try:
+            for step in range(start_step + 1, total + 1):
+                t0 = time.perf_counter()
+                # 1. states (from the unwrapped policy: generation must not go through DDP)
+                with torch.no_grad(), acc.autocast():
+                    batches = [source.sample(self.policy, step) for _ in range(accum)]
+                batches = [b.to(device) for b in batches]
+                model.train()
+                n_comp = [b.completion_mask[:, 1:].sum().double() for b in batches]
+                counts = torch.stack([sum(n_comp), sum(b.attention_mask.sum().double() for b in batches)]).to(device)
+                counts = acc.reduce(counts, reduction="sum") if acc.num_processes > 1 else counts
+                n_global = float(counts[0])
+                # No completion token in the whole step (e.g. every learner sample filtered out): no
+                # update (AdamW would still move the weights through momentum and decay); the step
+                # and the schedule go on. Every process decides alike (reduced counts).
+                skip = n_global == 0
+
+                # 2. forward / backward
+                loss_local, bad = 0.0, 0.0
+                sig_metrics: list[dict] = []
+                for a, batch in enumerate([] if skip else batches):
+                    last = a == accum - 1
+                    with contextlib.nullcontext() if last else acc.no_sync(model):
+                        with acc.autocast():
+                            loss, m = signal(model, batch)
+                        if not torch.isfinite(loss.detach()).all():
+                            bad += 1.0
+                        if self.token_mean:
+                            weight = float(n_comp[a]) / n_global  # share of the step's completion tokens
+                            scale = weight * acc.num_processes  # DDP averages gradients over processes
+                        else:
+                            weight = 1.0 / (accum * acc.num_processes)
+                            scale = 1.0 / accum
+                        acc.backward(loss * scale)
+                    loss_local += float(loss.detach()) * weight
+                    sig_metrics.append({**batch.metrics, **m, "padding_waste": padding_waste(batch)})
+                red = torch.tensor([loss_local, bad], dtype=torch.float64, device=device)
+                red = acc.reduce(red, reduction="sum") if acc.num_processes > 1 else red
+                step_loss, n_bad = float(red[0]), float(red[1])
+                if n_bad > 0 or not math.isfinite(step_loss):
+                    raise TrainingError(
+                        f"non-finite loss ({step_loss}) at step {step} of run {cfg['name']} seed {cfg['seed']}; "
+                        "no model written"
+                    )
+
+                # 3. clip, step
+                lr = float(scheduler.get_last_lr()[0])
+                if skip:
+                    grad_norm = 0.0
+                    sig_metrics = [{**b.metrics, "padding_waste": padding_waste(b)} for b in batches]
+                    log.warning("step %d: no completion tokens in the step; no update", step)
+                else:
+                    grad_norm = float(acc.clip_grad_norm_(model.parameters(), max_norm))
+                    if not math.isfinite(grad_norm):
+                        raise TrainingError(
+                            f"non-finite gradient norm ({grad_norm}) at step {step} of run {cfg['name']} "
+                            f"seed {cfg['seed']}; no model written"
+                        )
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+                # 4. metrics
+                merged = _mean_dicts(_gather_dicts(acc, _mean_dicts(sig_metrics)))
+                dt = time.perf_counter() - t0
+                row = {
+                    **merged,
+                    "step": step,
+                    "loss": step_loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens": float(counts[1]),
+                    "completion_tokens": n_global,
+                    "tokens_per_s": float(counts[1]) / dt if dt > 0 else 0.0,
+                    "padding_waste": merged.get("padding_waste", 0.0),
+                    "time_s": dt,
+                    "elapsed_s": prior_time + time.time() - self.t_start,
+                    "skipped_update": float(skip),
+                }
+                if main:
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+                    pbar.update(1)
+                    if step % log_every == 0 or step == total:
+                        pbar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+                        if log_lines:
+                            log.info(
+                                "step %d/%d loss %.4f lr %.3g grad_norm %.3g tok/s %.0f pad %.3f",
+                                step, total, step_loss, lr, grad_norm, row["tokens_per_s"], row["padding_waste"],
+                            )
+
+                # 5. resumable state
+                if self.ck["every"] and step % int(self.ck["every"]) == 0 and step < total:
+                    ckpt.save(
+                        step, model=model, optimizer=optimizer, scheduler=scheduler, source=source,
+                        info={**self.key, "train_time_s": prior_time + time.time() - self.t_start,
+                              "run": cfg["name"], "seed": cfg["seed"]},
+                    )
+                if "after_step" in self.hooks:
+                    self.hooks["after_step"](step, self.policy)
+        finally:
+            pbar.close()
+            if metrics_file is not None:
+                metrics_file.close()
+        return self.save_final(resumed_from, prior_time)
+
+    def save_final(self, resumed_from, prior_time) -> dict:
+        acc, cfg, optim, out_dir = self.acc, self.cfg, self.optim, self.out_dir
+        acc.wait_for_everyone()
+        wall = time.time() - self.t_start
+        record = {
+            "name": cfg["name"],
+            "seed": cfg["seed"],
+            "config": cfg,
+            "config_hash": self.config_hash,
+            "init": str(self.init_dir),
+            "teacher": str(self.teacher_dir) if self.teacher_dir is not None else None,
+            "data_dir": str(self.data_dir),
+            "inputs": self.inputs,
+            "env": env_info(),
+            "accelerate": {
+                "num_processes": acc.num_processes,
+                "mixed_precision": acc.mixed_precision,
+                "device": str(self.device),
+                "distributed_type": str(acc.distributed_type),
+            },
+            "total_steps": self.total,
+            "final_step": self.total,
+            "warmup_steps": self.warmup,
+            "micro_batches_per_epoch": self.micro_per_epoch,
+            "examples_skipped": self.n_skipped,
+            "resumed_from_step": resumed_from,
+            "wall_time_s": wall,
+            "train_time_s": prior_time + wall,
+            "started": self.started,
+            "finished": utc_now(),
+        }
+        if self.main:
+            from statepost.io import read_jsonl
+
+            mpath = self.ckpt.metrics_path
+            rows = list(read_jsonl(mpath)) if mpath.is_file() else []
+            final = acc.unwrap_model(self.model, keep_fp32_wrapper=False)
+            if optim["gradient_checkpointing"]:
+                _set_checkpointing(final, False)
+            with atomic_dir(out_dir) as tmp:
+                final.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                if getattr(final, "generation_config", None) is not None and not (tmp / "generation_config.json").exists():
+                    final.generation_config.save_pretrained(tmp)
+                write_jsonl(tmp / "metrics.jsonl", rows)
+                # sha256 of every file but run.json / metrics.jsonl: statepost.models.verify_model_dir checks them
+                record["files"] = {
+                    f.relative_to(tmp).as_posix(): sha256_file(f)
+                    for f in sorted(tmp.rglob("*"))
+                    if f.is_file() and f.name not in ("run.json", "metrics.jsonl")
+                }
+                write_json(tmp / "run.json", record)
+            if self.metrics_path is not None and self.metrics_path.resolve() != (out_dir / "metrics.jsonl").resolve():
+                write_jsonl(self.metrics_path, rows)
+            self.info("saved %s (step %d, %.1f s)", out_dir, self.total, wall)
+        acc.wait_for_everyone()
+        self.ckpt.remove_all()
+        return record

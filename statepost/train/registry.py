@@ -32,8 +32,11 @@ class SignalContext:
     tokenizer: Any
     accelerator: Any = None
     teacher: Any = None  # teacher model (eval mode, no grad, policy's device and compute dtype) or None
-    reference: Any = None  # frozen copy of the init model (KL penalties) or None
+    reference: Any = None  # frozen copy of the init model (KL penalty / kl_to_init metric) or None
     run_cfg: dict = field(default_factory=dict)
+    teacher_tokenizer: Any = None  # checked against ``tokenizer`` before a teacher signal is built
+    init_dir: str | None = None
+    teacher_dir: str | None = None
 
 
 def data_path(run_cfg: dict, data_dir: str | Path) -> Path:
@@ -60,10 +63,8 @@ def signal_needs(run_cfg: dict) -> dict[str, bool]:
     """Which extra models the run's signal needs: {"teacher": bool, "reference": bool}."""
     sig = run_cfg["signal"]
     kind = sig.get("type")
-    return {
-        "teacher": kind == "teacher_kl",
-        "reference": kind == "reward" and float(sig.get("kl_coef", 0.0) or 0.0) > 0.0,
-    }
+    # reward: the init model gives the k3 penalty (kl_coef > 0) and, always, the kl_to_init metric
+    return {"teacher": kind == "teacher_kl", "reference": kind == "reward"}
 
 
 def _lazy(module: str, names: tuple[str, ...], key: str, value: str):
@@ -109,7 +110,17 @@ def make_state_source(run_cfg: dict, tokenizer, data_dir: str | Path, accelerato
         cls = _lazy("statepost.train.states", ("LearnerStates",), "states.source", kind)
         if hasattr(cls, "from_config"):
             return cls.from_config(run_cfg, tokenizer=tokenizer, rows=rows, accelerator=accelerator)
-        return cls(run_cfg, tokenizer=tokenizer, rows=rows, accelerator=accelerator)
+        try:
+            return cls(
+                run_cfg,
+                tokenizer,
+                [r["question"] for r in rows],
+                [r["answer"] for r in rows],
+                accelerator,
+                seed=int(run_cfg.get("seed", 0)),
+            )
+        except ValueError as e:
+            raise ConfigError(f"config key states ({path}): {e}") from None
     raise ConfigError(f"config key states.source: unknown source {kind!r} (dataset | learner)")
 
 
@@ -132,9 +143,18 @@ def make_signal(run_cfg: dict, ctx: SignalContext):
     needs = signal_needs(run_cfg)
     if needs["teacher"] and ctx.teacher is None:
         raise ConfigError(f"config key signal.teacher: signal {kind!r} needs a teacher model (--teacher DIR)")
-    if needs["reference"] and ctx.reference is None:
+    if float(sig.get("kl_coef", 0.0) or 0.0) > 0 and ctx.reference is None:
         raise ConfigError("config key signal.kl_coef: a KL penalty needs the init (reference) model")
     cls = _lazy("statepost.train.signals", _SIGNAL_CLASSES[kind], "signal.type", kind)
     if hasattr(cls, "from_config"):
         return cls.from_config(run_cfg, ctx=ctx)
-    return cls(run_cfg, ctx)
+    try:
+        if kind == "teacher_kl":
+            if ctx.teacher_tokenizer is not None:
+                from .signals import check_same_tokenizer
+
+                check_same_tokenizer(ctx.tokenizer, ctx.teacher_tokenizer, ctx.init_dir, ctx.teacher_dir)
+            return cls(sig, ctx.teacher, tokenizer=ctx.tokenizer)
+        return cls(sig, reference_model=ctx.reference)
+    except ValueError as e:
+        raise ConfigError(f"config key signal: {e}") from None

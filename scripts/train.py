@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Train one (run, seed): the one loop for every method (SFT, on-policy distillation, RL).
+
+Single process:   python scripts/train.py --run-json @run.json --init results/models/base --out DIR
+Data parallel:    accelerate launch --num_processes N scripts/train.py ...   (same arguments)
+
+Writes DIR (save_pretrained safetensors + tokenizer + generation_config + run.json + metrics.jsonl)
+atomically at the end. Resumable state goes to --state-dir every checkpoint.every steps; rerunning
+the same command resumes from it (if the run config is unchanged) and it is removed on success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-json", required=True, help="resolved run config as a JSON string, or @FILE")
+    p.add_argument("--init", required=True, type=Path, help="model directory the run starts from")
+    p.add_argument("--teacher", type=Path, default=None, help="teacher model directory (teacher_kl signals)")
+    p.add_argument("--data-dir", type=Path, default=Path("results/data"), help="prepared data (default %(default)s)")
+    p.add_argument("--out", required=True, type=Path, help="final model directory (written atomically)")
+    p.add_argument(
+        "--state-dir", type=Path, default=None,
+        help="resumable training state, outside --out (default: OUT's parent/.OUT-name.state)",
+    )
+    p.add_argument("--metrics", type=Path, default=None, help="also copy metrics.jsonl here (default: OUT/metrics.jsonl only)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar; log a line per log_every steps")
+    return p.parse_args(argv)
+
+
+def read_run_json(arg: str) -> dict:
+    from statepost.io import ConfigError
+
+    text = arg
+    if arg.startswith("@"):
+        path = Path(arg[1:])
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"--run-json {arg}: cannot read ({e.strerror})") from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--run-json: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError("--run-json: expected a JSON object")
+    return cfg
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from statepost.io import ConfigError, DataError
+
+    try:
+        cfg = read_run_json(args.run_json)
+        from statepost.train.loop import TrainingError, train
+
+        try:
+            train(
+                cfg,
+                init_dir=args.init,
+                out_dir=args.out,
+                data_dir=args.data_dir,
+                state_dir=args.state_dir,
+                teacher_dir=args.teacher,
+                metrics_path=args.metrics,
+                progress=not args.no_progress,
+            )
+        except TrainingError as e:
+            logging.getLogger("statepost.train").error("%s", e)
+            return 3
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

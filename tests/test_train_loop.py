@@ -1,0 +1,182 @@
+"""The one training loop on a tiny Qwen3: outputs, determinism, accumulation / data-parallel equivalence, NaN."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from _train_toy import make_world, run_cfg, weights
+from statepost.io import sha256_file
+from statepost.train.loop import TrainingError, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"), n_rows=48)
+
+
+def _train(world, tmp, name, cfg=None, **kw):
+    out = tmp / name
+    rec = train(
+        cfg or run_cfg(),
+        init_dir=world["init"],
+        out_dir=out,
+        data_dir=world["data_dir"],
+        state_dir=tmp / f"state-{name}",
+        progress=False,
+        **kw,
+    )
+    return out, rec
+
+
+def test_outputs_metrics_and_reload(world, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    captured = {}
+
+    def grab(step, model):
+        captured[step] = model
+
+    out, rec = _train(world, tmp_path, "m", hooks={"after_step": grab})
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "run.json", "metrics.jsonl"} <= names
+    assert not (tmp_path / "state-m").exists()  # resumable state removed after the final save
+    assert not list(tmp_path.glob(".m*"))  # no temporary dirs left
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    for r in rows:
+        for key in ("loss", "lr", "grad_norm", "tokens_per_s", "padding_waste", "time_s", "nll"):
+            assert isinstance(r[key], float), key
+        assert 0.0 <= r["padding_waste"] < 1.0 and r["tokens_per_s"] > 0 and r["loss"] == pytest.approx(r["nll"])
+    assert rows[0]["lr"] == 0.0 and rows[2]["lr"] == pytest.approx(3e-3)  # 2 warmup steps then peak
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["final_step"] == 6 and run["seed"] == 0 and run["config"]["optim"]["lr"] == 3e-3
+    assert run["inputs"]["init"]["model.safetensors"] == sha256_file(world["init"] / "model.safetensors")
+    assert run["inputs"]["data"] == {"gsm8k/train.jsonl": sha256_file(world["data_dir"] / "gsm8k" / "train.jsonl")}
+    assert run["env"]["versions"]["torch"] and run["wall_time_s"] > 0 and run["resumed_from_step"] is None
+    assert run["files"]["model.safetensors"] == sha256_file(out / "model.safetensors")
+
+    # the saved model reloads (safetensors, no remote code) with identical logits
+    reloaded = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True, trust_remote_code=False)
+    ids = torch.tensor([world["tokenizer"]("Question: Tom has 3 apples\nAnswer:")["input_ids"]])
+    trained = captured[6].eval()
+    with torch.no_grad():
+        assert torch.equal(trained(input_ids=ids).logits, reloaded.eval()(input_ids=ids).logits)
+    assert reloaded.config.use_cache is not False
+
+
+def test_same_seed_same_weights_other_seed_differs(world, tmp_path):
+    a, _ = _train(world, tmp_path, "a")
+    b, _ = _train(world, tmp_path, "b")
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    cfg = run_cfg()
+    cfg["seed"] = 1
+    c, _ = _train(world, tmp_path, "c", cfg)
+    wc = weights(c)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_grad_accum_matches_larger_batch(world, tmp_path):
+    """batch 4 x accum 1 == batch 2 x accum 2 == batch 1 x accum 4 (same examples per step, token-weighted)."""
+    runs = {}
+    for bs, acc in ((4, 1), (2, 2), (1, 4)):
+        out, _ = _train(world, tmp_path, f"b{bs}", run_cfg(batch_size=bs, grad_accum=acc, max_steps=4))
+        runs[bs] = weights(out)
+    for bs in (2, 1):
+        for k in runs[4]:
+            torch.testing.assert_close(runs[bs][k], runs[4][k], rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_update(world, tmp_path):
+    plain, _ = _train(world, tmp_path, "plain", run_cfg(max_steps=2))
+    ckpt, _ = _train(world, tmp_path, "gc", run_cfg(max_steps=2, gradient_checkpointing=True))
+    w1, w2 = weights(plain), weights(ckpt)
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_naming_step_and_writes_no_model(world, tmp_path):
+    def poison(step, model):
+        if step == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(TrainingError, match=r"at step 3\b"):
+        _train(world, tmp_path, "nan", hooks={"after_step": poison})
+    assert not (tmp_path / "nan").exists()
+    assert not list(tmp_path.glob(".nan*"))
+    # the live metrics of the steps before the failure stay in the state dir for diagnosis
+    rows = (tmp_path / "state-nan" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2]
+
+
+def test_cli_help_is_fast_and_bad_json_is_an_error(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "scripts/train.py", "--help"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0 and "--state-dir" in out.stdout
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.argv=['x','--help']\nimport runpy\ntry:\n"
+         "    runpy.run_path('scripts/train.py', run_name='__main__')\nexcept SystemExit: pass\n"
+         "print('torch' in sys.modules, 'transformers' in sys.modules)"],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert probe.stdout.strip().endswith("False False"), probe.stdout + probe.stderr
+    bad = subprocess.run(
+        [sys.executable, "scripts/train.py", "--run-json", "{not json", "--init", "x", "--out", str(tmp_path / "o")],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert bad.returncode == 2 and "not valid JSON" in bad.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_matches_single_process(world, tmp_path):
+    """accelerate launch, 2 CPU processes (gloo), batch 2 per process == 1 process, batch 4.
+
+    `accelerate launch --cpu` always uses its single-process launcher (accelerate 1.15), so the
+    torchrun launcher is selected with --multi_gpu; without CUDA the loop's Accelerator(cpu=True)
+    makes that MULTI_CPU data parallel over gloo.
+    """
+    single, _ = _train(world, tmp_path, "single", run_cfg(batch_size=4, max_steps=4))
+    cfg = run_cfg(batch_size=2, max_steps=4)
+    (tmp_path / "run.json").write_text(json.dumps(cfg))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+        "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "scripts/train.py", "--run-json", f"@{tmp_path / 'run.json'}", "--init", str(world["init"]),
+        "--data-dir", str(world["data_dir"]), "--out", str(tmp_path / "ddp"),
+        "--state-dir", str(tmp_path / "state-ddp"), "--no-progress",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = json.loads((tmp_path / "ddp" / "run.json").read_text())
+    assert run["accelerate"]["num_processes"] == 2
+    w1, w2 = weights(single), weights(tmp_path / "ddp")
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
+    m1 = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in m2] == pytest.approx([r["loss"] for r in m1], rel=1e-4)
+    assert [r["tokens"] for r in m2] == [r["tokens"] for r in m1]

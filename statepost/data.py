@@ -540,19 +540,40 @@ def _benchmarks_section(cfg_all: Mapping | None) -> dict:
     return dict(cfg_all.get("benchmarks", cfg_all))
 
 
-def toy_corpus(cfg_all: Mapping | None = None, seed: int = 1, n_docs: int = 3000) -> list[str]:
-    """Pretraining text for the toy base model, from the toy world with another seed.
+def _eval_rows(cfg_all: Mapping | None, data_dir) -> dict[str, list[dict]]:
+    """Rows the corpus must leave out: every split but gsm8k train, from ``data_dir`` files and/or toy configs."""
+    bench = _benchmarks_section(cfg_all)
+    out: dict[str, list[dict]] = {b: [] for b in BENCHMARKS}
+    for b in BENCHMARKS:
+        c = bench.get(b) or {}
+        splits = list(c.get("splits") or DEFAULT_SPLITS[b])
+        held_out = [s for s in splits if not (b == "gsm8k" and s == "train")]
+        if data_dir is not None:
+            for s in held_out:
+                path = Path(data_dir) / b / f"{s}.jsonl"
+                if path.is_file():
+                    out[b] += [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        if c.get("source", "toy") == "toy":
+            gen = generate_toy(b, c)
+            out[b] += [r for s in held_out for r in gen.get(s, [])]
+    return out
 
-    ``cfg_all`` is the whole config or its ``benchmarks`` section; toy benchmarks there are
-    regenerated so that none of their evaluation rows (gsm8k test questions, mmlu dev/test
-    rows as question + choices, truthfulqa questions in Q/A form) enters the corpus.
+
+def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000, data_dir=None) -> list[str]:
+    """Pretraining text for the toy base model, from the toy world with its own random stream.
+
+    ``cfg_all`` is the whole config or its ``benchmarks`` section. The evaluation rows (gsm8k
+    test questions, mmlu dev/test rows as question + choices, truthfulqa questions in Q/A form)
+    never enter the corpus: they are read from ``data_dir/{benchmark}/{split}.jsonl`` when given
+    and regenerated from the toy benchmark configs otherwise (both, when both exist). The random
+    stream is keyed ``corpus:{seed}``, distinct from every benchmark generator's stream.
 
     The mix (by document count):
-    * 35% worked gsm8k-style problems ``"Question: ...\\nAnswer: 3 + 4 = 7.\\nThe answer is 7."``:
+    * 35% worked gsm8k-style problems ``"Question: ...\nAnswer: 3 + 4 = 7.\nThe answer is 7."``:
       the language and the arithmetic of the problems, but *not* the ``#### N`` line. So the
       base model can solve some problems (flexible-extract) but strict-match needs SFT on gsm8k
       train, which is the phenomenon the toy world must show.
-    * 15% arithmetic facts (``"7 + 5 = 12."``, all small sums, differences and products).
+    * 15% arithmetic facts (``"7 + 5 = 12."``, small sums, differences and products).
     * 30% knowledge: geography, astronomy, computer science statements, and mmlu-style
       multiple-choice practice (lm-eval's prompt shape, new shuffles, never an evaluation row),
       so the base model is above chance on toy mmlu.
@@ -560,19 +581,11 @@ def toy_corpus(cfg_all: Mapping | None = None, seed: int = 1, n_docs: int = 3000
       facts that are not truthfulqa questions, so the base model prefers true answers.
     """
     rng = random.Random(f"corpus:{seed}")
-    bench = _benchmarks_section(cfg_all)
-
-    def toy_cfg(b):
-        c = bench.get(b) or {}
-        return c if c.get("source", "toy") == "toy" else {}
-
-    gsm = generate_toy("gsm8k", toy_cfg("gsm8k"))
-    gsm_excluded = {r["question"] for s, rows in gsm.items() if s != "train" for r in rows}
-    mm = generate_toy("mmlu", toy_cfg("mmlu"))
-    mmlu_excluded = {(r["question"], tuple(r["choices"])) for rows in mm.values() for r in rows}
-    mmlu_subjects = sorted({r["subject"] for rows in mm.values() for r in rows}) or list(TOY_MMLU_SUBJECTS)
-    tqa_questions = {r["question"] for rows in generate_toy("truthfulqa_mc2", toy_cfg("truthfulqa_mc2")).values()
-                     for r in rows}
+    held = _eval_rows(cfg_all, data_dir)
+    gsm_excluded = {r["question"] for r in held["gsm8k"]}
+    mmlu_excluded = {(r["question"], tuple(r["choices"])) for r in held["mmlu"]}
+    mmlu_subjects = sorted({r["subject"] for r in held["mmlu"]} & set(TOY_MMLU_SUBJECTS)) or list(TOY_MMLU_SUBJECTS)
+    tqa_questions = {r["question"] for r in held["truthfulqa_mc2"]}
 
     statements = []
     for c, cap, cont in COUNTRIES:
@@ -700,10 +713,10 @@ def fetch_hub_dataset(
     ``expected``: ``{relpath: sha256}`` of the source files (e.g. ``files`` of an earlier manifest);
     any mismatch or missing file is refused. ``endpoint`` overrides ``HF_ENDPOINT`` (tests use a local one).
     """
-    from huggingface_hub import snapshot_download
-    import pandas as pd
-
     repo, config_name, revision, splits = _hub_cfg(benchmark, cfg)
+    import pandas as pd
+    from huggingface_hub import snapshot_download
+
     t0 = time.time()
     snap = Path(snapshot_download(
         repo,

@@ -13,10 +13,10 @@ that the command-line wrappers answer ``--help`` quickly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
-import random
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -39,8 +39,8 @@ TOY_DEFAULTS = {
     "num_heads": 4,
     "num_kv_heads": 2,
     "intermediate_size": 256,
-    "max_position_embeddings": 512,
-    "pretrain": {"steps": 300, "lr": 3.0e-3, "batch_size": 16, "max_length": 128, "corpus_docs": 3000,
+    "max_position_embeddings": 1024,
+    "pretrain": {"steps": 300, "lr": 3.0e-3, "batch_size": 16, "max_length": 256, "corpus_docs": 3000,
                  "warmup_steps": 20},
 }
 # What a Hub snapshot may bring: weights as safetensors, json configs, tokenizer files. Never pickles or code.
@@ -61,7 +61,7 @@ def toy_settings(cfg: Mapping | None) -> dict:
 # --------------------------------------------------------------------------------------------
 # Toy tokenizer and model
 # --------------------------------------------------------------------------------------------
-def build_toy_tokenizer(corpus: Sequence[str], vocab_size: int = 1024, model_max_length: int = 512):
+def build_toy_tokenizer(corpus: Sequence[str], vocab_size: int = 1024, model_max_length: int = 1024):
     """A byte-level BPE trained on ``corpus`` with Qwen's pre-tokenizer split (digits one by one).
 
     Wrapped as a transformers fast tokenizer whose eos and pad token are both ``<|endoftext|>``
@@ -183,7 +183,11 @@ def pretrain_toy(model, tokenizer, corpus: Sequence[str], cfg: Mapping, progress
 
     losses: list[float] = []
     t0 = time.time()
-    bar = tqdm(range(steps), desc="pretrain toy", disable=not progress, mininterval=2.0)
+    import sys
+
+    every = max(steps // 10, 1)
+    bar = tqdm(range(steps), desc="pretrain toy", disable=not progress,
+               mininterval=2.0 if sys.stderr.isatty() else 30.0)
     for step in bar:
         pick = starts_t[torch.randint(len(starts_t), (bs,), generator=gen)]
         batch = torch.stack([stream[i: i + T] for i in pick.tolist()])
@@ -197,6 +201,9 @@ def pretrain_toy(model, tokenizer, corpus: Sequence[str], cfg: Mapping, progress
         losses.append(float(out.loss.detach()))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if progress and ((step + 1) % every == 0 or step == 0):
+            log.info("pretrain step %d/%d loss %.4f lr %.2e (%.1fs)", step + 1, steps, losses[-1], lr_at(step),
+                     time.time() - t0)
     model.eval()
     tail = losses[-10:] or [float("nan")]
     return {
@@ -225,7 +232,6 @@ def make_toy_base(cfg: Mapping, corpus: Sequence[str], out_dir) -> dict:
 
     s = toy_settings(cfg)
     t_all = time.time()
-    random.seed(int(s["seed"]))
     t0 = time.time()
     tokenizer = build_toy_tokenizer(corpus, s["vocab_size"], s["max_position_embeddings"])
     t_tok = time.time() - t0
@@ -253,7 +259,8 @@ def make_toy_base(cfg: Mapping, corpus: Sequence[str], out_dir) -> dict:
             "config": s,
             "parameters": n_params,
             "vocab": {"tokenizer": len(tokenizer), "embedding_rows": model.config.vocab_size},
-            "corpus": {"docs": len(corpus), "chars": sum(len(d) for d in corpus)},
+            "corpus": {"docs": len(corpus), "chars": sum(len(d) for d in corpus),
+                       "sha256": hashlib.sha256("\x00".join(corpus).encode()).hexdigest()},
             "pretrain": stats,
             "timings": {"tokenizer_s": round(t_tok, 2), "pretrain_s": stats["time_s"],
                         "total_s": round(time.time() - t_all, 2)},

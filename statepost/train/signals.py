@@ -69,12 +69,12 @@ class NLLSignal:
 
     def __call__(self, policy, batch: StateBatch) -> tuple[torch.Tensor, dict[str, float]]:
         logits, targets = completion_token_logits(policy, batch)
-        if targets.numel() == 0:
-            raise ValueError("NLL signal: the batch has no completion tokens")
+        if targets.numel() == 0:  # e.g. every learner sample filtered out: zero loss, zero gradient
+            return logits.sum() * 0.0, {"nll": 0.0, "token_acc": 0.0}
         nll = torch.nn.functional.cross_entropy(logits, targets, reduction="mean")
         with torch.no_grad():
             acc = (logits.argmax(-1) == targets).float().mean()
-        return nll, {"nll": float(nll.detach()), "token_acc": float(acc), "completion_tokens": float(targets.numel())}
+        return nll, {"nll": float(nll.detach()), "token_acc": float(acc)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,7 +407,7 @@ class RewardSignal:
                 ref_logits, _ = completion_token_logits(self.reference, batch)
                 ref_logp = torch.log_softmax(ref_logits, dim=-1).gather(-1, y[:, None]).squeeze(-1)
                 del ref_logits
-            delta = ref_logp - logp
+            delta = ref_logp - (logp if self.kl_coef > 0 else logp.detach())
             k3 = torch.exp(delta) - delta - 1.0
             kl = masked_mean(k3, ones)
             if self.kl_coef > 0:

@@ -110,12 +110,12 @@ def encode_sft_example(tokenizer, question: str, answer: str) -> tuple[list[int]
     encodes a gsm8k context; Qwen has no BOS), so training sees exactly the token boundary that
     generation after the prompt sees at evaluation.
     """
-    from statepost.gsm8k import format_prompt
+    from statepost.gsm8k import format_prompt, format_target
 
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer has no eos_token_id: the SFT completion ends with EOS")
     prompt_ids = list(tokenizer(format_prompt(question), add_special_tokens=False)["input_ids"])
-    completion_ids = list(tokenizer(" " + answer, add_special_tokens=False)["input_ids"])
+    completion_ids = list(tokenizer(format_target(answer), add_special_tokens=False)["input_ids"])
     if not prompt_ids:
         raise ValueError("empty prompt after tokenization")
     return prompt_ids + completion_ids + [int(tokenizer.eos_token_id)], len(prompt_ids)
@@ -300,10 +300,11 @@ class LearnerStates:
     construction (``n_skipped``): a prompt is never truncated.
 
     ``sample(policy, step)``: ``step`` is the optimiser step; the loop calls it once per
-    micro-batch (``grad_accum`` times with the same ``step``). Fresh samples are drawn when
-    ``step % refresh_every == 0`` (or nothing is cached, e.g. just after a resume); otherwise the
-    micro-batches generated at the last refresh step are returned again (``states_age`` = steps
-    since they were generated, ``gen_time_s`` = 0). For the reward signal ``updates_per_batch > 1``
+    micro-batch (``grad_accum`` times with the same ``step``). Fresh samples are drawn at the
+    first call and then whenever ``refresh_every`` steps have passed since the last refresh (or
+    nothing is cached, e.g. just after a resume, which keeps the refresh phase of the interrupted
+    run); otherwise the micro-batches generated at the last refresh are returned again, in the
+    same order (``states_age`` = steps since they were generated, ``gen_time_s`` = 0). For the reward signal ``updates_per_batch > 1``
     is the same thing: it is used as the refresh period when ``refresh_every`` is 1, and the two
     must agree otherwise.
 
@@ -334,7 +335,9 @@ class LearnerStates:
     computed on it is 0 with zero gradient anyway).
 
     ``state_dict()`` is JSON-serialisable (cursor and counters). The cached rollout batch is not
-    saved: after a resume the next ``sample`` regenerates (seeded), keeping the refresh phase.
+    saved: after a resume in the middle of a refresh period the next ``sample`` regenerates
+    (seeded, from the next prompts), so such a resume is not bit-identical to an uninterrupted run;
+    a resume at a refresh step is.
     """
 
     def __init__(
@@ -430,7 +433,9 @@ class LearnerStates:
         self._cache: list[StateBatch] = []
         self._cur_step: int | None = None
         self._micro = 0
-        self._gen_step = 0
+        self._gen_step = 0  # refresh phase: rollouts are redrawn every refresh_every steps from here
+        self._made_step = 0  # optimiser step at which the cached rollouts were drawn
+        self._resumed = False
         self._refreshing = False
 
     # -- order (same scheme as DatasetStates) --------------------------------------------------
@@ -458,9 +463,15 @@ class LearnerStates:
         step = int(step)
         if step != self._cur_step:
             self._cur_step, self._micro = step, 0
-            self._refreshing = not self._cache or step % self.refresh_every == 0 or step < self._gen_step
+            period = self.refresh_every
+            self._refreshing = not self._cache or step - self._gen_step >= period or step < self._gen_step
             if self._refreshing:
-                self._cache, self._gen_step = [], step
+                if self._resumed and not self._cache and step >= self._gen_step:
+                    # keep the refresh phase of the interrupted run
+                    self._gen_step = step - (step - self._gen_step) % period
+                else:
+                    self._gen_step = step
+                self._cache, self._made_step, self._resumed = [], step, False
         if self._refreshing:
             batch = self.generate(policy)
             self._cache.append(batch)
@@ -469,7 +480,7 @@ class LearnerStates:
             cached = self._cache[self._micro % len(self._cache)]
             out = _dataclasses.replace(cached, metrics=dict(cached.metrics))
             out.metrics["gen_time_s"] = 0.0
-        out.metrics["states_age"] = float(step - self._gen_step)
+        out.metrics["states_age"] = float(step - self._made_step)
         self._micro += 1
         return out
 
@@ -626,4 +637,4 @@ class LearnerStates:
         self.cursor = int(state["cursor"])
         self._gen_step = int(state.get("gen_step", 0))
         self._order_cache = None
-        self._cache, self._cur_step, self._micro = [], None, 0
+        self._cache, self._cur_step, self._micro, self._resumed = [], None, 0, True

@@ -1,0 +1,251 @@
+"""LearnerStates: on-policy sampling into a valid right-padded StateBatch."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from statepost import gsm8k
+from statepost.train.signals import RewardSignal, TeacherKL, completion_logprobs
+from statepost.train.states import LearnerStates
+
+WORDS = ["Question:", "Answer:", "What", "is", "+", "?", "####", "="] + [str(i) for i in range(10)]
+MAX_NEW = 10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: intra-op threads only add contention on the shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>"] + WORDS)}
+    t = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # pad == eos, as in Qwen3 base: padding must be found from lengths, never from the pad id
+    return PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    m = Qwen3ForCausalLM(cfg).float()
+    with torch.no_grad():  # make EOS likely enough that some samples stop and some run out
+        m.model.embed_tokens.weight[tok.eos_token_id] *= 4.0
+    m.train()
+    return m
+
+
+QUESTIONS = [f"What is {a} + {b} ?" for a in range(4) for b in range(3)] + ["What is 1 + 1 + 1 + 1 + 1 + 1 ?"]
+ANSWERS = [f"{a} + {b} = {a + b}\n#### {a + b}" for a in range(4) for b in range(3)] + ["#### 6"]
+
+
+def run_cfg(**states):
+    st = {
+        "source": "learner",
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_new_tokens": MAX_NEW,
+        "samples_per_prompt": 2,
+        "refresh_every": 1,
+        "filter": None,
+    }
+    st.update(states)
+    return {
+        "states": st,
+        "signal": {"type": "teacher_kl"},
+        "optim": {"batch_size": 3, "grad_accum": 1, "max_length": 19},
+    }
+
+
+def make(tok, answers=ANSWERS, seed=0, cfg=None, **states):
+    return LearnerStates(cfg or run_cfg(**states), tok, QUESTIONS, answers, "cpu", seed)
+
+
+def test_batch_is_valid(tok, model):
+    src = make(tok)
+    assert src.n_skipped == 1  # the long prompt: 16 tokens + 10 new > max_length 19
+    before = torch.random.get_rng_state()
+    b = src.sample(model, 0)
+    assert torch.equal(torch.random.get_rng_state(), before)  # global RNG untouched
+    assert model.training  # train mode restored
+    eos = tok.eos_token_id
+    B, T = b.input_ids.shape
+    assert B == 6 and b.extras["group"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert b.completion_mask.dtype == torch.float32 and b.attention_mask.dtype == torch.long
+    n_eos = 0
+    for r in range(B):
+        q = b.prompts[r]
+        prompt = tok(gsm8k.format_prompt(q), add_special_tokens=False)["input_ids"]
+        n = int(b.attention_mask[r].sum())
+        assert b.attention_mask[r, :n].all() and not b.attention_mask[r, n:].any()  # right padded
+        assert b.input_ids[r, : len(prompt)].tolist() == prompt
+        comp_pos = b.completion_mask[r].nonzero().squeeze(-1).tolist()
+        assert comp_pos == list(range(len(prompt), n))  # completion = every non-prompt real token
+        comp = b.input_ids[r, len(prompt) : n].tolist()
+        assert 1 <= len(comp) <= MAX_NEW
+        assert eos not in comp[:-1]  # nothing after the first EOS
+        if comp[-1] == eos:
+            n_eos += 1
+        else:
+            assert len(comp) == MAX_NEW  # no EOS: ran to the limit
+        assert b.extras["eos"][r].item() == (comp[-1] == eos)
+        assert b.extras["completions"][r] == tok.decode(comp, skip_special_tokens=True)
+        assert b.answers[r] == ANSWERS[QUESTIONS.index(q)]
+        assert not b.input_ids[r, n:].ne(tok.pad_token_id).any()
+    assert 0 < n_eos < B  # the seed gives both kinds of row
+    assert b.metrics["eos_frac"] == pytest.approx(n_eos / B)
+    assert b.metrics["completion_len"] == pytest.approx(b.completion_mask.sum().item() / B)
+    for key in ("gen_time_s", "accuracy", "states_age", "n_samples"):
+        assert key in b.metrics
+    assert b.extras["rewards"].shape == (B,)
+    assert T == int(b.attention_mask.sum(1).max())
+
+
+def test_deterministic_under_seed_and_resumable(tok, model):
+    a, b = make(tok, seed=5), make(tok, seed=5)
+    a0, b0 = a.sample(model, 0), b.sample(model, 0)
+    assert torch.equal(a0.input_ids, b0.input_ids) and torch.equal(a0.completion_mask, b0.completion_mask)
+    state = a.state_dict()
+    a1 = a.sample(model, 1)
+    c = make(tok, seed=5)
+    c.load_state_dict(state)
+    c1 = c.sample(model, 1)
+    assert torch.equal(a1.input_ids, c1.input_ids) and a1.prompts == c1.prompts
+    assert a1.prompts != a0.prompts  # the cursor moved on
+    other = make(tok, seed=6).sample(model, 0)
+    assert not torch.equal(other.input_ids[:, :5], a0.input_ids[:, :5]) or other.prompts != a0.prompts
+    with pytest.raises(ValueError, match="seed"):
+        make(tok, seed=7).load_state_dict(state)
+
+
+def test_refresh_every_reuses_states(tok, model):
+    src = make(tok, refresh_every=2)
+    s0, s1, s2 = (src.sample(model, k) for k in range(3))
+    assert s1.input_ids is s0.input_ids  # step 1 reuses step 0's rollout
+    assert s1.metrics["states_age"] == 1.0 and s1.metrics["gen_time_s"] == 0.0
+    assert s0.metrics["states_age"] == 0.0 and s2.metrics["states_age"] == 0.0
+    assert s2.prompts != s0.prompts
+
+    # a loop counting steps from 1 still uses the first rollout for a whole period
+    one = make(tok, refresh_every=2)
+    r1, r2, r3 = (one.sample(model, k) for k in (1, 2, 3))
+    assert r2.input_ids is r1.input_ids and r3.input_ids is not r1.input_ids
+
+    # resume in the middle of a period: regenerate now, keep the refresh phase (0, 3, 6, ...)
+    src = make(tok, refresh_every=3)
+    src.sample(model, 0)
+    src.sample(model, 1)
+    state = src.state_dict()
+    res = make(tok, refresh_every=3)
+    res.load_state_dict(state)
+    b2 = res.sample(model, 2)
+    b3 = res.sample(model, 3)
+    b4 = res.sample(model, 4)
+    assert b2.metrics["states_age"] == 0.0 and b3.input_ids is not b2.input_ids
+    assert b4.input_ids is b3.input_ids and b4.metrics["states_age"] == 1.0
+
+
+def test_filter_keeps_only_rewarded_samples(tok, model):
+    # learn what the policy samples, then make some of those samples "correct" by choosing golds
+    probe = make(tok, seed=3).sample(model, 0)
+    answers = list(ANSWERS)
+    chosen = set()
+    for r in range(len(probe.prompts)):
+        got = gsm8k.extract_answer(probe.extras["completions"][r])
+        if got is not None and r % 2 == 0:
+            qi = QUESTIONS.index(probe.prompts[r])
+            if qi not in chosen:
+                answers[qi] = f"#### {got}"
+                chosen.add(qi)
+    assert chosen, "seed gives no sample with a number"
+    unfiltered = make(tok, answers=answers, seed=3).sample(model, 0)
+    filtered = make(tok, answers=answers, seed=3, filter={"reward": "gsm8k", "min": 1.0}).sample(model, 0)
+    keep = [r for r in range(len(unfiltered.prompts)) if unfiltered.extras["correct"][r] == 1.0]
+    assert keep and len(filtered.prompts) == len(keep)
+    assert filtered.extras["completions"] == [unfiltered.extras["completions"][r] for r in keep]
+    assert filtered.metrics["filter_keep_frac"] == pytest.approx(len(keep) / len(unfiltered.prompts))
+    assert filtered.metrics["filtered_empty"] == 0.0
+    assert bool((filtered.extras["rewards"] >= 1.0).all())
+
+
+def test_filter_with_no_survivor_gives_empty_batch(tok, model):
+    answers = ["#### 123456789"] * len(QUESTIONS)  # the tiny vocabulary cannot write it
+    b = make(tok, answers=answers, filter={"reward": "gsm8k", "min": 1.0}).sample(model, 0)
+    assert b.num_completion_tokens == 0 and b.metrics["filtered_empty"] == 1.0
+    assert b.metrics["filter_keep_frac"] == 0.0
+
+
+def test_accelerate_wrapper_and_signals_on_learner_batch(tok, model):
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=True)
+    cfg = run_cfg()
+    cfg["signal"] = {"type": "reward", "updates_per_batch": 2, "normalize_std": True}
+    src = LearnerStates(cfg, tok, QUESTIONS, ANSWERS, acc, 0)
+    assert src.refresh_every == 2 and src.need_old_logprobs
+
+    class Wrapper(torch.nn.Module):  # DDP-like: .module holds the model
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+        def forward(self, **kw):
+            return self.module(**kw)
+
+    policy = Wrapper(model)
+    b = src.sample(policy, 0)
+    old = b.extras["old_logprobs"]
+    assert old.shape == b.input_ids.shape
+    assert not bool(old[b.completion_mask == 0].ne(0).any())
+    _, token_logp, mask = completion_logprobs(policy, b)
+    torch.testing.assert_close(old[:, 1:], (token_logp * mask).detach(), atol=1e-5, rtol=1e-5)
+
+    loss, metrics = RewardSignal(cfg["signal"])(policy, b)
+    loss.backward()
+    assert torch.isfinite(loss) and metrics["clip_frac"] == 0.0
+    model.zero_grad()
+
+    teacher = copy.deepcopy(model)
+    loss, metrics = TeacherKL({"direction": "reverse"}, teacher)(policy, b)
+    assert abs(metrics["kl"]) < 1e-6
+    assert metrics["completion_tokens"] == b.num_completion_tokens
+
+    with pytest.raises(ValueError, match="disagree"):
+        bad = run_cfg(refresh_every=3)
+        bad["signal"] = {"type": "reward", "updates_per_batch": 2}
+        LearnerStates(bad, tok, QUESTIONS, ANSWERS, "cpu", 0)
+
+
+def test_too_few_prompts_raise(tok):
+    cfg = run_cfg()
+    cfg["optim"]["batch_size"] = 100
+    with pytest.raises(ValueError, match="do not fill one"):
+        LearnerStates(cfg, tok, QUESTIONS, ANSWERS, "cpu", 0)
+    with pytest.raises(ValueError, match="answers"):
+        LearnerStates(run_cfg(), tok, QUESTIONS, ANSWERS[:-1], "cpu", 0)

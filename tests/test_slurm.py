@@ -7,11 +7,13 @@ the snakemake-executor-plugin-slurm with profiles/slurm-ci, and SLURM's own acco
   twice the memory (the attempt-scaling contract of the rules), and a job that exits 1, which
   must make snakemake fail while SLURM records it as FAILED.
 - test_toy_dag_on_slurm: the project's own DAG with config/toy.yaml; every non-local job must
-  be a SLURM job that COMPLETED. Runs once the Snakefile exists.
+  be a SLURM job that COMPLETED; then its weights and scores must equal those of the local toy
+  run (conftest.toy_run): the determinism check of running the toy DAG twice.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -254,7 +256,7 @@ def test_mech_retry_grows_memory_with_attempt(mech_run):
 
 
 @pytest.mark.timeout(TOY_TIMEOUT_S + 300)
-def test_toy_dag_on_slurm(slurm_cluster, tmp_path):
+def test_toy_dag_on_slurm(slurm_cluster, toy_run, tmp_path):
     if not (REPO / "Snakefile").exists() or not (REPO / "config" / "toy.yaml").exists():
         pytest.skip("the workflow (Snakefile, config/toy.yaml) is not in the repository yet")
     work = _copy_repo(tmp_path / "repo")
@@ -277,3 +279,20 @@ def test_toy_dag_on_slurm(slurm_cluster, tmp_path):
         cwd=work, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert p.returncode == 0 and "Nothing to be done" in p.stdout + p.stderr, p.stdout + p.stderr
+    _assert_same_results(work, toy_run[0])
+
+
+def _assert_same_results(a: Path, b: Path):
+    """Determinism: two runs of the toy DAG (here: SLURM and local) give identical weights and scores."""
+    from statepost.io import sha256_file
+
+    weights = sorted(p.relative_to(a) for p in (a / "results" / "models").rglob("model.safetensors"))
+    assert len(weights) == 5, weights
+    for rel in weights:
+        assert sha256_file(a / rel) == sha256_file(b / rel), f"{rel} differs between the two runs"
+    scores = sorted(p.relative_to(a) for p in (a / "results" / "scores").rglob("*.json"))
+    assert len(scores) == 15, scores
+    for rel in scores:
+        x, y = (json.loads((root / rel).read_text()) for root in (a, b))
+        for key in ("metrics", "value", "stderr", "n"):
+            assert x[key] == y[key], f"{rel}: {key} differs: {x[key]} != {y[key]}"

@@ -66,12 +66,13 @@ def main(argv=None) -> int:
     cfg = load_eval_cfg(args.eval_json)
     import logging
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t = time.perf_counter()
     repo = str(Path(__file__).resolve().parent.parent)
     if repo not in sys.path:
         sys.path.insert(0, repo)
+    from statepost.io import setup_logging
+
+    setup_logging(level=logging.INFO if args.verbose else logging.WARNING)
     from statepost.evaluate import evaluate
 
     t_pkg = time.perf_counter() - t

@@ -60,17 +60,10 @@ def load_bench_cfg(args) -> dict:
     return cfg
 
 
-def setup_logging(log_file: str | None) -> None:
-    handlers = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from statepost.io import setup_logging
+
     setup_logging(args.log)
     log = logging.getLogger("prepare_data")
     cfg = load_bench_cfg(args)

@@ -128,3 +128,19 @@ def env_info() -> dict:
         "hostname": platform.node(),
         "created": utc_now(),
     }
+
+
+def setup_logging(log_file: str | os.PathLike | None = None, level: int | None = None) -> None:
+    """One log format for every script: stderr (Snakemake's per-job log) and optionally a file."""
+    import logging
+
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(
+        level=logging.INFO if level is None else level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )

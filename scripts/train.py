@@ -55,6 +55,8 @@ def read_run_json(arg: str) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import logging
+
     from statepost.io import setup_logging
 
     setup_logging()

@@ -63,8 +63,9 @@ def test_models_are_loadable_checkpoints_with_provenance(toy_run):
         assert (out / "model.safetensors").exists(), run
         info = json.loads((out / "run.json").read_text())
         assert info["config"]["name"] == run and info["config"]["seed"] == 0
-        for key in ("versions", "git_commit", "inputs", "wall_time_s"):
+        for key in ("env", "inputs", "wall_time_s", "config_hash", "files"):
             assert key in info, (run, key)
+        assert info["env"]["versions"]["torch"] and "git_commit" in info["env"]
         lines = metrics(work, run)
         assert lines and [m["step"] for m in lines] == sorted({m["step"] for m in lines})
         signal = TOY["runs"][run]["signal"]["type"]
@@ -194,7 +195,7 @@ def test_new_methods_from_config_alone(toy_run, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     targets = [f"results/scores/{run}/seed0/gsm8k.json" for run in ("sft_lr2", "offpolicy_kd", "rft")]
     out = snakemake(work, *targets, "--configfile", str(path))
-    counts = job_counts(out.stdout)
+    counts = job_counts(out.stdout + out.stderr)
     assert not {"sft_mild", "sft_stress", "opd", "rl"} & set(counts)  # existing runs are reused
     for run in ("sft_lr2", "offpolicy_kd", "rft"):
         score = json.loads((work / f"results/scores/{run}/seed0/gsm8k.json").read_text())

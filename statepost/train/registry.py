@@ -1,19 +1,11 @@
-"""Config -> (state source, signal). The one place that maps a run's config onto the parts.
+"""Config -> (state source, signal): the one place that maps a run's config onto the parts.
 
-``make_state_source(run_cfg, tokenizer, data_dir, accelerator)`` and ``make_signal(run_cfg, ctx)``.
-Learner states and the teacher-KL / reward signals live in the on-policy helper's sections of
-``states.py`` / ``signals.py`` and are imported lazily: a missing one raises ``ConfigError``
-naming the config key, never ``NotImplementedError``.
-
-Convention for a part built here (so the loop needs no per-method code):
-- a class with ``from_config(run_cfg, **ctx)`` is built with it; otherwise the documented
-  constructor below is used.
-- a signal may declare ``loss_reduction = "token_mean"`` (its loss is a mean over completion
-  tokens; the loop then weights micro-batches by their token counts, so the step optimises the
-  mean over every completion token of the step whatever the split over processes and
-  accumulation) or ``"batch_mean"`` (default: micro-batch losses are averaged).
-- ``needs_teacher`` / ``needs_reference`` come from the config (:func:`signal_needs`), so the loop
-  loads a teacher or an init-reference model only when the signal uses it.
+A method is a pair: ``states.source`` picks where states come from (``dataset`` or ``learner``),
+``signal.type`` what is applied at them (``nll``, ``teacher_kl``, ``reward``). The loop never
+branches on the method. A signal may declare ``loss_reduction = "token_mean"`` (its loss is a mean
+over completion tokens; the loop then weights micro-batches by their token counts, so a step
+optimises the mean over all its completion tokens however it is split over processes and
+accumulation) or ``"batch_mean"`` (default). ``signal_needs`` says which extra models to load.
 """
 
 from __future__ import annotations
@@ -67,20 +59,6 @@ def signal_needs(run_cfg: dict) -> dict[str, bool]:
     return {"teacher": kind == "teacher_kl", "reference": kind == "reward"}
 
 
-def _lazy(module: str, names: tuple[str, ...], key: str, value: str):
-    import importlib
-
-    mod = importlib.import_module(module)
-    for name in names:
-        obj = getattr(mod, name, None)
-        if obj is not None:
-            return obj
-    raise ConfigError(
-        f"config key {key}: {value!r} is not available in this installation "
-        f"({module} defines none of {', '.join(names)})"
-    )
-
-
 def make_state_source(run_cfg: dict, tokenizer, data_dir: str | Path, accelerator=None):
     """The run's state source. ``dataset``: :class:`DatasetStates` over ``{data_dir}/{data}/{split}.jsonl``."""
     states = run_cfg["states"]
@@ -107,11 +85,10 @@ def make_state_source(run_cfg: dict, tokenizer, data_dir: str | Path, accelerato
             source_name=str(path),
         )
     if kind == "learner":
-        cls = _lazy("statepost.train.states", ("LearnerStates",), "states.source", kind)
-        if hasattr(cls, "from_config"):
-            return cls.from_config(run_cfg, tokenizer=tokenizer, rows=rows, accelerator=accelerator)
+        from .states import LearnerStates
+
         try:
-            return cls(
+            return LearnerStates(
                 run_cfg,
                 tokenizer,
                 [r["question"] for r in rows],
@@ -124,37 +101,25 @@ def make_state_source(run_cfg: dict, tokenizer, data_dir: str | Path, accelerato
     raise ConfigError(f"config key states.source: unknown source {kind!r} (dataset | learner)")
 
 
-_SIGNAL_CLASSES = {
-    "nll": ("NLLSignal",),
-    "teacher_kl": ("TeacherKLSignal", "TeacherKL"),
-    "reward": ("RewardSignal", "Reward", "GRPOSignal"),
-}
-
-
 def make_signal(run_cfg: dict, ctx: SignalContext):
+    from .signals import NLLSignal, RewardSignal, TeacherKL, check_same_tokenizer
+
     sig = run_cfg["signal"]
     kind = sig.get("type")
-    if kind not in _SIGNAL_CLASSES:
-        raise ConfigError(f"config key signal.type: unknown signal {kind!r} ({' | '.join(_SIGNAL_CLASSES)})")
+    if kind not in ("nll", "teacher_kl", "reward"):
+        raise ConfigError(f"config key signal.type: unknown signal {kind!r} (nll | teacher_kl | reward)")
     if kind == "nll":
-        from .signals import NLLSignal
-
         return NLLSignal()
     needs = signal_needs(run_cfg)
     if needs["teacher"] and ctx.teacher is None:
         raise ConfigError(f"config key signal.teacher: signal {kind!r} needs a teacher model (--teacher DIR)")
     if float(sig.get("kl_coef", 0.0) or 0.0) > 0 and ctx.reference is None:
         raise ConfigError("config key signal.kl_coef: a KL penalty needs the init (reference) model")
-    cls = _lazy("statepost.train.signals", _SIGNAL_CLASSES[kind], "signal.type", kind)
-    if hasattr(cls, "from_config"):
-        return cls.from_config(run_cfg, ctx=ctx)
     try:
         if kind == "teacher_kl":
             if ctx.teacher_tokenizer is not None:
-                from .signals import check_same_tokenizer
-
                 check_same_tokenizer(ctx.tokenizer, ctx.teacher_tokenizer, ctx.init_dir, ctx.teacher_dir)
-            return cls(sig, ctx.teacher, tokenizer=ctx.tokenizer)
-        return cls(sig, reference_model=ctx.reference)
+            return TeacherKL(sig, ctx.teacher, tokenizer=ctx.tokenizer)
+        return RewardSignal(sig, reference_model=ctx.reference)
     except ValueError as e:
         raise ConfigError(f"config key signal: {e}") from None

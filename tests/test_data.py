@@ -116,8 +116,8 @@ def test_good_file_passes_and_counts_rows(tmp_path, benchmark):
 
 def test_real_gsm8k_style_answers_pass():
     row = {"question": "q", "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 1,072"}
-    data.validate_row("gsm8k", row, "x:1")
-    data.validate_row("gsm8k", dict(row, answer="It costs -3.5 dollars.\n#### -3.5\n"), "x:1")
+    rows = [row, dict(row, answer="It costs -3.5 dollars.\n#### -3.5\n")]
+    assert data.validate_rows("gsm8k", "train", rows, "x.jsonl") == 2
 
 
 # ---------------------------------------------------------------- toy generators

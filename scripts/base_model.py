@@ -45,13 +45,9 @@ def load_cfgs(args) -> tuple[dict, dict]:
         base = json.loads(args.config_json)
         benches = json.loads(args.benchmarks_json) if args.benchmarks_json else {}
     else:
-        text = Path(args.config).read_text()
-        if args.config.endswith(".json"):
-            full = json.loads(text)
-        else:
-            import yaml
+        import yaml  # reads JSON too
 
-            full = yaml.safe_load(text)
+        full = yaml.safe_load(Path(args.config).read_text())
         base = full.get("base_model") or {}
         benches = json.loads(args.benchmarks_json) if args.benchmarks_json else (full.get("benchmarks") or {})
     if not isinstance(base, dict) or base.get("source") not in ("hub", "toy"):

@@ -44,13 +44,9 @@ def load_bench_cfg(args) -> dict:
     if args.config_json:
         cfg = json.loads(args.config_json)
     else:
-        text = Path(args.config).read_text()
-        if args.config.endswith(".json"):
-            cfg = json.loads(text)
-        else:
-            import yaml
+        import yaml  # reads JSON too
 
-            cfg = yaml.safe_load(text)
+        cfg = yaml.safe_load(Path(args.config).read_text())
         if isinstance(cfg, dict) and "benchmarks" in cfg:
             if args.benchmark not in (cfg["benchmarks"] or {}):
                 sys.exit(f"error: {args.config}: benchmarks.{args.benchmark} is not configured")

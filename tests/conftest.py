@@ -50,6 +50,18 @@ def snakemake(workdir: Path, *args, timeout=3000, check=True) -> subprocess.Comp
     return proc
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models on a 2-core machine: intra-op threads only add contention (workflow jobs get
+    OMP_NUM_THREADS from their rule's threads instead)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def toy_run(tmp_path_factory):
     """The whole toy DAG, run once in a clean copy of the repository. Yields (workdir, wall seconds)."""

@@ -16,15 +16,6 @@ P_S = [0.5, 0.3, 0.2]
 P_T = [0.2, 0.3, 0.5]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add contention on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def kl(p, q):
     return sum(a * math.log(a / b) for a, b in zip(p, q))
 

@@ -15,15 +15,6 @@ WORDS = ["Question:", "Answer:", "What", "is", "+", "?", "####", "="] + [str(i) 
 MAX_NEW = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add contention on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok():
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -15,15 +15,6 @@ from statepost.train.states import StateBatch
 EPS = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add contention on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_group_advantages_hand_computed():
     # group 1: rewards 1,0,1,1 -> mean .75, sample std .5; group 2: all 0 (zero variance)
     adv, zero = group_advantages([1, 0, 1, 1, 0, 0, 0, 0], 4, normalize_std=True, eps=EPS)

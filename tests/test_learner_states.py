@@ -240,3 +240,24 @@ def test_too_few_prompts_raise(tok):
         LearnerStates(cfg, tok, QUESTIONS, ANSWERS, "cpu", 0)
     with pytest.raises(ValueError, match="answers"):
         LearnerStates(run_cfg(), tok, QUESTIONS, ANSWERS[:-1], "cpu", 0)
+
+
+def test_max_rows_keeps_the_first_rows_of_the_split(tok, model, tmp_path, caplog):
+    from statepost.io import write_jsonl
+    from statepost.train.registry import make_state_source
+
+    write_jsonl(tmp_path / "gsm8k" / "train.jsonl", [{"question": q, "answer": a} for q, a in zip(QUESTIONS, ANSWERS)])
+    cfg = run_cfg(max_rows=4)
+    cfg["optim"]["batch_size"] = 2
+    src = make_state_source(cfg, tok, tmp_path)
+    assert src.questions == QUESTIONS[:4]
+    seen = {q for step in range(1, 7) for q in src.sample(model, step).prompts}
+    assert seen == set(QUESTIONS[:4])  # 6 steps x 2 prompts cycle through the pool of 4
+
+    cfg = {"states": {"source": "dataset", "max_rows": 5}, "signal": {"type": "nll"}, "optim": {"batch_size": 1}}
+    assert len(make_state_source(cfg, tok, tmp_path)) == 5  # one example per step
+
+    cfg["states"]["max_rows"] = 100
+    with caplog.at_level("WARNING"):
+        assert len(make_state_source(cfg, tok, tmp_path)) == len(QUESTIONS)
+    assert "has only 13 rows" in caplog.text

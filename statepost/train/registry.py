@@ -10,11 +10,14 @@ accumulation) or ``"batch_mean"`` (default). ``signal_needs`` says which extra m
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from statepost.io import ConfigError, DataError, read_jsonl
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,7 +63,10 @@ def signal_needs(run_cfg: dict) -> dict[str, bool]:
 
 
 def make_state_source(run_cfg: dict, tokenizer, data_dir: str | Path, accelerator=None):
-    """The run's state source. ``dataset``: :class:`DatasetStates` over ``{data_dir}/{data}/{split}.jsonl``."""
+    """The run's state source over ``{data_dir}/{data}/{split}.jsonl`` (its first ``states.max_rows`` rows when set).
+
+    ``dataset``: :class:`DatasetStates`; ``learner``: :class:`LearnerStates`.
+    """
     states = run_cfg["states"]
     optim = run_cfg.get("optim", {})
     kind = states.get("source")
@@ -68,6 +74,11 @@ def make_state_source(run_cfg: dict, tokenizer, data_dir: str | Path, accelerato
     process_index = accelerator.process_index if accelerator is not None else 0
     path = data_path(run_cfg, data_dir)
     rows = load_rows(path)
+    max_rows = states.get("max_rows")
+    if max_rows is not None:
+        if len(rows) < int(max_rows):
+            log.warning("states.max_rows=%d but %s has only %d rows; using them all", max_rows, path, len(rows))
+        rows = rows[: int(max_rows)]
     if kind == "dataset":
         from .states import DatasetStates
 

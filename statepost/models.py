@@ -40,7 +40,7 @@ TOY_DEFAULTS = {
     "num_kv_heads": 2,
     "intermediate_size": 256,
     "max_position_embeddings": 1024,
-    "pretrain": {"steps": 300, "lr": 3.0e-3, "batch_size": 16, "max_length": 256, "corpus_docs": 3000,
+    "pretrain": {"steps": 600, "lr": 3.0e-3, "batch_size": 16, "max_length": 128, "corpus_docs": 8000,
                  "warmup_steps": 20},
 }
 # What a Hub snapshot may bring: weights as safetensors, json configs, tokenizer files. Never pickles or code.

@@ -27,7 +27,6 @@ and then at least one false one (lm-eval's mc2 splits at the first 0 label).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -35,7 +34,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .io import DataError, sha256_file, utc_now, write_json, write_jsonl
+from .io import DataError, iter_jsonl, read_jsonl, sha256_file, utc_now, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -176,16 +175,9 @@ def validate_file(benchmark: str, split: str, path) -> int:
     if not path.is_file():
         raise DataError(f"{path}:0: {split}: file not found")
     n = 0
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: json: not valid JSON ({e.msg} at column {e.colno})") from None
-            validate_row(benchmark, row, f"{path}:{lineno}")
-            n += 1
+    for lineno, row in iter_jsonl(path):
+        validate_row(benchmark, row, f"{path}:{lineno}")
+        n += 1
     if n == 0:
         raise DataError(f"{path}:1: {split}: split is empty (no rows)")
     return n
@@ -552,7 +544,7 @@ def _eval_rows(cfg_all: Mapping | None, data_dir) -> dict[str, list[dict]]:
             for s in held_out:
                 path = Path(data_dir) / b / f"{s}.jsonl"
                 if path.is_file():
-                    out[b] += [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+                    out[b] += list(read_jsonl(path))
         if c.get("source", "toy") == "toy":
             gen = generate_toy(b, c)
             out[b] += [r for s in held_out for r in gen.get(s, [])]
@@ -835,7 +827,7 @@ def load_split(data_dir, benchmark: str, split: str) -> list[dict]:
     """Read and validate ``{data_dir}/{split}.jsonl`` (data_dir is results/data/{benchmark})."""
     path = Path(data_dir) / f"{split}.jsonl"
     validate_file(benchmark, split, path)
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return list(read_jsonl(path))
 
 
 __all__ = [

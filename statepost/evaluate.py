@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from statepost.io import DataError, read_jsonl, sha256_file, utc_now, write_json, write_jsonl
+from statepost.io import DataError, iter_jsonl, sha256_file, utc_now, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,10 @@ def _data_file(bench_dir: Path, split: str) -> Path:
 def _check_rows(path: Path, benchmark: str) -> list[dict]:
     """Read a data file and check the columns the builtin task reads; errors name file:line."""
     rows = []
-    for lineno, row in enumerate(read_jsonl(path), 1):
+    for lineno, row in iter_jsonl(path):
         where = f"{path}:{lineno}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: row: expected a JSON object, got {type(row).__name__}")
         if not isinstance(row.get("question"), str):
             raise DataError(f"{where}: 'question' must be a string")
         if benchmark == "gsm8k":

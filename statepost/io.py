@@ -73,20 +73,25 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     return n
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """Yield one dict per non-empty line; a bad line raises DataError naming path:line."""
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
+    """Yield ``(line number, parsed value)`` per non-empty line; bad JSON raises DataError naming path:line."""
     path = Path(path)
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield row
+                raise DataError(f"{path}:{lineno}: json: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield one dict per non-empty line; a bad line raises DataError naming path:line."""
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: row: expected a JSON object, got {type(row).__name__}")
+        yield row
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -275,7 +275,7 @@ def test_missing_data_file_names_the_path(world, tmp_path):
 
 
 @pytest.mark.parametrize("bad,pattern", [
-    ("{not json\n", r"mmlu/test\.jsonl:1: not valid JSON"),
+    ("{not json\n", r"mmlu/test\.jsonl:1: json: not valid JSON"),
     (json.dumps({**_mmlu_row("anatomy", 0), "answer": 7}) + "\n", r"mmlu/test\.jsonl:1: 'answer' must be"),
     (json.dumps(_mmlu_row("anatomy", 0)) + "\n" + json.dumps(_mmlu_row("not_a_subject", 0)) + "\n",
      r"MMLU subject 'not_a_subject' has no lm-eval task"),

@@ -104,6 +104,9 @@ def test_tables_figures_and_claims(toy_run):
     scores_md = (tables / "scores.md").read_text()
     for run in ["base", *cfglib.run_order(TOY)]:
         assert run in scores_md
+    for name in ("scores", "delta_vs_base", "retention"):  # every run, rl included, in every table
+        rows = {line.split(",")[0] for line in (tables / f"{name}.csv").read_text().splitlines()[1:]}
+        assert set(cfglib.run_order(TOY)) <= rows, (name, rows)
     for name in ("scores", "retention_vs_gain", "training_curves"):
         assert (figures / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (figures / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"

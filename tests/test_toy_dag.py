@@ -39,6 +39,13 @@ def metrics(work: Path, run: str) -> list[dict]:
     return list(read_jsonl(work / "results" / "models" / run / "seed0" / "metrics.jsonl"))
 
 
+def first_and_last_quarter(work: Path, run: str, key: str) -> tuple[float, float]:
+    """Means of a training metric over the first and the last quarter of the run's steps."""
+    values = [m[key] for m in metrics(work, run)]
+    q = max(len(values) // 4, 1)
+    return sum(values[:q]) / q, sum(values[-q:]) / q
+
+
 def test_data_outputs_validate_and_have_manifests(toy_run):
     work, _ = toy_run
     for bench, cfg in TOY["benchmarks"].items():
@@ -153,18 +160,12 @@ def test_sft_stress_fits_far_harder_than_mild(toy_run):
 
 
 def test_opd_kl_to_teacher_falls(toy_run):
-    work, _ = toy_run
-    kl = [m["kl"] for m in metrics(work, "opd")]
-    q = max(len(kl) // 4, 1)
-    first, last = sum(kl[:q]) / q, sum(kl[-q:]) / q
+    first, last = first_and_last_quarter(toy_run[0], "opd", "kl")
     assert last < 0.8 * first, (first, last)
 
 
 def test_rl_mean_reward_rises(toy_run):
-    work, _ = toy_run
-    reward = [m["reward"] for m in metrics(work, "rl")]
-    q = max(len(reward) // 4, 1)
-    first, last = sum(reward[:q]) / q, sum(reward[-q:]) / q
+    first, last = first_and_last_quarter(toy_run[0], "rl", "reward")
     assert last > first + 0.05, (first, last)
 
 

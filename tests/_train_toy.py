@@ -40,7 +40,9 @@ def build_tokenizer(corpus: list[str]):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
 
 
-def build_model(vocab_size: int, hidden: int = 32, layers: int = 2, seed: int = 0, eos_id: int = 0):
+def build_model(vocab_size: int, hidden: int = 32, layers: int = 2, seed: int = 0, eos_id: int = 0,
+                heads: int = 4, kv_heads: int = 2, max_positions: int = 512):
+    """A tiny random Qwen3 (fp32, tied embeddings, eos = pad = ``eos_id``), seeded: the tests' model."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -50,16 +52,16 @@ def build_model(vocab_size: int, hidden: int = 32, layers: int = 2, seed: int = 
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=hidden // 4,
-        max_position_embeddings=512,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         eos_token_id=eos_id,
         pad_token_id=eos_id,
         bos_token_id=None,
     )
-    return Qwen3ForCausalLM(cfg)
+    return Qwen3ForCausalLM(cfg).float()
 
 
 def make_world(root: Path, n_rows: int = 48, hidden: int = 32, layers: int = 2) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from _train_toy import build_model
 
 from statepost import evaluate as ev
 from statepost.io import DataError
@@ -85,9 +86,8 @@ def make_data(root: Path) -> Path:
 
 
 def make_model(root: Path, data: Path) -> Path:
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from transformers import PreTrainedTokenizerFast
 
     texts = [line for p in sorted(data.rglob("*.jsonl")) for line in p.read_text().splitlines()]
     tok = Tokenizer(models.BPE())
@@ -98,12 +98,8 @@ def make_model(root: Path, data: Path) -> Path:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     eos = fast.convert_tokens_to_ids("<|endoftext|>")
-    torch.manual_seed(0)
-    cfg = Qwen3Config(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
-                      eos_token_id=eos, pad_token_id=eos, bos_token_id=None, tie_word_embeddings=True)
     out = root / "model"
-    Qwen3ForCausalLM(cfg).save_pretrained(out)
+    build_model(len(fast), layers=1, heads=2, kv_heads=1, max_positions=1024, eos_id=eos).save_pretrained(out)
     fast.save_pretrained(out)
     return out
 

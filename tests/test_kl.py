@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _train_toy import build_model
 
 from statepost.train.signals import TeacherKL, check_same_tokenizer, token_divergence
 from statepost.train.states import StateBatch
@@ -96,21 +97,7 @@ def test_signal_is_masked_mean_over_completion_tokens(direction):
 
 
 def tiny_qwen(seed=0, vocab=40):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen3Config(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    return Qwen3ForCausalLM(cfg).float()
+    return build_model(vocab, layers=1, heads=2, kv_heads=1, max_positions=64, seed=seed)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ import copy
 import pytest
 import torch
 
+from _train_toy import build_model
+
 from statepost import gsm8k
 from statepost.train.signals import RewardSignal, TeacherKL, completion_logprobs
 from statepost.train.states import LearnerStates
@@ -29,23 +31,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def model(tok):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Qwen3Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    m = Qwen3ForCausalLM(cfg).float()
+    m = build_model(len(tok), layers=1, heads=2, kv_heads=1, max_positions=64, eos_id=tok.eos_token_id)
     with torch.no_grad():  # make EOS likely enough that some samples stop and some run out
         m.model.embed_tokens.weight[tok.eos_token_id] *= 4.0
     m.train()

@@ -9,24 +9,19 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
+from . import benchmarks as bench_facts
 from .io import ConfigError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
 # Model names the DAG uses for things that are not runs, and rule names a run must not shadow.
 RESERVED = {"base", "all", "base_model", "evaluate", "report", "data", "teacher", "init"}
-
-# Splits each benchmark needs: (evaluated split, few-shot split or None).
-EVAL_SPLITS = {"gsm8k": ("test", "train"), "mmlu": ("test", "dev"), "truthfulqa_mc2": ("validation", None)}
-# The paper's shots (the lm-eval defaults of the Qwen3 report, except GSM8K: see config/README.md).
-DEFAULT_FEWSHOT = {"gsm8k": 5, "mmlu": 5, "truthfulqa_mc2": 0}
-# Sampling settings a learner-state run must give (a schema default would hide a forgotten key).
-LEARNER_REQUIRED = ("temperature", "max_new_tokens", "samples_per_prompt")
 
 
 @lru_cache(maxsize=1)
@@ -35,7 +30,13 @@ def load_schema() -> dict:
 
 
 def _key_path(error) -> str:
+    """The dotted key path an error is about; a missing or unexpected key is named too."""
     parts = [str(p) for p in error.absolute_path]
+    if error.validator in ("required", "additionalProperties"):
+        # "'teacher' is a required property" / "... ('clip_eps' was unexpected)": name the key itself
+        names = re.findall(r"'([^']+)'", error.message)
+        if len(names) == 1:
+            parts.append(names[0])
     return ".".join(parts) if parts else "(top level)"
 
 
@@ -75,10 +76,38 @@ def validate(config: dict) -> dict:
         more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
         raise ConfigError("invalid configuration:\n" + "\n".join(lines) + more)
     _validator_with_defaults()(schema).validate(config)
+    # The paper's shots depend on the benchmark, so they live in workflow/tasks/benchmarks.yaml.
     for name, bench in config["benchmarks"].items():
-        bench["eval"].setdefault("num_fewshot", DEFAULT_FEWSHOT[name])
+        bench["eval"].setdefault("num_fewshot", bench_facts.get(name).num_fewshot)
     check(config)
     return config
+
+
+def with_defaults(obj: dict, name: str) -> dict:
+    """A validated copy of ``obj`` with the schema's defaults filled in, for one part of the config.
+
+    ``name`` is a ``$defs`` entry of the schema (``run``, ``states``, ``signal``, ``eval``, ...) or a
+    top-level key (``claims``, ``evaluation``, ``resources``): code that takes a part of the config
+    directly (tests, notebooks) gets the same defaults as the DAG, from the one place they live.
+    """
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    root = load_schema()
+    defs = {**root["$defs"], "_top": {"type": "object", "properties": root["properties"]}}
+    if name in root["$defs"]:
+        ref = f"#/$defs/{name}"
+    elif name in root["properties"]:
+        ref = f"#/$defs/_top/properties/{name}"
+    else:
+        raise KeyError(f"the config schema has no part {name!r}")
+    schema = {"$defs": defs, "$ref": ref}
+    obj = copy.deepcopy(obj)
+    err = best_match(Draft202012Validator(schema).iter_errors(obj))
+    if err is not None:
+        raise ConfigError(f"config key {name}.{_key_path(err)}: {err.message}")
+    _validator_with_defaults()(schema).validate(obj)
+    return obj
 
 
 def model_names(config: dict) -> list[str]:
@@ -130,7 +159,7 @@ def check(config: dict) -> None:
     """Checks across keys that JSON schema cannot express. Raises ConfigError naming the key path."""
     benchmarks = config["benchmarks"]
     for name, bench in benchmarks.items():
-        test_split, shot_split = EVAL_SPLITS[name]
+        test_split, shot_split = bench_facts.get(name).eval_split, bench_facts.get(name).fewshot_split
         needed = [test_split] + ([shot_split] if shot_split and bench["eval"]["num_fewshot"] > 0 else [])
         for split in needed:
             if split not in bench["splits"]:
@@ -158,13 +187,6 @@ def check(config: dict) -> None:
                 f"benchmarks.{states['data']}.splits"
             )
         if states["source"] == "learner":
-            for key in LEARNER_REQUIRED:
-                if key not in states:
-                    raise ConfigError(
-                        f"config key {where}.states.{key}: learner states need sampling settings "
-                        f"({', '.join(LEARNER_REQUIRED)}); '{key}' is missing"
-                    )
-            states.setdefault("top_p", 1.0)
             if cfg["optim"]["max_steps"] is None:
                 raise ConfigError(
                     f"config key {where}.optim.max_steps: learner states have no epochs; set max_steps"
@@ -173,18 +195,11 @@ def check(config: dict) -> None:
                 raise ConfigError(
                     f"config key {where}.states.data: learner states sample GSM8K prompts; got '{states['data']}'"
                 )
-        elif states.get("filter"):
-            raise ConfigError(f"config key {where}.states.filter: a reward filter needs states.source: learner")
-        if signal["type"] == "teacher_kl":
-            if "teacher" not in signal:
-                raise ConfigError(f"config key {where}.signal.teacher: signal teacher_kl needs a teacher model")
-            if signal["teacher"] not in models:
-                raise ConfigError(
-                    f"config key {where}.signal.teacher: '{signal['teacher']}' names no model "
-                    f"(known: {', '.join(sorted(models))})"
-                )
-        elif "teacher" in signal:
-            raise ConfigError(f"config key {where}.signal.teacher: only signal type teacher_kl takes a teacher")
+        if signal["type"] == "teacher_kl" and signal["teacher"] not in models:
+            raise ConfigError(
+                f"config key {where}.signal.teacher: '{signal['teacher']}' names no model "
+                f"(known: {', '.join(sorted(models))})"
+            )
         if signal["type"] == "reward" and states["source"] != "learner":
             raise ConfigError(f"config key {where}.signal: a reward signal needs states.source: learner")
     run_order(config)  # raises on cycles

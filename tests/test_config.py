@@ -81,7 +81,7 @@ DELETE = object()
 
 # (case id, edits [(key path, value)], text the error must contain)
 BAD = [
-    ("unknown top key", [(("epochs",), 3)], "(top level)"),
+    ("unknown top key", [(("epochs",), 3)], "config key epochs: Additional properties"),
     ("unknown run key", [(("runs", "sft_mild", "lr"), 1e-3)], "runs.sft_mild"),
     ("unknown optim key", [(("runs", "sft_mild", "optim", "learning_rate"), 1e-3)], "runs.sft_mild.optim"),
     ("lr is a string", [(("runs", "sft_mild", "optim", "lr"), "fast")], "runs.sft_mild.optim.lr"),
@@ -167,3 +167,28 @@ def test_toy_configfile_replaces_paper_config():
     assert seen["base_model"]["source"] == "toy"
     assert "repo" not in seen["base_model"]
     assert all(b["source"] == "toy" for b in seen["benchmarks"].values())
+
+
+def test_benchmark_facts_match_the_schema():
+    """workflow/tasks/benchmarks.yaml is the one list of benchmarks; the schema accepts exactly those."""
+    from statepost import benchmarks
+
+    schema = cfglib.load_schema()
+    assert set(schema["properties"]["benchmarks"]["propertyNames"]["enum"]) == set(benchmarks.NAMES)
+    assert benchmarks.TARGET == "gsm8k" and set(benchmarks.RETENTION) == {"mmlu", "truthfulqa_mc2"}
+    for b in benchmarks.BENCHMARKS.values():
+        assert b.eval_split in b.splits and set(b.toy_rows) == set(b.splits), b
+
+
+def test_a_run_carries_only_its_own_signal_and_state_keys():
+    nll = cfglib.with_defaults({"init": "base", "states": {"source": "dataset"}, "signal": {"type": "nll"}}, "run")
+    assert nll["signal"] == {"type": "nll"}
+    assert "temperature" not in nll["states"] and nll["states"]["group_by_length"] is True
+    rl = cfglib.with_defaults(
+        {"init": "base", "signal": {"type": "reward"},
+         "states": {"source": "learner", "temperature": 1.0, "max_new_tokens": 8, "samples_per_prompt": 2}},
+        "run",
+    )  # fmt: skip
+    assert rl["signal"]["clip_eps"] == 0.2 and "direction" not in rl["signal"] and rl["states"]["top_p"] == 1.0
+    with pytest.raises(ConfigError, match=r"run\.signal\.clip_eps"):
+        cfglib.with_defaults({"init": "base", "states": {"source": "dataset"}, "signal": {"type": "nll", "clip_eps": 0.1}}, "run")

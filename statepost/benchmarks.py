@@ -1,0 +1,57 @@
+"""The benchmarks the workflow knows: one home for their names, splits, metrics and labels.
+
+The facts are data (``workflow/tasks/benchmarks.yaml``, beside the lm-eval task templates they
+describe); this module reads them once. Every other module asks here instead of keeping its own list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+PATH = Path(__file__).resolve().parent.parent / "workflow" / "tasks" / "benchmarks.yaml"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    label: str
+    role: str  # "target" or "retention"
+    task: str
+    eval_split: str
+    fewshot_split: str | None
+    num_fewshot: int
+    primary_metric: str
+    metrics: tuple[str, ...]
+    toy_rows: dict
+
+    @property
+    def splits(self) -> list[str]:
+        """The splits scoring needs, few-shot split first (the standard split order of the data rule)."""
+        return ([self.fewshot_split] if self.fewshot_split else []) + [self.eval_split]
+
+
+def _load() -> dict[str, Benchmark]:
+    raw = yaml.safe_load(PATH.read_text())
+    out = {}
+    for name, entry in raw.items():
+        entry = dict(entry)
+        entry["metrics"] = tuple(entry.get("metrics") or ())
+        out[name] = Benchmark(name=name, **entry)
+    return out
+
+
+BENCHMARKS: dict[str, Benchmark] = _load()
+NAMES: tuple[str, ...] = tuple(BENCHMARKS)
+TARGET: str = next(b.name for b in BENCHMARKS.values() if b.role == "target")
+RETENTION: tuple[str, ...] = tuple(b.name for b in BENCHMARKS.values() if b.role == "retention")
+
+
+def get(name: str) -> Benchmark:
+    """The benchmark called ``name``; a ValueError lists the known ones."""
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise ValueError(f"unknown benchmark {name!r} (expected one of {', '.join(NAMES)})") from None

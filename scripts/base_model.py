@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import sys
 import time
@@ -25,13 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import yaml  # noqa: E402
+
+from statepost.io import json_arg  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config-json", help="the base_model section as a JSON object")
+    src.add_argument("--config-json", type=json_arg, help="the base_model section as JSON, or @FILE")
     src.add_argument("--config", metavar="FILE", help="a whole config file (YAML/JSON): base_model and benchmarks")
-    p.add_argument("--benchmarks-json", help="the benchmarks section as JSON (toy: the corpus avoids their rows)")
+    p.add_argument("--benchmarks-json", type=json_arg, help="the benchmarks section as JSON (toy: the corpus avoids their rows)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="toy: results/data; the corpus leaves out every evaluation row found there")
     p.add_argument("--out", metavar="DIR", default="results/models/base", help="output directory")
@@ -41,15 +44,13 @@ def parse_args(argv=None):
 
 
 def load_cfgs(args) -> tuple[dict, dict]:
-    if args.config_json:
-        base = json.loads(args.config_json)
-        benches = json.loads(args.benchmarks_json) if args.benchmarks_json else {}
+    if args.config_json is not None:
+        base = args.config_json
+        benches = args.benchmarks_json or {}
     else:
-        import yaml  # reads JSON too
-
         full = yaml.safe_load(Path(args.config).read_text())
         base = full.get("base_model") or {}
-        benches = json.loads(args.benchmarks_json) if args.benchmarks_json else (full.get("benchmarks") or {})
+        benches = args.benchmarks_json or full.get("benchmarks") or {}
     if not isinstance(base, dict) or base.get("source") not in ("hub", "toy"):
         got = base.get("source") if isinstance(base, dict) else base
         sys.exit(f"error: base_model.source must be 'hub' or 'toy', got {got!r}")

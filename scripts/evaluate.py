@@ -18,20 +18,23 @@ import time
 _T_START = time.perf_counter()
 
 import argparse  # noqa: E402
-import json  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-BENCHMARKS = ("gsm8k", "mmlu", "truthfulqa_mc2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from statepost import benchmarks  # noqa: E402  (light: reads one YAML file)
+from statepost.io import json_arg  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", required=True, type=Path, help="save_pretrained model directory")
-    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    p.add_argument("--benchmark", required=True, choices=benchmarks.NAMES)
     p.add_argument("--data-dir", required=True, type=Path,
                    help="results/data (holds {benchmark}/{split}.jsonl)")
-    p.add_argument("--eval-json", required=True,
+    p.add_argument("--eval-json", required=True, type=json_arg,
                    help="eval config as JSON text, or @FILE: {num_fewshot, max_gen_toks, "
                         "limit, batch_size, split?, fewshot_split?}")
     p.add_argument("--out", required=True, type=Path, help="score file, results/scores/{model}/{benchmark}.json")
@@ -45,38 +48,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_eval_cfg(text: str) -> dict:
-    src = "--eval-json"
-    if text.startswith("@") or (not text.lstrip().startswith("{") and Path(text).is_file()):
-        path = Path(text.removeprefix("@"))
-        if not path.is_file():
-            raise SystemExit(f"--eval-json: {path}: no such file")
-        src, text = str(path), path.read_text()
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"{src}: not valid JSON ({e.msg})")
-    if not isinstance(cfg, dict):
-        raise SystemExit(f"{src}: expected a JSON object")
-    return cfg
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = load_eval_cfg(args.eval_json)
-    import logging
-
+    if not isinstance(args.eval_json, dict):
+        raise SystemExit("--eval-json: expected a JSON object")
     t = time.perf_counter()
-    repo = str(Path(__file__).resolve().parent.parent)
-    if repo not in sys.path:
-        sys.path.insert(0, repo)
     from statepost.io import setup_logging
 
     setup_logging(level=logging.INFO if args.verbose else logging.WARNING)
     from statepost.evaluate import evaluate
 
     t_pkg = time.perf_counter() - t
-    rec = evaluate(args.model_dir, args.benchmark, args.data_dir, cfg, args.out, device=args.device,
+    rec = evaluate(args.model_dir, args.benchmark, args.data_dir, args.eval_json, args.out, device=args.device,
                    dtype=args.dtype, model_name=args.model_name, workdir=args.workdir)
     if not rec:  # non-zero rank of a multi-process run; rank 0 reports and writes
         return 0

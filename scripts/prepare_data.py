@@ -22,14 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-BENCHMARKS = ("gsm8k", "mmlu", "truthfulqa_mc2")
+import yaml  # noqa: E402
+
+from statepost import benchmarks  # noqa: E402
+from statepost.io import json_arg  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    p.add_argument("--benchmark", required=True, choices=benchmarks.NAMES)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config-json", help="the benchmark's config entry as a JSON object")
+    src.add_argument("--config-json", type=json_arg, help="the benchmark's config entry as JSON, or @FILE")
     src.add_argument("--config", metavar="FILE",
                      help="YAML/JSON file: a whole config (benchmarks.<benchmark> is used) or the entry itself")
     p.add_argument("--out", metavar="DIR", help="output directory (default results/data/<benchmark>)")
@@ -41,11 +44,9 @@ def parse_args(argv=None):
 
 
 def load_bench_cfg(args) -> dict:
-    if args.config_json:
-        cfg = json.loads(args.config_json)
+    if args.config_json is not None:
+        cfg = args.config_json
     else:
-        import yaml  # reads JSON too
-
         cfg = yaml.safe_load(Path(args.config).read_text())
         if isinstance(cfg, dict) and "benchmarks" in cfg:
             if args.benchmark not in (cfg["benchmarks"] or {}):

@@ -34,25 +34,18 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from . import benchmarks, hub
 from .io import DataError, iter_jsonl, read_jsonl, sha256_file, utc_now, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS = ("gsm8k", "mmlu", "truthfulqa_mc2")
-DEFAULT_SPLITS = {"gsm8k": ["train", "test"], "mmlu": ["dev", "test"], "truthfulqa_mc2": ["validation"]}
-# Toy sizes when the config does not say. mmlu sizes are per subject.
-DEFAULT_TOY_ROWS = {
-    "gsm8k": {"train": 400, "test": 60},
-    "mmlu": {"dev": 5, "test": 15},
-    "truthfulqa_mc2": {"validation": 40},
-}
+BENCHMARKS = benchmarks.NAMES
 TOY_MMLU_SUBJECTS = (
     "elementary_mathematics",
     "high_school_geography",
     "astronomy",
     "high_school_computer_science",
 )
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 GSM8K_FINAL_RE = re.compile(r"^#### (-?[0-9][0-9,]*(?:\.[0-9]+)?)$")
 
 
@@ -427,7 +420,7 @@ def _mmlu_split_rows(subjects, rows: Mapping[str, int], seed: int, splits) -> di
         rng.shuffle(idx)
         pos = 0
         for split in order:
-            n = int(rows.get(split, DEFAULT_TOY_ROWS["mmlu"].get(split, 5)))
+            n = int(rows.get(split, benchmarks.get("mmlu").toy_rows.get(split, 5)))
             for _ in range(n):
                 q, a, pool = specs[idx[pos % len(idx)]]
                 pos += 1
@@ -468,7 +461,7 @@ def _truthfulqa_row(rng: random.Random, spec) -> dict:
 
 
 def _toy_rows_cfg(benchmark: str, cfg: Mapping) -> dict[str, int]:
-    rows = dict(DEFAULT_TOY_ROWS[benchmark])
+    rows = dict(benchmarks.get(benchmark).toy_rows)
     rows.update({k: int(v) for k, v in (cfg.get("rows") or {}).items()})
     return rows
 
@@ -481,7 +474,7 @@ def generate_toy(benchmark: str, cfg: Mapping) -> dict[str, list[dict]]:
     :data:`TOY_MMLU_SUBJECTS`). gsm8k test questions never appear in train.
     """
     seed = int(cfg.get("seed", 0))
-    splits = list(cfg.get("splits") or DEFAULT_SPLITS[benchmark])
+    splits = list(cfg.get("splits") or benchmarks.get(benchmark).splits)
     rows = _toy_rows_cfg(benchmark, cfg)
     if benchmark == "gsm8k":
         out: dict[str, list[dict]] = {}
@@ -538,7 +531,7 @@ def _eval_rows(cfg_all: Mapping | None, data_dir) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {b: [] for b in BENCHMARKS}
     for b in BENCHMARKS:
         c = bench.get(b) or {}
-        splits = list(c.get("splits") or DEFAULT_SPLITS[b])
+        splits = list(c.get("splits") or benchmarks.get(b).splits)
         held_out = [s for s in splits if not (b == "gsm8k" and s == "train")]
         if data_dir is not None:
             for s in held_out:
@@ -678,17 +671,12 @@ def _allow_patterns(config_name: str, splits) -> list[str]:
     return [p for s in splits for p in (f"{config_name}/{s}-*.parquet", f"{config_name}/{s}/*.parquet")]
 
 
-def warn_unpinned(revision: str | None, resolved: str, key: str) -> None:
-    if not (revision and COMMIT_RE.match(revision)):
-        log.warning(f"unpinned revision {revision!r} resolved to {resolved}; pin it by setting {key}: {resolved}")
-
-
 def _hub_cfg(benchmark: str, cfg: Mapping) -> tuple[str, str, str, list[str]]:
     for k in ("repo", "config_name"):
         if not cfg.get(k):
             raise DataError(f"benchmarks.{benchmark}.{k}: required for source 'hub'")
     return cfg["repo"], cfg["config_name"], cfg.get("revision") or "main", list(
-        cfg.get("splits") or DEFAULT_SPLITS[benchmark])
+        cfg.get("splits") or benchmarks.get(benchmark).splits)
 
 
 def fetch_hub_dataset(
@@ -707,23 +695,17 @@ def fetch_hub_dataset(
     """
     repo, config_name, revision, splits = _hub_cfg(benchmark, cfg)
     import pandas as pd
-    from huggingface_hub import snapshot_download
 
     t0 = time.time()
-    snap = Path(snapshot_download(
+    snap, resolved = hub.snapshot(
         repo,
         repo_type="dataset",
         revision=revision,
+        config_key=f"benchmarks.{benchmark}.revision",
         allow_patterns=_allow_patterns(config_name, splits),
         cache_dir=cache_dir,
         endpoint=endpoint,
-    ))
-    resolved = snap.name
-    if not COMMIT_RE.match(resolved):
-        raise DataError(f"{snap}: could not tell the resolved commit of {repo}@{revision} from the snapshot path")
-    if COMMIT_RE.match(revision) and resolved != revision:
-        raise DataError(f"{repo}: asked for commit {revision} but the snapshot is {resolved}")
-    warn_unpinned(revision, resolved, f"benchmarks.{benchmark}.revision")
+    )
     log.info("%s: snapshot %s@%s in %.1fs", benchmark, repo, resolved[:12], time.time() - t0)
 
     files: dict[str, str] = {}
@@ -831,7 +813,7 @@ def load_split(data_dir, benchmark: str, split: str) -> list[dict]:
 
 
 __all__ = [
-    "BENCHMARKS", "DEFAULT_SPLITS", "TOY_MMLU_SUBJECTS", "convert_row", "fetch_hub_dataset", "generate_toy",
-    "load_split", "prepare", "toy_corpus", "validate_file", "validate_row", "validate_rows", "warn_unpinned",
+    "BENCHMARKS", "TOY_MMLU_SUBJECTS", "convert_row", "fetch_hub_dataset", "generate_toy",
+    "load_split", "prepare", "toy_corpus", "validate_file", "validate_row", "validate_rows",
     "write_toy",
 ]

@@ -29,27 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from statepost import benchmarks
 from statepost.io import DataError, iter_jsonl, sha256_file, utc_now, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS = ("gsm8k", "mmlu", "truthfulqa_mc2")
-PRIMARY_METRIC = {
-    "gsm8k": "exact_match,strict-match",
-    "mmlu": "acc,none",
-    "truthfulqa_mc2": "acc,none",
-}
-# Splits as the builtin tasks name them: (eval split, few-shot split or None)
-BUILTIN_SPLITS = {
-    "gsm8k": ("test", "train"),
-    "mmlu": ("test", "dev"),
-    "truthfulqa_mc2": ("validation", None),
-}
-TASK_NAME = {
-    "gsm8k": "statepost_gsm8k",
-    "mmlu": "statepost_mmlu",
-    "truthfulqa_mc2": "statepost_truthfulqa_mc2",
-}
 MMLU_CATEGORIES = ("stem", "other", "social_sciences", "humanities")
 # lm-eval's own defaults for simple_evaluate, passed explicitly so every job is seeded the same way.
 SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
@@ -169,8 +153,7 @@ def render_tasks(
     template_dir: str | Path | None = None,
 ) -> TaskSpec:
     """Check the data and render the local task YAMLs for ``benchmark`` into ``workdir/tasks``."""
-    if benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
+    facts = benchmarks.get(benchmark)
     eval_cfg = eval_cfg or {}
     template_dir = Path(template_dir) if template_dir else TEMPLATE_DIR
     workdir = Path(workdir)
@@ -179,10 +162,9 @@ def render_tasks(
     builtin = lm_eval_tasks_dir()
     common = {"lm_eval_tasks": _yaml_str(builtin), "cache_dir": _yaml_str(workdir / "hf_datasets_cache")}
     bench_dir = _bench_dir(data_dir, benchmark)
-    eval_split_b, fewshot_split_b = BUILTIN_SPLITS[benchmark]
-    split = eval_cfg.get("split") or eval_split_b
-    fewshot_split = eval_cfg.get("fewshot_split") or fewshot_split_b
-    spec = TaskSpec(benchmark=benchmark, task=TASK_NAME[benchmark], workdir=workdir)
+    split = eval_cfg.get("split") or facts.eval_split
+    fewshot_split = eval_cfg.get("fewshot_split") or facts.fewshot_split
+    spec = TaskSpec(benchmark=benchmark, task=facts.task, workdir=workdir)
     spec.splits = {"eval": split, **({"fewshot": fewshot_split} if fewshot_split else {})}
 
     def source(split_name: str) -> Path:
@@ -407,8 +389,7 @@ def evaluate(
     t0 = time.perf_counter()
     model_dir, out_json = Path(model_dir), Path(out_json)
     eval_cfg = dict(eval_cfg or {})
-    if benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
+    benchmarks.get(benchmark)  # a ValueError naming the known ones
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: not a save_pretrained model directory (no config.json)")
     limit = eval_cfg.get("limit")
@@ -489,7 +470,7 @@ def _score_record(results, spec, benchmark, eval_cfg, limit, model_dir, out_json
     task = spec.task
     res = (results.get("groups") or {}).get(task) or results["results"][task]
     metrics = metric_list(res)
-    primary = PRIMARY_METRIC[benchmark]
+    primary = benchmarks.get(benchmark).primary_metric
     by_name = {m["metric"]: m for m in metrics}
     if primary not in by_name:
         raise RuntimeError(f"lm-eval gave no {primary!r} for {task}; got {sorted(by_name)}")

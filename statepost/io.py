@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as _dt
 import hashlib
@@ -14,6 +15,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
+
+import yaml
 
 
 class DataError(ValueError):
@@ -92,6 +95,32 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
         if not isinstance(row, dict):
             raise DataError(f"{path}:{lineno}: row: expected a JSON object, got {type(row).__name__}")
         yield row
+
+
+def json_arg(text: str):
+    """An ``argparse`` type for the scripts' config arguments: JSON text, or ``@FILE`` (JSON or YAML).
+
+    The rules pass JSON on the command line; a person rerunning a script by hand can point to a
+    file instead. Errors name the file or the position in the text.
+    """
+
+    source = "JSON text"
+    if text.startswith("@"):
+        source = text[1:]
+        try:
+            text = Path(source).read_text()
+        except OSError as e:
+            raise argparse.ArgumentTypeError(f"{source}: cannot read ({e.strerror})") from None
+        try:
+            return yaml.safe_load(text)  # YAML reads JSON too
+        except yaml.YAMLError as e:
+            raise argparse.ArgumentTypeError(f"{source}: not valid YAML/JSON ({e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(
+            f"not valid {source} ({e.msg} at line {e.lineno} column {e.colno}): {text[:200]!r}"
+        ) from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -307,27 +307,20 @@ def download_hub_model(repo: str, revision: str | None, out_dir, cache_dir=None,
     Refuses a snapshot without ``*.safetensors`` or whose config has ``auto_map``. Warns when
     ``revision`` is not a 40-hex commit. ``endpoint`` overrides ``HF_ENDPOINT``.
     """
-    from huggingface_hub import snapshot_download
-
-    from .data import COMMIT_RE, warn_unpinned
+    from . import hub
 
     revision = revision or "main"
     t0 = time.time()
-    snap = Path(snapshot_download(
+    snap, resolved = hub.snapshot(
         repo,
         repo_type="model",
         revision=revision,
+        config_key="base_model.revision",
         allow_patterns=HUB_ALLOW,
         ignore_patterns=HUB_IGNORE,
         cache_dir=cache_dir,
         endpoint=endpoint,
-    ))
-    resolved = snap.name
-    if not COMMIT_RE.match(resolved):
-        raise ValueError(f"{snap}: could not tell the resolved commit of {repo}@{revision} from the snapshot path")
-    if COMMIT_RE.match(revision) and resolved != revision:
-        raise ValueError(f"{repo}: asked for commit {revision} but the snapshot is {resolved}")
-    warn_unpinned(revision, resolved, "base_model.revision")
+    )
     _check_safetensors(snap)
     if not (snap / "config.json").is_file():
         raise ValueError(f"{repo}@{resolved}: snapshot has no config.json")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from statepost import data
+from statepost import benchmarks, data
 from statepost.io import DataError, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +139,7 @@ def test_toy_files_valid_with_manifest(tmp_path, benchmark):
     m = data.prepare(benchmark, {"source": "toy", "seed": 0}, out)
     assert m["source"] == "toy" and m["benchmark"] == benchmark and m["seed"] == 0
     assert m["resolved_commit"] is None and m["files"] == {} and m["created"]
-    assert set(m["outputs"]) == set(data.DEFAULT_SPLITS[benchmark])
+    assert set(m["outputs"]) == set(benchmarks.get(benchmark).splits)
     assert json.loads((out / "manifest.json").read_text()) == m
     for split, o in m["outputs"].items():
         path = out / f"{split}.jsonl"

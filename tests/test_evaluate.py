@@ -13,6 +13,7 @@ import pytest
 import yaml
 from _train_toy import build_model
 
+from statepost import benchmarks
 from statepost import evaluate as ev
 from statepost.io import DataError
 
@@ -120,7 +121,7 @@ def world(tmp_path_factory):
 def scored(world):
     """Evaluate the tiny model once on every benchmark; keep the rendered tasks for inspection."""
     out = {}
-    for b in ev.BENCHMARKS:
+    for b in benchmarks.NAMES:
         path = world["root"] / "results" / "scores" / "base" / f"{b}.json"
         rec = ev.evaluate(world["model"], b, world["data"], _cfg(b), path, device="auto", dtype="auto",
                           workdir=world["root"] / "work" / b)
@@ -130,17 +131,17 @@ def scored(world):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("benchmark", ev.BENCHMARKS)
+@pytest.mark.parametrize("benchmark", benchmarks.NAMES)
 def test_score_file_matches_schema(scored, world, benchmark):
     s = scored[benchmark]
     on_disk = json.loads(s["path"].read_text())
     assert on_disk == json.loads(json.dumps(s["record"]))
     jsonschema.validate(on_disk, SCORE_SCHEMA)
     assert on_disk["model"] == "base"  # derived from results/scores/{model}/
-    assert on_disk["benchmark"] == benchmark and on_disk["task"] == ev.TASK_NAME[benchmark]
-    assert on_disk["primary_metric"] == ev.PRIMARY_METRIC[benchmark]
+    assert on_disk["benchmark"] == benchmark and on_disk["task"] == benchmarks.get(benchmark).task
+    assert on_disk["primary_metric"] == benchmarks.get(benchmark).primary_metric
     metrics = {m["metric"]: m for m in on_disk["metrics"]}
-    assert on_disk["value"] == metrics[ev.PRIMARY_METRIC[benchmark]]["value"]
+    assert on_disk["value"] == metrics[benchmarks.get(benchmark).primary_metric]["value"]
     for m in metrics.values():
         assert 0.0 <= m["value"] <= 1.0
     if benchmark == "gsm8k":
@@ -215,7 +216,7 @@ def test_rendered_yaml_includes_builtin_and_overrides_only_data(scored, world):
     builtin = ev.lm_eval_tasks_dir()
     task_keys = {"include", "task", "task_alias", "tag", "dataset_path", "dataset_name", "dataset_kwargs"}
     includes = {}
-    for b in ev.BENCHMARKS:
+    for b in benchmarks.NAMES:
         for path in sorted((world["root"] / "work" / b / "tasks").glob("*.yaml")):
             cfg = yaml.safe_load(path.read_text())
             inc = Path(cfg["include"])
@@ -299,7 +300,7 @@ def test_broken_template_is_reported_as_not_registered(world, tmp_path):
     with pytest.raises(ev.TaskRegistrationError, match=r"not registered(.|\n)*statepost_gsm8k: .*statepost_gsm8k\.yaml"):
         ev.task_manager(spec)
     # the shipped templates all register
-    for b in ev.BENCHMARKS:
+    for b in benchmarks.NAMES:
         ok = ev.render_tasks(b, world["data"], _cfg(b), tmp_path / f"ok_{b}")
         assert set(ok.expected) <= set(ev.task_manager(ok).all_tasks)
 

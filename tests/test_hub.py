@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hubfixtures import FakeHub, parquet_bytes, tiny_model_dir
-from statepost import data
+from statepost import benchmarks, data
 from statepost.io import DataError, read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def _cfg(benchmark, **kw):
     repo = {"gsm8k": ("openai/gsm8k", "main"), "mmlu": ("cais/mmlu", "all"),
             "truthfulqa_mc2": ("truthfulqa/truthful_qa", "multiple_choice")}[benchmark]
     return {"source": "hub", "repo": repo[0], "config_name": repo[1], "revision": "main",
-            "splits": data.DEFAULT_SPLITS[benchmark], **kw}
+            "splits": benchmarks.get(benchmark).splits, **kw}
 
 
 def test_gsm8k_download_convert_manifest(hub, online, toy_rows, tmp_path, caplog):

@@ -14,6 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import yaml
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import best_match
 
 from . import benchmarks as bench_facts
 from .io import ConfigError
@@ -41,8 +43,6 @@ def _key_path(error) -> str:
 
 
 def _validator_with_defaults():
-    from jsonschema import Draft202012Validator, validators
-
     base_properties = Draft202012Validator.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -57,9 +57,6 @@ def _validator_with_defaults():
 
 def validate(config: dict) -> dict:
     """Validate ``config`` against the schema, filling defaults in place; raise ConfigError naming the key path."""
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import best_match
-
     schema = load_schema()
     # `--config seeds=[0,1]` reaches us as ["0", "1"]: Snakemake reads list items as strings.
     seeds = config.get("seeds")
@@ -90,9 +87,6 @@ def with_defaults(obj: dict, name: str) -> dict:
     top-level key (``claims``, ``evaluation``, ``resources``): code that takes a part of the config
     directly (tests, notebooks) gets the same defaults as the DAG, from the one place they live.
     """
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import best_match
-
     root = load_schema()
     defs = {**root["$defs"], "_top": {"type": "object", "properties": root["properties"]}}
     if name in root["$defs"]:

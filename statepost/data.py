@@ -34,6 +34,8 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
+
 from . import benchmarks, hub
 from .io import DataError, iter_jsonl, read_jsonl, sha256_file, utc_now, write_json, write_jsonl
 
@@ -631,19 +633,14 @@ def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000
 # --------------------------------------------------------------------------------------------
 def _plain(x):
     """numpy / pyarrow values -> plain JSON types (lists, dicts, str, int, float)."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        np = None
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
-    if np is not None:
-        if isinstance(x, np.ndarray):
-            return [_plain(v) for v in x.tolist()]
-        if isinstance(x, np.generic):
-            return x.item()
+    if isinstance(x, np.ndarray):
+        return [_plain(v) for v in x.tolist()]
+    if isinstance(x, np.generic):
+        return x.item()
     return x
 
 

@@ -26,8 +26,11 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from statepost import benchmarks
 from statepost.io import DataError, iter_jsonl, sha256_file, utc_now, write_json, write_jsonl
@@ -194,8 +197,6 @@ def _builtin_category(builtin: Path, subject: str, where: str) -> str:
     path = builtin / "mmlu" / "default" / f"mmlu_{subject}.yaml"
     if not path.is_file():
         raise DataError(f"{where}: MMLU subject {subject!r} has no lm-eval task ({path} not found)")
-    import yaml
-
     tag = yaml.safe_load(path.read_text()).get("tag", "")
     m = re.fullmatch(r"mmlu_(\w+)_tasks", str(tag))
     if not m or m.group(1) not in MMLU_CATEGORIES:
@@ -464,9 +465,6 @@ def evaluate(
 
 def _score_record(results, spec, benchmark, eval_cfg, limit, model_dir, out_json, model_name, device, dtype,
                   gen_kwargs) -> dict:
-    import lm_eval  # noqa: F401
-    from importlib import metadata
-
     task = spec.task
     res = (results.get("groups") or {}).get(task) or results["results"][task]
     metrics = metric_list(res)

@@ -7,6 +7,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -166,8 +167,6 @@ def env_info() -> dict:
 
 def setup_logging(log_file: str | os.PathLike | None = None, level: int | None = None) -> None:
     """One log format for every script: stderr (Snakemake's per-job log) and optionally a file."""
-    import logging
-
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)

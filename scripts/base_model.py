@@ -78,7 +78,7 @@ def main(argv=None) -> int:
             return 1
         log.info("resolved commit %s; %d files", run["resolved_commit"], len(run["files"]))
     else:
-        from statepost.data import toy_corpus
+        from statepost.toyworld import toy_corpus
         from statepost.models import make_toy_base, toy_settings
 
         s = toy_settings(base)

@@ -28,12 +28,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from statepost import benchmarks
-from statepost.io import DataError, iter_jsonl, sha256_file, utc_now, write_json, write_jsonl
+from statepost import benchmarks, data
+from statepost.io import DataError, sha256_file, utc_now, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,6 @@ MMLU_CATEGORIES = ("stem", "other", "social_sciences", "humanities")
 SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "workflow" / "tasks"
-_SUBJECT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class TaskRegistrationError(RuntimeError):
@@ -103,35 +101,8 @@ def _data_file(bench_dir: Path, split: str) -> Path:
 
 
 def _check_rows(path: Path, benchmark: str) -> list[dict]:
-    """Read a data file and check the columns the builtin task reads; errors name file:line."""
-    rows = []
-    for lineno, row in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: row: expected a JSON object, got {type(row).__name__}")
-        if not isinstance(row.get("question"), str):
-            raise DataError(f"{where}: 'question' must be a string")
-        if benchmark == "gsm8k":
-            if not isinstance(row.get("answer"), str):
-                raise DataError(f"{where}: 'answer' must be a string")
-        elif benchmark == "mmlu":
-            ch, ans, subj = row.get("choices"), row.get("answer"), row.get("subject")
-            if not isinstance(subj, str) or not _SUBJECT_RE.match(subj):
-                raise DataError(f"{where}: 'subject' must be an MMLU subject name, got {subj!r}")
-            if not (isinstance(ch, list) and len(ch) == 4 and all(isinstance(c, str) for c in ch)):
-                raise DataError(f"{where}: 'choices' must be a list of 4 strings")
-            if not (isinstance(ans, int) and not isinstance(ans, bool) and 0 <= ans <= 3):
-                raise DataError(f"{where}: 'answer' must be an int in 0..3, got {ans!r}")
-        elif benchmark == "truthfulqa_mc2":
-            t = row.get("mc2_targets")
-            if not (isinstance(t, dict) and isinstance(t.get("choices"), list) and isinstance(t.get("labels"), list)):
-                raise DataError(f"{where}: 'mc2_targets' must be {{choices: [...], labels: [...]}}")
-            if len(t["choices"]) != len(t["labels"]) or not t["choices"] or 1 not in t["labels"]:
-                raise DataError(f"{where}: 'mc2_targets' choices/labels must be the same non-zero length with a 1")
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no rows")
-    return rows
+    """The rows of a data file, every one validated as the data rule does (errors name file:line and field)."""
+    return data.load_split(path.parent, benchmark, path.stem)
 
 
 # ------------------------------------------------------------------------------ task rendering

@@ -148,7 +148,7 @@ def pretrain_toy(model, tokenizer, corpus: Sequence[str], cfg: Mapping, progress
     decay to 10% of ``lr``, gradient clipping at 1.0, all randomness from ``cfg["seed"]``.
 
     What the corpus teaches and what it leaves to post-training is decided in
-    :func:`statepost.data.toy_corpus`: the problems' language and arithmetic and the facts
+    :func:`statepost.toyworld.toy_corpus`: the problems' language and arithmetic and the facts
     behind toy mmlu/truthfulqa, but not the ``#### N`` answer line that gsm8k strict-match needs.
     """
     import torch

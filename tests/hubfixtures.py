@@ -202,9 +202,9 @@ TINY = {"seed": 0, "vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_h
 
 def tiny_model_dir(path):
     """A tiny Qwen3 + tokenizer ``save_pretrained`` directory (no run.json), for hub repos and loading tests."""
-    from statepost import data, models
+    from statepost import models, toyworld
 
-    corpus = data.toy_corpus(None, seed=0, n_docs=TINY["pretrain"]["corpus_docs"])
+    corpus = toyworld.toy_corpus(None, seed=0, n_docs=TINY["pretrain"]["corpus_docs"])
     tok = models.build_toy_tokenizer(corpus, TINY["vocab_size"], TINY["max_position_embeddings"])
     model = models.build_toy_model(TINY, tok)
     path = Path(path)

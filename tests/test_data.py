@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from statepost import benchmarks, data
+from statepost import benchmarks, data, toyworld
 from statepost.io import DataError, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,22 +148,22 @@ def test_toy_files_valid_with_manifest(tmp_path, benchmark):
 
 
 def test_toy_sizes_follow_config():
-    g = data.generate_toy("gsm8k", {"seed": 0, "rows": {"train": 17, "test": 5}})
+    g = toyworld.generate_toy("gsm8k", {"seed": 0, "rows": {"train": 17, "test": 5}})
     assert {k: len(v) for k, v in g.items()} == {"train": 17, "test": 5}
-    m = data.generate_toy("mmlu", {"seed": 0, "rows": {"dev": 5, "test": 7},
+    m = toyworld.generate_toy("mmlu", {"seed": 0, "rows": {"dev": 5, "test": 7},
                                    "subjects": ["astronomy", "high_school_geography"]})
     assert len(m["dev"]) == 10 and len(m["test"]) == 14
     for split in m:
         for subject in ("astronomy", "high_school_geography"):
             assert sum(r["subject"] == subject for r in m[split]) == len(m[split]) // 2
-    t = data.generate_toy("truthfulqa_mc2", {"seed": 0, "rows": {"validation": 9}})
+    t = toyworld.generate_toy("truthfulqa_mc2", {"seed": 0, "rows": {"validation": 9}})
     assert len(t["validation"]) == 9
     with pytest.raises(ValueError, match="no toy generator"):
-        data.generate_toy("mmlu", {"subjects": ["virology"]})
+        toyworld.generate_toy("mmlu", {"subjects": ["virology"]})
 
 
 def test_toy_gsm8k_rows_are_correct_arithmetic():
-    rows = data.generate_toy("gsm8k", {"seed": 1, "rows": {"train": 200, "test": 50}})
+    rows = toyworld.generate_toy("gsm8k", {"seed": 1, "rows": {"train": 200, "test": 50}})
     test_q = {r["question"] for r in rows["test"]}
     assert not test_q & {r["question"] for r in rows["train"]}, "a test question leaked into train"
     for r in rows["train"] + rows["test"]:
@@ -181,8 +181,8 @@ def test_toy_gsm8k_rows_are_correct_arithmetic():
 
 
 def test_toy_mmlu_subjects_are_real_and_answers_balanced():
-    rows = data.generate_toy("mmlu", {"seed": 0, "rows": {"dev": 5, "test": 40}})
-    assert {r["subject"] for r in rows["test"]} == set(data.TOY_MMLU_SUBJECTS)
+    rows = toyworld.generate_toy("mmlu", {"seed": 0, "rows": {"dev": 5, "test": 40}})
+    assert {r["subject"] for r in rows["test"]} == set(toyworld.TOY_MMLU_SUBJECTS)
     for r in rows["dev"] + rows["test"]:
         assert len(set(r["choices"])) == 4
     counts = [sum(r["answer"] == k for r in rows["test"]) for k in range(4)]
@@ -190,7 +190,7 @@ def test_toy_mmlu_subjects_are_real_and_answers_balanced():
 
 
 def test_toy_truthfulqa_rows_follow_lm_eval_order():
-    rows = data.generate_toy("truthfulqa_mc2", {"seed": 0})["validation"]
+    rows = toyworld.generate_toy("truthfulqa_mc2", {"seed": 0})["validation"]
     for r in rows:
         mc1, mc2 = r["mc1_targets"], r["mc2_targets"]
         assert mc1["labels"][0] == 1 and sum(mc1["labels"]) == 1
@@ -200,33 +200,33 @@ def test_toy_truthfulqa_rows_follow_lm_eval_order():
 
 def test_toy_corpus_deterministic_and_excludes_eval_rows():
     cfg = {"benchmarks": {b: {"source": "toy", "seed": 0} for b in data.BENCHMARKS}}
-    c1 = data.toy_corpus(cfg, seed=0, n_docs=800)
-    assert c1 == data.toy_corpus(cfg, seed=0, n_docs=800)
-    assert c1 != data.toy_corpus(cfg, seed=1, n_docs=800)
+    c1 = toyworld.toy_corpus(cfg, seed=0, n_docs=800)
+    assert c1 == toyworld.toy_corpus(cfg, seed=0, n_docs=800)
+    assert c1 != toyworld.toy_corpus(cfg, seed=1, n_docs=800)
     assert 700 < len(c1) <= 800
     text = "\n".join(c1)
     assert "####" not in text  # the strict-match format is left to SFT
     assert "Question: " in text and "The answer is" in text and "Answer: " in text
-    gsm = data.generate_toy("gsm8k", {"seed": 0})
+    gsm = toyworld.generate_toy("gsm8k", {"seed": 0})
     assert not any(r["question"] in text for r in gsm["test"])
-    mm = data.generate_toy("mmlu", {"seed": 0})
+    mm = toyworld.generate_toy("mmlu", {"seed": 0})
     for r in mm["dev"] + mm["test"]:
         block = r["question"] + "\n" + "\n".join(f"{'ABCD'[i]}. {c}" for i, c in enumerate(r["choices"]))
         assert block not in text
-    for r in data.generate_toy("truthfulqa_mc2", {"seed": 0})["validation"]:
+    for r in toyworld.generate_toy("truthfulqa_mc2", {"seed": 0})["validation"]:
         assert f"Q: {r['question']}" not in text
 
 
 def test_toy_corpus_leaves_out_rows_found_in_data_dir(tmp_path):
     """Rows on disk are held out even when the config does not generate them (e.g. hub data)."""
     cfg = {"gsm8k": {"source": "hub", "repo": "openai/gsm8k", "config_name": "main"}}
-    corpus = data.toy_corpus(cfg, seed=0, n_docs=400)
+    corpus = toyworld.toy_corpus(cfg, seed=0, n_docs=400)
     questions = [d.split("\n")[0][len("Question: "):] for d in corpus if d.startswith("Question: ")]
     held, kept = questions[0], questions[1]
     (tmp_path / "gsm8k").mkdir()
     (tmp_path / "gsm8k" / "test.jsonl").write_text(json.dumps({"question": held, "answer": "#### 1"}) + "\n")
     (tmp_path / "gsm8k" / "train.jsonl").write_text(json.dumps({"question": kept, "answer": "#### 1"}) + "\n")
-    again = data.toy_corpus(cfg, seed=0, n_docs=400, data_dir=tmp_path)
+    again = toyworld.toy_corpus(cfg, seed=0, n_docs=400, data_dir=tmp_path)
     assert not any(held in d for d in again)  # a test row on disk never enters the corpus
     assert any(kept in d for d in again)  # train rows may
 

@@ -273,10 +273,10 @@ def test_missing_data_file_names_the_path(world, tmp_path):
 
 @pytest.mark.parametrize("bad,pattern", [
     ("{not json\n", r"mmlu/test\.jsonl:1: json: not valid JSON"),
-    (json.dumps({**_mmlu_row("anatomy", 0), "answer": 7}) + "\n", r"mmlu/test\.jsonl:1: 'answer' must be"),
+    (json.dumps({**_mmlu_row("anatomy", 0), "answer": 7}) + "\n", r"mmlu/test\.jsonl:1: answer: expected an int 0\.\.3, got 7"),
     (json.dumps(_mmlu_row("anatomy", 0)) + "\n" + json.dumps(_mmlu_row("not_a_subject", 0)) + "\n",
      r"MMLU subject 'not_a_subject' has no lm-eval task"),
-    ("", r"mmlu/test\.jsonl: no rows"),
+    ("", r"mmlu/test\.jsonl:1: test: split is empty \(no rows\)"),
 ])
 def test_malformed_data_gives_clear_error(world, tmp_path, bad, pattern):
     data = tmp_path / "data"

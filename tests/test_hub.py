@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hubfixtures import FakeHub, parquet_bytes, tiny_model_dir
-from statepost import benchmarks, data
+from statepost import benchmarks, data, toyworld
 from statepost.io import DataError, read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,9 +29,9 @@ GSM_FILES = ("main/train-00000-of-00001.parquet", "main/test-00000-of-00001.parq
 @pytest.fixture(scope="module")
 def toy_rows():
     return {
-        "gsm8k": data.generate_toy("gsm8k", {"seed": 5, "rows": {"train": 12, "test": 6}}),
-        "mmlu": data.generate_toy("mmlu", {"seed": 5, "rows": {"dev": 1, "test": 2}}),
-        "truthfulqa_mc2": data.generate_toy("truthfulqa_mc2", {"seed": 5, "rows": {"validation": 7}}),
+        "gsm8k": toyworld.generate_toy("gsm8k", {"seed": 5, "rows": {"train": 12, "test": 6}}),
+        "mmlu": toyworld.generate_toy("mmlu", {"seed": 5, "rows": {"dev": 1, "test": 2}}),
+        "truthfulqa_mc2": toyworld.generate_toy("truthfulqa_mc2", {"seed": 5, "rows": {"validation": 7}}),
     }
 
 

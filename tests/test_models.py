@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from hubfixtures import TINY, tiny_model_dir  # noqa: E402
-from statepost import data, models  # noqa: E402
+from statepost import data, models, toyworld  # noqa: E402
 from statepost.io import sha256_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ PROMPT = "Question: Tom has 3 apples and buys 4 more. How many apples does Tom h
 
 @pytest.fixture(scope="module")
 def corpus():
-    return data.toy_corpus(None, seed=0, n_docs=400)
+    return toyworld.toy_corpus(None, seed=0, n_docs=400)
 
 
 @pytest.fixture(scope="module")

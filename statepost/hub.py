@@ -12,6 +12,13 @@ import re
 from pathlib import Path
 
 from huggingface_hub import snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from .io import DataError
 
@@ -39,10 +46,12 @@ def snapshot(
     """Download ``repo`` at ``revision`` (only files matching the patterns); return (folder, resolved commit).
 
     ``config_key`` is the config key of the revision (``base_model.revision``), named in the
-    warning when the revision is not pinned to a commit.
+    warning when the revision is not pinned to a commit. A download that fails (no network, the
+    hub's offline mode with nothing cached, a wrong name) raises one :class:`DataError` that says
+    what could not be fetched and how to pre-download it, instead of the hub client's traceback.
     """
-    snap = Path(
-        snapshot_download(
+    try:
+        folder = snapshot_download(
             repo,
             repo_type=repo_type,
             revision=revision,
@@ -51,7 +60,9 @@ def snapshot(
             cache_dir=cache_dir,
             endpoint=endpoint,
         )
-    )
+    except (LocalEntryNotFoundError, HfHubHTTPError) as e:
+        raise DataError(fetch_error(e, repo, repo_type, revision, config_key)) from None
+    snap = Path(folder)
     resolved = snap.name
     if not COMMIT_RE.match(resolved):
         raise DataError(f"{snap}: could not tell the resolved commit of {repo}@{revision} from the snapshot path")
@@ -59,3 +70,26 @@ def snapshot(
         raise DataError(f"{repo}: asked for commit {revision} but the snapshot is {resolved}")
     warn_unpinned(revision, resolved, config_key)
     return snap, resolved
+
+
+def fetch_error(error: Exception, repo: str, repo_type: str, revision: str, config_key: str) -> str:
+    """One message for a failed download: what, why, and what to do about it."""
+    what = f"cannot fetch {repo_type} {repo}@{revision}"
+    if isinstance(error, LocalEntryNotFoundError):
+        kind = "" if repo_type == "model" else f" --repo-type {repo_type}"
+        return (
+            f"{what}: the hub cannot be reached (no network, or HF_HUB_OFFLINE=1) and the local cache has no copy. "
+            "The data and base-model rules download from the Hugging Face hub; to run where there is no network, "
+            "download on a machine that has it into a cache both can read "
+            f"(`HF_HOME=/shared/hf hf download {repo}{kind} --revision {revision}`), "
+            "then run the workflow with HF_HOME=/shared/hf HF_HUB_OFFLINE=1"
+        )
+    if isinstance(error, GatedRepoError):
+        why = "the repository is gated: accept its terms on huggingface.co, then log in with `hf auth login`"
+    elif isinstance(error, RepositoryNotFoundError):
+        why = f"no such repository, or it is private (check the repo next to {config_key})"
+    elif isinstance(error, RevisionNotFoundError):
+        why = f"the repository has no revision {revision!r} (check {config_key})"
+    else:
+        why = str(error).strip().splitlines()[0]
+    return f"{what}: {why}"

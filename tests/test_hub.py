@@ -141,7 +141,7 @@ def test_pinned_then_offline_from_cache(hub, online, tmp_path, caplog, monkeypat
                          expected=first["files"])
         assert m["resolved_commit"] == commit and m["outputs"] == first["outputs"]
     assert len(hub.requests) == before, "offline mode must not touch the network"
-    with pytest.raises(Exception, match="outgoing traffic has been disabled"):
+    with pytest.raises(DataError, match=r"cannot fetch dataset cais/mmlu@main: the hub cannot be reached"):
         data.prepare("mmlu", _cfg("mmlu"), tmp_path / "e", cache_dir=cache, endpoint=hub.url)
 
 
@@ -190,9 +190,7 @@ def test_missing_config_or_repo(hub, online, tmp_path):
     with pytest.raises(DataError, match=r"no parquet files for config 'socratic' split 'test'"):
         data.prepare("gsm8k", _cfg("gsm8k", config_name="socratic"), tmp_path / "x", cache_dir=tmp_path / "cache",
                      endpoint=hub.url)
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    with pytest.raises(RepositoryNotFoundError):
+    with pytest.raises(DataError, match=r"cannot fetch dataset nobody/nothing@main: no such repository, or it is priv"):
         data.prepare("gsm8k", _cfg("gsm8k", repo="nobody/nothing"), tmp_path / "y", cache_dir=tmp_path / "cache",
                      endpoint=hub.url)
 
@@ -288,3 +286,23 @@ def test_scripts_download_through_hf_endpoint(hub, tmp_path):
                         "--out", str(tmp_path / "remote")],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_env(hub, tmp_path))
     assert r.returncode == 1 and "auto_map" in r.stderr and not (tmp_path / "remote").exists()
+
+
+@pytest.mark.parametrize("offline", ["1", "0"], ids=["HF_HUB_OFFLINE", "no network"])
+def test_offline_error_is_one_message_naming_the_repository(tmp_path, offline):
+    """No network (or the hub's offline mode) and nothing cached: one short message, no traceback."""
+    env = dict(os.environ, HF_HUB_OFFLINE=offline, HF_HOME=str(tmp_path / "empty"), HF_HUB_ETAG_TIMEOUT="2",
+               HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_DISABLE_TELEMETRY="1")  # port 9: nothing listens
+    runs = {
+        "openai/gsm8k": [str(ROOT / "scripts/prepare_data.py"), "--benchmark", "gsm8k",
+                         "--config-json", json.dumps(_cfg("gsm8k")), "--out", str(tmp_path / "d")],
+        "Qwen/Qwen3-0.6B-Base": [str(ROOT / "scripts/base_model.py"), "--out", str(tmp_path / "m"),
+                                 "--config-json", json.dumps({"source": "hub", "repo": "Qwen/Qwen3-0.6B-Base"})],
+    }  # fmt: skip
+    for repo, cmd in runs.items():
+        r = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+        errors = [line for line in r.stderr.splitlines() if " ERROR " in line]
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert len(errors) == 1 and "cannot fetch" in errors[0] and f"{repo}@main" in errors[0], r.stderr
+        assert "the hub cannot be reached" in errors[0] and f"hf download {repo}" in errors[0]
+        assert not (tmp_path / "d").exists() and not (tmp_path / "m").exists()

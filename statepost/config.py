@@ -62,6 +62,8 @@ def validate(config: dict) -> dict:
     seeds = config.get("seeds")
     if isinstance(seeds, list) and all(isinstance(s, str) and s.strip().isdigit() for s in seeds):
         config["seeds"] = [int(s) for s in seeds]
+    for run in (config.get("runs") or {}).values():
+        expand_shorthand(run)
     plain = Draft202012Validator(schema)
     errors = sorted(plain.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -78,6 +80,15 @@ def validate(config: dict) -> dict:
         bench["eval"].setdefault("num_fewshot", bench_facts.get(name).num_fewshot)
     check(config)
     return config
+
+
+def expand_shorthand(run) -> None:
+    """``states: dataset`` and ``signal: nll`` (a bare name) mean ``{source: dataset}`` / ``{type: nll}``."""
+    if isinstance(run, dict):
+        if isinstance(run.get("states"), str):
+            run["states"] = {"source": run["states"]}
+        if isinstance(run.get("signal"), str):
+            run["signal"] = {"type": run["signal"]}
 
 
 def with_defaults(obj: dict, name: str) -> dict:
@@ -97,6 +108,8 @@ def with_defaults(obj: dict, name: str) -> dict:
         raise KeyError(f"the config schema has no part {name!r}")
     schema = {"$defs": defs, "$ref": ref}
     obj = copy.deepcopy(obj)
+    if name == "run":
+        expand_shorthand(obj)
     err = best_match(Draft202012Validator(schema).iter_errors(obj))
     if err is not None:
         raise ConfigError(f"config key {name}.{_key_path(err)}: {err.message}")

@@ -192,3 +192,18 @@ def test_a_run_carries_only_its_own_signal_and_state_keys():
     assert rl["signal"]["clip_eps"] == 0.2 and "direction" not in rl["signal"] and rl["states"]["top_p"] == 1.0
     with pytest.raises(ConfigError, match=r"run\.signal\.clip_eps"):
         cfglib.with_defaults({"init": "base", "states": {"source": "dataset"}, "signal": {"type": "nll", "clip_eps": 0.1}}, "run")
+
+
+def test_bare_names_are_short_for_states_and_signal():
+    cfg = toy()
+    cfg["runs"]["sft_mild"].update(states="dataset", signal="nll")
+    run = cfglib.validate(cfg)["runs"]["sft_mild"]
+    assert run["states"] == {"source": "dataset", "data": "gsm8k", "split": "train", "max_rows": None,
+                             "group_by_length": True, "length_bucket_steps": 64}
+    assert run["signal"] == {"type": "nll"}
+    short = cfglib.with_defaults({"init": "base", "states": "dataset", "signal": "nll"}, "run")
+    assert short["states"] == run["states"] and short["signal"] == run["signal"]
+    cfg = toy()
+    cfg["runs"]["opd"]["signal"] = "teacher_kl"  # a bare teacher_kl lacks its teacher: named
+    with pytest.raises(ConfigError, match=r"runs\.opd\.signal\.teacher: 'teacher' is a required property"):
+        cfglib.validate(cfg)

@@ -37,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-json", required=True, type=json_arg,
                    help="eval config as JSON text, or @FILE: {num_fewshot, max_gen_toks, "
                         "limit, batch_size, split?, fewshot_split?}")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="lm-eval batch size (wins over the eval config's batch_size; it does not change scores)")
     p.add_argument("--out", required=True, type=Path, help="score file, results/scores/{model}/{benchmark}.json")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:0, ...")
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, ...")
@@ -52,6 +54,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not isinstance(args.eval_json, dict):
         raise SystemExit("--eval-json: expected a JSON object")
+    if args.batch_size is not None:
+        args.eval_json["batch_size"] = args.batch_size
     t = time.perf_counter()
     from statepost.io import setup_logging
 

@@ -57,6 +57,28 @@ def json_arg(obj):
     return json.dumps(obj, sort_keys=True)
 
 
+# Each rule's params are exactly the settings that change its outputs, so that Snakemake reruns
+# what an edit affects and nothing else (config/README.md lists the settings that change nothing).
+def data_settings(benchmark):
+    """What defines a benchmark's rows: its entry without the scoring settings."""
+    return {k: v for k, v in config["benchmarks"][benchmark].items() if k != "eval"}
+
+
+def eval_settings(benchmark):
+    """The scoring settings that change scores. Not batch_size: it is passed as a resource, because
+    lm-eval's scores do not depend on it (up to float reductions in padded batches, which we accept).
+    """
+    return {
+        k: v
+        for k, v in config["benchmarks"][benchmark]["eval"].items()
+        if k != "batch_size"
+    }
+
+
+def eval_batch_size(wildcards):
+    return config["benchmarks"][wildcards.benchmark]["eval"]["batch_size"]
+
+
 def all_targets():
     return [
         "results/tables/scores.md",
@@ -93,6 +115,13 @@ def base_model_inputs(wildcards):
     if config["base_model"]["source"] == "toy":
         return [data_manifest(b) for b in BENCHMARKS]
     return []
+
+
+def base_model_benchmarks():
+    """The toy corpus leaves out every evaluation row: it depends on what defines the rows, not on scoring."""
+    if config["base_model"]["source"] == "toy":
+        return {b: data_settings(b) for b in BENCHMARKS}
+    return {}
 
 
 def report_models():

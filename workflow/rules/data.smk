@@ -17,7 +17,7 @@ for _bench in BENCHMARKS:
         resources:
             **DATA_RES,
         params:
-            bench=json_arg(config["benchmarks"][_bench]),
+            bench=json_arg(data_settings(_bench)),
             name=_bench,
         shell:
             "python scripts/prepare_data.py --benchmark {params.name} --config-json {params.bench:q} "

@@ -16,13 +16,13 @@ rule evaluate:
     threads: EVAL_CPUS
     resources:
         **EVAL_RES,
+        eval_batch_size=eval_batch_size,
     params:
-        eval=lambda wc: json_arg(config["benchmarks"][wc.benchmark]["eval"]),
+        eval=lambda wc: json_arg(eval_settings(wc.benchmark)),
         device=config["evaluation"]["device"],
         dtype=config["evaluation"]["dtype"],
-        launch=launcher_prefix(EVAL_RES["gpu"]),
     shell:
-        "{params.launch} scripts/evaluate.py --model-dir {input.model} "
-        "--model-name {wildcards.model} --benchmark {wildcards.benchmark} --data-dir results/data "
-        "--eval-json {params.eval:q} --device {params.device} --dtype {params.dtype} "
-        "--out {output.scores} > {log} 2>&1"
+        "python -m statepost.gpus --gpus {resources.gpu} --launch -- scripts/evaluate.py "
+        "--model-dir {input.model} --model-name {wildcards.model} --benchmark {wildcards.benchmark} "
+        "--data-dir results/data --eval-json {params.eval:q} --batch-size {resources.eval_batch_size} "
+        "--device {params.device} --dtype {params.dtype} --out {output.scores} > {log} 2>&1"

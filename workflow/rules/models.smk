@@ -16,7 +16,7 @@ rule base_model:
         **BASE_RES,
     params:
         base=json_arg(config["base_model"]),
-        benchmarks=json_arg(config["benchmarks"]),
+        benchmarks=json_arg(base_model_benchmarks()),
     shell:
         "python scripts/base_model.py --config-json {params.base:q} --benchmarks-json {params.benchmarks:q} "
         "--data-dir results/data --out {output} > {log} 2>&1"

@@ -3,21 +3,27 @@
 
 Reads   {scores-dir}/{model}/{benchmark}.json       for every model in --models-json and every benchmark
         {metrics-dir}/{run}/seed{seed}/metrics.jsonl  for every trained model
+Judges  every claim of --claims (config/claims.yaml)
 Writes  {tables-dir}/{scores,delta_vs_base,delta_vs_teacher,retention}.{csv,md,tex}, claims.md, claims.json
         {figures-dir}/{scores,retention_vs_gain,training_curves}.{png,pdf}
 and prints the scores table (Markdown) to stdout.
 
 Each *-json option takes a path to a JSON file or the JSON text itself.
   --models-json      [{"name": "base", "run": "base", "seed": null},
-                      {"name": "opd/seed0", "run": "opd", "seed": 0, "teacher": "sft_stress"}, ...]
-                      in config order (it sets row order and colours). Also accepted: a mapping
-                      {name: {"run", "seed", "teacher"}} or a plain list of names.
+                      {"name": "opd/seed0", "run": "opd", "seed": 0, "teacher": "sft_stress",
+                       "states": "learner", "signal": "teacher_kl"}, ...]
+                      in config order (it sets row order and colours; states and signal are shown
+                      in the tables and pick the second training-curve panel). Also accepted: a
+                      mapping {name: {"run", "seed", "teacher", ...}} or a plain list of names.
   --thresholds-json  {"little_forgetting": 0.02, "substantial_loss": 0.05, "min_gain": 0.0,
-                      "surpass_margin": 0.0, "z": 1.96}  (missing keys take these defaults)
-  --roles-json       {"mild": "sft_mild", "stress": "sft_stress", "opd": "opd", "rl": "rl",
-                      "opd_teacher": "sft_stress"}  (missing keys: these defaults; opd_teacher follows
-                      the OPD run's teacher in the model list)
-  --benchmarks-json  ["gsm8k", "truthfulqa_mc2", "mmlu"]  (gsm8k is the target; the rest are retention)
+                      "surpass_margin": 0.0, "z": 1.96}  (missing keys: the config schema's defaults)
+  --roles-json       {"mild": "sft_mild", "stress": "sft_stress", "opd": "opd", "rl": "rl"}
+                      (missing keys: the config schema's defaults; opd_teacher is the teacher the
+                      opd run names, see derived_roles in the claims file)
+  --benchmarks-json  ["gsm8k", "truthfulqa_mc2", "mmlu"]  in table order; which one is the target
+                      and which measure retention comes from workflow/tasks/benchmarks.yaml
+  --claims           the claims file (default: config/claims.yaml), checked against
+                      workflow/schemas/claims.schema.yaml
 """
 
 from __future__ import annotations
@@ -57,10 +63,10 @@ def parse_args(argv=None):
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--benchmarks", nargs="+", default=None,
-        help="benchmarks in config order; gsm8k is the target, the others measure retention "
-        "(default: gsm8k truthfulqa_mc2 mmlu)",
+        help="benchmarks in config order (default: every benchmark of workflow/tasks/benchmarks.yaml)",
     )  # fmt: skip
     g.add_argument("--benchmarks-json", default=None, help="the same as a JSON list (file or JSON text)")
+    p.add_argument("--claims", default=None, help="claims file (default: config/claims.yaml)")
     p.add_argument("--tables-dir", default="results/tables", help="(default: %(default)s)")
     p.add_argument("--figures-dir", default="results/figures", help="(default: %(default)s)")
     return p.parse_args(argv)
@@ -72,7 +78,9 @@ def main(argv=None) -> int:
     thresholds = _json_arg(args.thresholds_json, "thresholds-json")
     roles = _json_arg(args.roles_json, "roles-json")
     benchmarks = args.benchmarks or _json_arg(args.benchmarks_json, "benchmarks-json")
-    benchmarks = list(benchmarks or ["gsm8k", "truthfulqa_mc2", "mmlu"])
+    if not benchmarks:
+        from statepost.benchmarks import NAMES as benchmarks
+    benchmarks = list(benchmarks)
     if not all(isinstance(b, str) for b in benchmarks):
         raise SystemExit(f"error: --benchmarks: expected names, got {benchmarks!r}")
 
@@ -89,6 +97,7 @@ def main(argv=None) -> int:
             thresholds=thresholds,
             roles=roles,
             benchmarks=benchmarks,
+            claims=args.claims,
         )
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,8 +5,14 @@ import math
 import pandas as pd
 import pytest
 
+from statepost.config import with_defaults
 from statepost.io import ConfigError
-from statepost.report import DEFAULT_ROLES, DEFAULT_THRESHOLDS, check_thresholds, claims_markdown, verdicts
+from statepost.report.claims import check_thresholds, verdicts
+from statepost.report.tables import claims_markdown
+
+# The defaults live in the config schema only; opd_teacher is resolved from the opd run's teacher (here: stress).
+DEFAULT_THRESHOLDS = with_defaults({}, "claims")["thresholds"]
+DEFAULT_ROLES = {**with_defaults({}, "claims")["roles"], "opd_teacher": "sft_stress"}
 
 BENCHES = ("gsm8k", "truthfulqa_mc2", "mmlu")
 BASE = (0.30, 0.40, 0.50)
@@ -249,3 +255,160 @@ def test_markdown_has_a_table_per_claim_and_bold_verdicts():
     res = verdicts(table({k: v for k, v in GOOD.items() if k != "opd"}), DEFAULT_ROLES, {})
     md = claims_markdown(res)
     assert "**not run**" in md
+
+
+# ------------------------------------------------------------------------------------------ claims as data
+
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+
+from statepost.report.claims import QUANTITIES, SCHEMA_PATH, load_claims, resolve_roles  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CLAIMS_FILE = ROOT / "config" / "claims.yaml"
+FOURTH = {
+    "id": "claim4",
+    "statement": "Mild SFT keeps MMLU within little_forgetting of base.",
+    "roles": ["mild"],
+    "checks": [{"quantity": "drop", "role": "mild", "benchmark": "mmlu", "op": "<", "threshold": "little_forgetting"}],
+    "reports": [{"quantity": "difference", "roles": ["mild", "base"], "benchmark": "each"}],
+}
+
+
+def claims_file(tmp_path, edit) -> Path:
+    """The repository's claims file, changed by ``edit(raw)``, written under tmp_path."""
+    raw = yaml.safe_load(CLAIMS_FILE.read_text())
+    edit(raw)
+    path = tmp_path / "claims.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def test_the_config_names_the_claims_file():
+    defaults = with_defaults({}, "claims")
+    assert defaults["definitions"] == "config/claims.yaml" and (ROOT / defaults["definitions"]).is_file()
+    spec = load_claims()
+    assert [c["id"] for c in spec["claims"]] == ["claim1", "claim2", "claim3"]
+    assert spec["derived_roles"] == {"opd_teacher": {"teacher_of": "opd"}}
+    # the claims' thresholds and roles are config keys; the defaults are the schema's alone
+    import statepost.report as R
+
+    for gone in ("DEFAULT_THRESHOLDS", "DEFAULT_ROLES", "CLAIMS", "BENCHMARKS", "PRIMARY_METRIC", "TARGET"):
+        assert not hasattr(R, gone), gone
+
+
+def test_schema_vocabulary_is_the_interpreters():
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    assert set(schema["$defs"]["quantity"]["properties"]["quantity"]["enum"]) == set(QUANTITIES)
+
+
+def test_a_fourth_claim_in_yaml_only(tmp_path):
+    path = claims_file(tmp_path, lambda raw: raw["claims"].append(FOURTH))
+    spec = load_claims(path)
+    res = {r["claim"]: r for r in verdicts(table(GOOD), DEFAULT_ROLES, {}, claims=spec)}
+    assert list(res) == ["claim1", "claim2", "claim3", "claim4"]
+    assert [res[c]["verdict"] for c in ("claim1", "claim2", "claim3")] == ["reproduced"] * 3
+    r = res["claim4"]
+    assert r["verdict"] == "reproduced" and r["statement"] == FOURTH["statement"]
+    assert [c["quantity"] for c in r["checks"]] == ["sft_mild mmlu drop"]
+    assert r["checks"][0]["value"] == pytest.approx(0.005) and r["checks"][0]["uncertainty"] == pytest.approx(
+        math.sqrt(2) * 0.001
+    )
+    assert r["thresholds"] == {"little_forgetting": 0.02, "z": 1.96}
+    # reported, not checked: mild − base on every benchmark, target first
+    assert [(k, v["value"]) for k, v in r["quantities"].items() if k != "sft_mild mmlu drop"] == [
+        ("sft_mild − base on gsm8k", pytest.approx(0.10)),
+        ("sft_mild − base on truthfulqa_mc2", pytest.approx(-0.005)),
+        ("sft_mild − base on mmlu", pytest.approx(-0.005)),
+    ]
+    md = claims_markdown(list(res.values()), DEFAULT_ROLES)
+    assert "## claim4: Mild SFT keeps MMLU" in md and "Also: sft_mild − base on gsm8k = +0.1000" in md
+    # the same claim, now failing; and "not run" without base (drop reads base)
+    forgets = verdicts(table(with_("sft_mild", (0.40, 0.395, 0.45))), DEFAULT_ROLES, {}, claims=spec)
+    assert forgets[3]["verdict"] == "not reproduced" and "sft_mild mmlu drop = +0.050" in forgets[3]["reason"]
+    no_base = verdicts(table({k: v for k, v in GOOD.items() if k != "base"}), DEFAULT_ROLES, {}, claims=spec)
+    assert no_base[3]["verdict"] == "not run" and "base" in no_base[3]["reason"]
+
+
+def test_changing_a_claim_in_yaml(tmp_path):
+    """claim3 with a stricter requirement: RL must gain on every benchmark, not only GSM8K."""
+
+    def edit(raw):
+        raw["claims"][2]["checks"][0] = {"quantity": "gain", "role": "rl", "benchmark": "each", "op": ">",
+                                         "threshold": "min_gain"}  # fmt: skip
+
+    spec = load_claims(claims_file(tmp_path, edit))
+    r = verdicts(table(with_("rl", (0.36, 0.40, 0.49))), DEFAULT_ROLES, {}, claims=spec)[2]
+    assert [c["quantity"] for c in r["checks"]] == [
+        "rl gsm8k gain", "rl truthfulqa_mc2 gain", "rl mmlu gain", "rl retention drop",
+    ]  # fmt: skip
+    assert [c["outcome"] for c in r["checks"]] == ["pass", "uncertain", "fail", "pass"]
+    assert r["verdict"] == "not reproduced" and "rl mmlu gain = -0.010" in r["reason"]
+    # with the file as it is, the same scores reproduce claim 3 (GSM8K gain and little forgetting)
+    assert verdicts(table(with_("rl", (0.36, 0.40, 0.49))), DEFAULT_ROLES, {})[2]["verdict"] == "reproduced"
+
+
+BAD = [
+    # (edit, the key path the error names, words of the message)
+    (lambda raw: raw["claims"][0]["checks"][1].update(op=">="), "claims.0.checks.1.op (claim claim1)", "'>='"),
+    (lambda raw: raw["claims"][1]["checks"][0].update(threshold="surpass"), "claims.1.checks.0.threshold", "surpass"),
+    (lambda raw: raw["claims"][2].update(roles=["rl", "rll"]), "claims.2.roles.1", "unknown role 'rll'"),
+    (lambda raw: raw["claims"][2]["checks"][0].update(role="mild"), "claims.2.checks.0", "'mild' is not among"),
+    (lambda raw: raw["claims"][1].pop("statement"), "claims.1.statement", "required"),
+    (lambda raw: raw["claims"][1]["checks"][0].pop("benchmark"), "claims.1.checks.0.benchmark", "required"),
+    (lambda raw: raw["claims"][0]["checks"][0].update(benchmark="gsm9k"), "claims.0.checks.0.benchmark", "gsm9k"),
+    (lambda raw: raw["claims"][0]["reports"][0].update(op=">"), "claims.0.reports.0", "'op' was unexpected"),
+    (lambda raw: raw["claims"][0]["checks"][0].update(quantity="gains"), "claims.0.checks.0.quantity", "'gains'"),
+    (lambda raw: raw["claims"][2].update(id="claim1"), "claims.2.id", "duplicate"),
+    (lambda raw: raw["derived_roles"]["opd_teacher"].update(teacher_of="od"), "derived_roles.opd_teacher.teacher_of",
+     "unknown role 'od'"),
+    (lambda raw: raw.update(claim=[]), "claim", "unexpected"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("edit, key, words", BAD)
+def test_a_malformed_claims_file_names_the_file_and_key(tmp_path, edit, key, words):
+    path = claims_file(tmp_path, edit)
+    with pytest.raises(ConfigError) as e:
+        load_claims(path)
+    assert str(e.value).startswith(f"{path}: {key}"), str(e.value)
+    assert words in str(e.value)
+    with pytest.raises(ConfigError, match="claims.yaml"):
+        verdicts(table(GOOD), DEFAULT_ROLES, {}, claims=path)
+
+
+def test_claims_file_not_yaml_or_missing(tmp_path):
+    path = tmp_path / "claims.yaml"
+    path.write_text("claims: [\n")
+    with pytest.raises(ConfigError, match=f"{path}: not valid YAML"):
+        load_claims(path)
+    with pytest.raises(ConfigError, match="nothere.yaml: cannot read"):
+        load_claims(tmp_path / "nothere.yaml")
+
+
+def test_opd_teacher_is_the_opd_runs_teacher():
+    models = [
+        {"name": "base", "run": "base", "seed": None},
+        {"name": "opd/seed0", "run": "opd", "seed": 0, "teacher": "sft_mild/seed0", "signal": "teacher_kl"},
+    ]
+    roles = resolve_roles(models, {})
+    assert roles == {**with_defaults({}, "claims")["roles"], "opd_teacher": "sft_mild"}
+    # no teacher named: the role stays unassigned (no guess), and claim 2 says so
+    models[1]["teacher"] = None
+    roles = resolve_roles(models, {})
+    assert "opd_teacher" not in roles
+    r = by_claim(GOOD, roles=roles)["claim2"]
+    assert r["verdict"] == "not run" and "role 'opd_teacher'" in r["reason"]
+
+
+def test_claims_module_reads_without_pandas():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom statepost.report.claims import load_claims\nload_claims()\n"
+        "print(sorted(m for m in ('pandas', 'matplotlib', 'numpy') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stderr

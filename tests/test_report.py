@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from statepost import report as R
+from statepost.config import with_defaults
 from statepost.io import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,14 +34,23 @@ SCORES = {
     ("opd", 2): (0.48, 0.34, 0.44),
     ("rl", 0): (0.36, 0.40, 0.498),
 }
+# Each run's (states, signal) pair, as the DAG's model list gives it.
+METHODS = {
+    "sft_mild": ("dataset", "nll"),
+    "sft_stress": ("dataset", "nll"),
+    "opd": ("learner", "teacher_kl"),
+    "rl": ("learner", "reward"),
+}
+SIGNALS = {run: signal for run, (_, signal) in METHODS.items()}
 
 
 def model_name(run, seed):
     return "base" if run == "base" else f"{run}/seed{seed}"
 
 
-def models_list():
-    """The workflow's form: a list of dicts with name/run/seed/teacher in config order."""
+def models_list(methods=False):
+    """The workflow's form: a list of dicts with name/run/seed/teacher in config order; with ``methods``, each
+    trained model's states and signal too (as report_models() in workflow/rules/common.smk sends them)."""
     out = []
     for run, seed in SCORES:
         out.append(
@@ -52,6 +62,8 @@ def models_list():
                 "teacher": "sft_stress" if run == "opd" else None,
             }
         )
+        if methods and run != "base":
+            out[-1].update(states=METHODS[run][0], signal=METHODS[run][1])
     return out
 
 
@@ -98,7 +110,7 @@ def workspace(tmp_path):
 
 @pytest.fixture
 def loaded(workspace):
-    return R.load_scores(workspace / "scores", models_list())
+    return R.load_scores(workspace / "scores", models_list(), BENCHES)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -264,6 +276,37 @@ def test_no_teacher_table_still_written(loaded, tmp_path):
     assert (tmp_path / "delta_vs_teacher.tex").read_text().startswith("%")
 
 
+def test_tables_show_each_runs_states_and_signal(loaded, tmp_path):
+    tables = R.build_tables(loaded, models_list(methods=True))
+    sc = tables["scores"].display.set_index("run")
+    assert list(sc.columns) == ["states", "signal", "seeds", "GSM8K", "TruthfulQA mc2", "MMLU"]
+    assert sc.loc["base", ["states", "signal"]].tolist() == ["–", "–"]
+    for run, pair in METHODS.items():
+        assert tuple(sc.loc[run, ["states", "signal"]]) == pair
+    assert sc.loc["rl", "MMLU"] == "0.498 ± 0.004"  # the numbers are unchanged
+    for name in ("delta_vs_base", "retention"):
+        disp = tables[name].display
+        assert list(disp.columns[:3]) == ["run", "states", "signal"], name
+        assert [tuple(r) for r in disp[["states", "signal"]].itertuples(index=False)] == [
+            METHODS[r] for r in disp["run"]
+        ]
+    teacher = tables["delta_vs_teacher"].display
+    assert teacher[["run", "states", "signal", "teacher"]].values.tolist() == [
+        ["opd", "learner", "teacher_kl", "sft_stress"]
+    ]
+    # the numbers carry the pair as well (empty for base)
+    data = tables["scores"].data
+    assert list(data.columns[:3]) == ["run", "states", "signal"]
+    assert data.loc[data.run == "opd", "signal"].unique().tolist() == ["teacher_kl"]
+    assert data.loc[data.run == "base", "states"].isna().all()
+    for t in tables.values():
+        R.write_table(t, tmp_path)
+    md = (tmp_path / "scores.md").read_text()
+    assert "| states" in md and "| learner  | teacher_kl |" in md
+    assert "\\begin{tabular}{lllrrrr}" in (tmp_path / "scores.tex").read_text()
+    assert "teacher\\_kl" in (tmp_path / "delta_vs_teacher.tex").read_text()
+
+
 # ------------------------------------------------------------------------------------------ figures
 
 
@@ -303,7 +346,7 @@ def test_retention_vs_gain_figure(loaded):
     runs = R.run_order(models_list())
     colors = R.run_colors(runs)
     table = R.retention_table(R.summarize(loaded, runs=runs))
-    fig = R.retention_vs_gain_figure(table.data, colors, thresholds=R.DEFAULT_THRESHOLDS)
+    fig = R.retention_vs_gain_figure(table.data, colors, thresholds=with_defaults({}, "claims")["thresholds"])
     ax = fig.axes[0]
     assert "GSM8K" in ax.get_xlabel() and "vs base" in ax.get_xlabel()
     assert "retention" in ax.get_ylabel() and "MMLU" in ax.get_ylabel()
@@ -335,7 +378,7 @@ def test_retention_vs_gain_figure(loaded):
 def test_training_curves_figure(workspace):
     runs = R.run_order(models_list())
     metrics = R.load_metrics(workspace / "models", models_list())
-    fig = R.training_curves_figure(metrics, R.run_colors(runs), runs)
+    fig = R.training_curves_figure(metrics, R.run_colors(runs), runs, SIGNALS)
     axes = fig.axes
     assert len(axes) == 2 * 4  # two rows, one column per trained run
     titles = [a.get_title() for a in axes if a.get_title()]
@@ -351,6 +394,24 @@ def test_training_curves_figure(workspace):
     only_sft = metrics[metrics["run"].str.startswith("sft")]
     fig = R.training_curves_figure(only_sft)
     assert len(fig.axes) == 2
+
+
+def test_training_curves_second_panel_follows_the_signal(workspace):
+    """The second panel is chosen by the run's signal type, not by which metric names happen to be logged."""
+    runs = R.run_order(models_list())
+    metrics = R.load_metrics(workspace / "models", models_list())
+    metrics.loc[metrics["run"] == "sft_mild", "reward"] = 0.5  # e.g. a learner-state SFT run logging its reward
+    signals = dict(SIGNALS, opd="reward")  # opd logs kl and no reward; its panel says so
+    fig = R.training_curves_figure(metrics, R.run_colors(runs), runs, signals)
+    axes = fig.axes
+    ylabels = [a.get_ylabel() for a in axes]
+    assert ylabels.count("mean reward") == 2 and not any("KL" in y for y in ylabels)
+    texts = [t.get_text() for a in axes for t in a.texts]
+    assert "(no 'reward' logged)" in texts
+    assert texts.count("(nll: the loss\nis the signal)") == 2  # sft_mild too, though it logs a reward
+    # no signals known (a plain model list): loss only, whatever is logged
+    fig = R.training_curves_figure(metrics, R.run_colors(runs), runs)
+    assert len(fig.axes) == 4 and {a.get_ylabel() for a in fig.axes} == {"training loss"}
 
 
 def test_save_figure_png_pdf(loaded, tmp_path):
@@ -428,3 +489,41 @@ def test_cli_end_to_end(workspace):
     assert not (workspace / "t2").exists()
     proc = run_cli(*args[:4], "--models-json", "{bad json")
     assert proc.returncode != 0 and "models-json" in proc.stderr
+
+
+def test_cli_claims_file(workspace):
+    """A claim added in YAML only reaches claims.md/.json through --claims; a malformed file stops the report
+    before anything is written, naming the file and key."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "config" / "claims.yaml").read_text())
+    raw["claims"].append(
+        {
+            "id": "claim4",
+            "statement": "Mild SFT keeps MMLU within little_forgetting of base.",
+            "roles": ["mild"],
+            "checks": [{"quantity": "drop", "role": "mild", "benchmark": "mmlu", "op": "<",
+                        "threshold": "little_forgetting"}],
+        }
+    )  # fmt: skip
+    claims_file = workspace / "claims.yaml"
+    claims_file.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    args = [
+        "--scores-dir", str(workspace / "scores"), "--metrics-dir", str(workspace / "models"),
+        "--models-json", json.dumps(models_list(methods=True)), "--benchmarks", *BENCHES,
+        "--tables-dir", str(workspace / "t"), "--figures-dir", str(workspace / "f"), "--claims", str(claims_file),
+    ]  # fmt: skip
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    claims = json.loads((workspace / "t" / "claims.json").read_text())
+    assert [c["claim"] for c in claims["claims"]] == ["claim1", "claim2", "claim3", "claim4"]
+    c4 = claims["claims"][3]
+    assert c4["checks"][0]["quantity"] == "sft_mild mmlu drop" and c4["checks"][0]["value"] == pytest.approx(0.005)
+    assert f"claim4: {c4['verdict']}" in proc.stdout
+    assert "## claim4: Mild SFT keeps MMLU" in (workspace / "t" / "claims.md").read_text()
+    assert "| states" in proc.stdout and "teacher_kl" in proc.stdout  # the scores table shows the pairs
+    raw["claims"][3]["checks"][0]["op"] = "<="
+    claims_file.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    proc = run_cli(*[a if a != str(workspace / "t") else str(workspace / "t2") for a in args])
+    assert proc.returncode == 2 and f"{claims_file}: claims.3.checks.0.op" in proc.stderr, proc.stderr
+    assert not (workspace / "t2").exists()

@@ -1,5 +1,13 @@
 # Tables, figures and the claim verdicts, from every score file and every run's metrics.
+from statepost.report.claims import load_claims
+
 REPORT_RES, REPORT_CPUS = resources_for("report")
+CLAIMS_FILE = config["claims"]["definitions"]
+# A malformed claims file fails here, when the DAG is built, not after the runs it judges.
+try:
+    load_claims(CLAIMS_FILE)
+except ConfigError as e:
+    raise WorkflowError(str(e)) from None
 TABLES = ["scores", "delta_vs_base", "delta_vs_teacher", "retention"]
 FIGURES = ["scores", "retention_vs_gain", "training_curves"]
 
@@ -8,6 +16,7 @@ rule report:
     input:
         scores=all_scores(),
         models=[model_path(m) for m in MODELS if m != "base"],
+        claims=CLAIMS_FILE,
     output:
         tables=multiext("results/tables/scores", ".csv", ".md", ".tex"),
         deltas=expand(
@@ -42,4 +51,4 @@ rule report:
         "python scripts/report.py --scores-dir results/scores --metrics-dir results/models "
         "--models-json {params.models:q} --roles-json {params.roles:q} "
         "--thresholds-json {params.thresholds:q} --benchmarks-json {params.benchmarks:q} "
-        "--tables-dir results/tables --figures-dir results/figures > {log} 2>&1"
+        "--claims {input.claims:q} --tables-dir results/tables --figures-dir results/figures > {log} 2>&1"

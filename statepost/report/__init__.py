@@ -1,0 +1,111 @@
+"""The report: score tables, figures and a verdict for each claim of ``config/claims.yaml``.
+
+Everything here reads the files other rules write (``results/scores/{model}/{benchmark}.json`` and
+``results/models/{run}/seed{seed}/metrics.jsonl``) and turns them into
+
+* tables (``results/tables/{name}.csv|.md|.tex``): ``scores``, ``delta_vs_base``, ``delta_vs_teacher``,
+  ``retention``, plus ``claims.md`` / ``claims.json``;
+* figures (``results/figures/{name}.png|.pdf``): ``scores``, ``retention_vs_gain``, ``training_curves``.
+
+Modules: :mod:`.load` (model list, score files, metrics), :mod:`.statistics` (summaries and the uncertainty
+convention), :mod:`.tables`, :mod:`.figures`, :mod:`.claims` (the claims file and its interpreter). The public names
+below are imported from them on first use, so ``statepost.report.claims`` can be read without pandas or matplotlib
+(the workflow validates the claims file when it builds the DAG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from importlib import import_module
+from pathlib import Path
+
+_EXPORTS = {
+    "load": ("BASE", "parse_model_name", "normalize_models", "run_order", "run_methods", "teacher_ref", "label",
+             "target_and_retention", "load_scores", "load_metrics"),
+    "statistics": ("rss", "summarize", "lookup", "deltas_vs_base", "retention_summary"),
+    "tables": ("TABLES", "TABLE_FORMATS", "Table", "scores_table", "delta_vs_base_table", "delta_vs_teacher_table",
+               "retention_table", "write_table", "build_tables", "claims_markdown", "write_claims"),
+    "figures": ("FIGURES", "FIGURE_FORMATS", "FIGURE_DPI", "BASE_COLOR", "PALETTE", "MARKERS", "SIGNAL_PANEL",
+                "run_colors", "run_markers", "scores_figure", "retention_vs_gain_figure", "training_curves_figure",
+                "save_figure"),
+    "claims": ("QUANTITIES", "claim_defaults", "default_claims_path", "check_thresholds", "resolve_roles",
+               "load_claims", "verdicts"),
+}  # fmt: skip
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = ["make_report", "output_paths", *_WHERE]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_WHERE])
+
+
+def output_paths(tables_dir, figures_dir) -> list[Path]:
+    """Every file ``make_report`` writes (for a Snakemake rule's output list)."""
+    from .figures import FIGURE_FORMATS, FIGURES
+    from .tables import TABLE_FORMATS, TABLES
+
+    t, f = Path(tables_dir), Path(figures_dir)
+    return (
+        [t / f"{n}.{e}" for n in TABLES for e in TABLE_FORMATS]
+        + [t / "claims.md", t / "claims.json"]
+        + [f / f"{n}.{e}" for n in FIGURES for e in FIGURE_FORMATS]
+    )
+
+
+def make_report(
+    scores_dir,
+    metrics_dir,
+    models,
+    tables_dir,
+    figures_dir,
+    thresholds: Mapping | None = None,
+    roles: Mapping | None = None,
+    benchmarks: Iterable[str] | None = None,
+    claims=None,
+) -> dict:
+    """Load scores and metrics, write every table, figure and the claim verdicts. Returns the Table objects,
+    verdicts and summary (``{"tables": {...}, "claims": [...], "summary": DataFrame}``).
+
+    ``benchmarks``: in table order (the config's; default every known benchmark); which is the target and which
+    measure retention comes from ``statepost.benchmarks``. ``claims``: the claims file (default: the schema's
+    ``claims.definitions``), read and validated before anything else.
+    """
+    from statepost import benchmarks as bench_facts
+
+    from . import claims as C
+    from . import figures as F
+    from . import tables as T
+    from .load import load_metrics, load_scores, normalize_models, run_methods, run_order, target_and_retention
+    from .statistics import summarize
+
+    spec = C.load_claims(claims)
+    norm = normalize_models(models)
+    benchmarks = list(bench_facts.NAMES if benchmarks is None else benchmarks)
+    target, retention = target_and_retention(benchmarks)
+    th = C.check_thresholds(thresholds)
+    roles = C.resolve_roles(norm, roles, spec)
+    runs = run_order(norm)
+    colors = F.run_colors(runs)
+    scores = load_scores(scores_dir, norm, benchmarks)
+    metrics = load_metrics(metrics_dir, norm)
+    summary = summarize(scores, runs=runs, benchmarks=benchmarks)
+    tables = T.build_tables(scores, norm, target, retention, summary=summary)
+    for t in tables.values():
+        T.write_table(t, tables_dir)
+    results = C.verdicts(summary, roles, th, claims=spec, target=target, retention=retention)
+    T.write_claims(results, tables_dir, roles, retention)
+    signals = {run: signal for run, (_, signal) in run_methods(norm).items()}
+    figs = {
+        "scores": F.scores_figure(summary, colors, scores),
+        "retention_vs_gain": F.retention_vs_gain_figure(tables["retention"].data, colors, target, thresholds=th),
+        "training_curves": F.training_curves_figure(metrics, colors, runs, signals),
+    }
+    for name, fig in figs.items():
+        F.save_figure(fig, figures_dir, name)
+    return {"tables": tables, "claims": results, "summary": summary}

@@ -1,0 +1,371 @@
+"""The claims: read as data (``config/claims.yaml``) and judged against the score summary.
+
+A claims file lists claims, each with the roles it needs (``mild``, ``stress``, ... from the config's
+``claims.roles``, or a derived role such as ``opd_teacher``, the teacher named by the opd run), its checks (a
+quantity, ``op`` ``>``/``<`` and a threshold key of ``claims.thresholds``) and quantities it only reports. The
+vocabulary of quantities is ``QUANTITIES``; each is computed from the summary's means with the uncertainty convention
+of :mod:`statepost.report.statistics`. Adding a quantity: a function here, an entry in ``QUANTITIES`` and its name in
+the ``quantity`` enum of ``workflow/schemas/claims.schema.yaml``.
+
+A check passes when it holds by more than ``z`` standard errors, fails when violated by more, else is uncertain. A
+claim is "not reproduced" if any check fails, "inconclusive" if none fails but one is uncertain, "reproduced" if all
+pass, and "not run" when a run it needs (or base, for quantities against base) has no scores.
+
+This module imports no pandas or numpy at module level: the workflow reads claims files when it builds the DAG.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from statepost import benchmarks as bench_facts
+from statepost.io import ConfigError
+
+from .load import BASE, normalize_models, teacher_ref
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO / "workflow" / "schemas" / "claims.schema.yaml"
+ONS = ("each", "target", "retention")  # `benchmark:` keywords besides a benchmark name
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+@lru_cache(maxsize=1)
+def _defaults() -> dict:
+    from statepost.config import with_defaults
+
+    return with_defaults({}, "claims")
+
+
+def claim_defaults() -> dict:
+    """The config schema's ``claims`` defaults: ``{"definitions", "roles", "thresholds"}``."""
+    return copy.deepcopy(_defaults())
+
+
+def default_claims_path() -> Path:
+    return REPO / _defaults()["definitions"]
+
+
+def check_thresholds(thresholds: Mapping | None) -> dict[str, float]:
+    """The schema's defaults overlaid with ``thresholds``; unknown keys and non-numbers are errors."""
+    out = dict(_defaults()["thresholds"])
+    for k, v in (thresholds or {}).items():
+        if k not in out:
+            raise ConfigError(f"claims.thresholds.{k}: unknown key (known: {', '.join(out)})")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"claims.thresholds.{k}: expected a finite number, got {v!r}")
+        out[k] = float(v)
+    if out["z"] < 0:
+        raise ConfigError("claims.thresholds.z: must be >= 0")
+    return out
+
+
+def resolve_roles(models, roles: Mapping[str, str] | None = None, claims=None) -> dict[str, str]:
+    """Claim roles -> runs: the schema's defaults, then ``role`` keys in the model list, then ``roles``. A derived
+    role (``derived_roles`` of the claims file, e.g. ``opd_teacher: {teacher_of: opd}``) is, unless given in
+    ``roles``, the teacher named by the models of its source role's run; unassigned when none names one."""
+    spec = load_claims(claims)
+    out = dict(_defaults()["roles"])
+    norm = normalize_models(models)
+    for info in norm.values():
+        if info["role"]:
+            out[info["role"]] = info["run"]
+    roles = dict(roles or {})
+    known = [*_defaults()["roles"], *spec["derived_roles"]]
+    unknown = set(roles) - set(known)
+    if unknown:
+        raise ConfigError(f"claims.roles: unknown role(s) {sorted(unknown)} (known: {', '.join(known)})")
+    out.update(roles)
+    for name, how in spec["derived_roles"].items():
+        if name in roles:
+            continue
+        source = out.get(how["teacher_of"])
+        teachers = [i["teacher"] for i in norm.values() if i["run"] == source and i["teacher"]]
+        if teachers:
+            out[name] = teacher_ref(teachers[0])[0]
+    return out
+
+
+# --------------------------------------------------------------------------------------------- claims file
+
+
+def _key_path(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator in ("required", "additionalProperties", "unevaluatedProperties"):
+        names = re.findall(r"'([^']+)'", error.message)
+        if len(names) == 1:
+            parts.append(names[0])
+    return ".".join(parts) if parts else "(top level)"
+
+
+def load_claims(path=None) -> dict:
+    """Read and validate a claims file (default: the schema's ``claims.definitions``); a dict is taken as read.
+    Returns ``{"path", "derived_roles", "claims"}``; a ConfigError names the file and the key path."""
+    if isinstance(path, Mapping):
+        return path if "path" in path else _validate(dict(path), "<claims>")
+    path = Path(path) if path is not None else default_claims_path()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the claims file ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return _validate(raw, str(path))
+
+
+def _validate(raw, where: str) -> dict:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    def fail(key, msg):
+        parts = key.split(".")
+        claims = raw.get("claims") if isinstance(raw, dict) else None
+        if len(parts) > 1 and parts[0] == "claims" and parts[1].isdigit() and isinstance(claims, list):
+            claim = claims[int(parts[1])] if int(parts[1]) < len(claims) else None
+            if isinstance(claim, dict) and isinstance(claim.get("id"), str):
+                key += f" (claim {claim['id']})"
+        raise ConfigError(f"{where}: {key}: {msg}")
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    err = best_match(Draft202012Validator(schema).iter_errors(raw))
+    if err is not None:
+        fail(_key_path(err), err.message)
+    spec = {"path": where, "derived_roles": dict(raw.get("derived_roles") or {}), "claims": []}
+
+    config_roles = list(_defaults()["roles"])
+    thresholds = [k for k in _defaults()["thresholds"] if k != "z"]
+    for name, how in spec["derived_roles"].items():
+        if name in config_roles or name == BASE:
+            fail(f"derived_roles.{name}", f"{name!r} is already a role of the config")
+        if how["teacher_of"] not in config_roles:
+            fail(
+                f"derived_roles.{name}.teacher_of",
+                f"unknown role {how['teacher_of']!r} (known: {', '.join(config_roles)})",
+            )
+    known_roles = config_roles + list(spec["derived_roles"])
+    ids = set()
+    for i, claim in enumerate(raw["claims"]):
+        key = f"claims.{i}"
+        if claim["id"] in ids:
+            fail(f"{key}.id", f"duplicate claim id {claim['id']!r}")
+        ids.add(claim["id"])
+        for j, role in enumerate(claim["roles"]):
+            if role not in known_roles:
+                fail(f"{key}.roles.{j}", f"unknown role {role!r} (known: {', '.join(known_roles)}; a new role needs "
+                     "an entry in claims.roles of workflow/schemas/config.schema.yaml)")  # fmt: skip
+        for part in ("checks", "reports"):
+            for j, q in enumerate(claim.get(part) or []):
+                for role in [q["role"]] if "role" in q else q["roles"]:
+                    if role != BASE and role not in claim["roles"]:
+                        fail(f"{key}.{part}.{j}", f"role {role!r} is not among the claim's roles {claim['roles']}")
+                on = q.get("benchmark")
+                if on is not None and on not in ONS and on not in bench_facts.NAMES:
+                    fail(f"{key}.{part}.{j}.benchmark", f"{on!r} is neither a benchmark ({', '.join(bench_facts.NAMES)}) "
+                         f"nor one of {', '.join(ONS)}")  # fmt: skip
+                if part == "checks" and q["threshold"] not in thresholds:
+                    fail(f"{key}.{part}.{j}.threshold", f"unknown threshold {q['threshold']!r} (claims.thresholds "
+                         f"has {', '.join(thresholds)})")  # fmt: skip
+        spec["claims"].append({"reports": [], **claim})
+    return spec
+
+
+# --------------------------------------------------------------------------------------------- quantities
+
+
+class _Context:
+    """What a quantity reads: (run, benchmark) -> (mean, uncertainty), the roles, target and retention."""
+
+    def __init__(self, look, roles, target, retention, rss):
+        self.look, self.roles, self.target, self.retention, self.rss = look, roles, target, retention, rss
+
+    def run(self, role: str) -> str:
+        return BASE if role == BASE else self.roles[role]
+
+    def score(self, role: str, bench: str) -> tuple[float, float]:
+        return self.look[(self.run(role), bench)]
+
+    def benches(self, which: str) -> list[str]:
+        """A ``benchmark:`` value as benchmarks: each (target first), target, retention or one name."""
+        named = {"each": [self.target, *self.retention], "target": [self.target], "retention": self.retention}
+        return named.get(which, [which])
+
+
+def _gain(ctx: _Context, q: dict):
+    """The role minus base on the target benchmark (or ``benchmark``); positive = better."""
+    for b in ctx.benches(q.get("benchmark", "target")):
+        (v, u), (bv, bu) = ctx.score(q["role"], b), ctx.score(BASE, b)
+        yield f"{ctx.run(q['role'])} {b} gain", v - bv, ctx.rss(u, bu)
+
+
+def _drop(ctx: _Context, q: dict):
+    """Base minus the role on ``benchmark``; positive = forgetting."""
+    for b in ctx.benches(q["benchmark"]):
+        (v, u), (bv, bu) = ctx.score(q["role"], b), ctx.score(BASE, b)
+        yield f"{ctx.run(q['role'])} {b} drop", bv - v, ctx.rss(u, bu)
+
+
+def _retention_drop(ctx: _Context, q: dict):
+    """Minus the mean change against base on the retention benchmarks; positive = forgetting."""
+    ds = [ctx.score(q["role"], b)[0] - ctx.score(BASE, b)[0] for b in ctx.retention]
+    us = [ctx.rss(ctx.score(q["role"], b)[1], ctx.score(BASE, b)[1]) for b in ctx.retention]
+    yield f"{ctx.run(q['role'])} retention drop", -sum(ds) / len(ds), ctx.rss(*us) / len(us)
+
+
+def _difference(ctx: _Context, q: dict):
+    """The first role minus the second on ``benchmark`` (either may be ``base``)."""
+    a, b = q["roles"]
+    for bench in ctx.benches(q["benchmark"]):
+        (v, u), (tv, tu) = ctx.score(a, bench), ctx.score(b, bench)
+        yield f"{ctx.run(a)} − {ctx.run(b)} on {bench}", v - tv, ctx.rss(u, tu)
+
+
+# name -> (function yielding (name, value, uncertainty) per benchmark it covers, whether it reads base)
+QUANTITIES = {
+    "gain": (_gain, lambda q: True),
+    "drop": (_drop, lambda q: True),
+    "retention_drop": (_retention_drop, lambda q: True),
+    "difference": (_difference, lambda q: BASE in q["roles"]),
+}
+
+
+# --------------------------------------------------------------------------------------------- verdicts
+
+
+def _check(name: str, value: float, unc: float, op: str, threshold: float, z: float, key: str) -> dict:
+    """Three-valued comparison ``value op threshold``: pass / fail beyond z*unc, else uncertain."""
+    margin = (value - threshold) if op == ">" else (threshold - value)
+    width = z * (0.0 if unc is None or math.isnan(unc) else unc)
+    if margin > width:
+        outcome = "pass"
+    elif margin < -width or (width == 0 and margin == 0):
+        outcome = "fail"
+    else:
+        outcome = "uncertain"
+    return {
+        "quantity": name,
+        "value": value,
+        "uncertainty": None if unc is None or math.isnan(unc) else unc,
+        "op": op,
+        "threshold": threshold,
+        "threshold_key": key,
+        "outcome": outcome,
+    }
+
+
+def _combine(claim, statement, checks, thresholds, quantities) -> dict:
+    fails = [c for c in checks if c["outcome"] == "fail"]
+    unsure = [c for c in checks if c["outcome"] == "uncertain"]
+
+    def desc(c):
+        u = f" ± {c['uncertainty']:.3f}" if c["uncertainty"] is not None else ""
+        return f"{c['quantity']} = {c['value']:+.3f}{u} vs {c['op']} {c['threshold']:g} ({c['threshold_key']})"
+
+    if fails:
+        verdict = "not reproduced"
+        reason = "fails: " + "; ".join(desc(c) for c in fails)
+        if unsure:
+            reason += ". Also within z·uncertainty: " + "; ".join(desc(c) for c in unsure)
+    elif unsure:
+        verdict = "inconclusive"
+        reason = (
+            f"within z = {thresholds['z']:g} standard errors of the threshold, so the verdict hinges on noise: "
+            + "; ".join(desc(c) for c in unsure)
+        )
+    else:
+        verdict = "reproduced"
+        reason = f"every check holds by more than z = {thresholds['z']:g} standard errors"
+    return {
+        "claim": claim,
+        "statement": statement,
+        "quantities": quantities,
+        "thresholds": thresholds,
+        "checks": checks,
+        "verdict": verdict,
+        "reason": reason,
+    }
+
+
+def _not_run(claim, statement, thresholds, reason) -> dict:
+    return {
+        "claim": claim,
+        "statement": statement,
+        "quantities": {},
+        "thresholds": thresholds,
+        "checks": [],
+        "verdict": "not run",
+        "reason": reason,
+    }
+
+
+def _missing(claim: dict, ctx: _Context, present_runs: set, benches: list[str]) -> str | None:
+    """Why a claim cannot be judged (a run it needs, or base, lacks scores), else None."""
+    qs = claim["checks"] + claim["reports"]
+    need_base = any(QUANTITIES[q["quantity"]][1](q) for q in qs)
+    benches = list(dict.fromkeys(benches + [q["benchmark"] for q in qs if q.get("benchmark") in bench_facts.NAMES]))
+    problems = []
+    for role in claim["roles"]:
+        run = ctx.roles.get(role)
+        if not run:
+            problems.append(f"no run is assigned to role {role!r}")
+        elif run not in present_runs:
+            problems.append(f"run {run!r} (role {role}) is not in the config's model list / has no scores")
+        else:
+            lacking = [b for b in benches if (run, b) not in ctx.look]
+            if lacking:
+                problems.append(f"run {run!r} has no scores on {', '.join(lacking)}")
+    if need_base:
+        if BASE not in present_runs:
+            problems.append("the base model has no scores")
+        else:
+            lacking = [b for b in benches if (BASE, b) not in ctx.look]
+            if lacking:
+                problems.append(f"base has no scores on {', '.join(lacking)}")
+    return "; ".join(problems) or None
+
+
+def verdicts(table, roles: Mapping[str, str], thresholds: Mapping[str, float] | None = None, *, claims=None,
+             target: str | None = None, retention=None) -> list[dict]:  # fmt: skip
+    """Judge every claim of ``claims`` (a claims file, ``load_claims``'s result, or None: the default file).
+
+    ``table``: one row per run x benchmark with columns run, benchmark, mean, uncertainty (``summarize``'s output;
+    base is the run ``"base"``). ``roles``: role -> run, derived roles resolved (``resolve_roles``).
+    ``thresholds``: overrides of the schema's ``claims.thresholds``. ``target``/``retention`` default to the roles
+    of the table's benchmarks. Pure: no I/O besides reading the claims file.
+    """
+    from .load import target_and_retention
+    from .statistics import lookup, rss
+
+    spec = load_claims(claims)
+    th = check_thresholds(thresholds)
+    look = lookup(table)
+    present_runs = set(table["run"])
+    default_target, default_retention = target_and_retention(dict.fromkeys(table["benchmark"]))
+    target = target or default_target
+    retention = list(default_retention if retention is None else retention)
+    ctx = _Context(look, roles, target, retention, rss)
+    out = []
+    for claim in spec["claims"]:
+        keys = dict.fromkeys([c["threshold"] for c in claim["checks"]] + ["z"])
+        sub = {k: th[k] for k in keys}
+        why = _missing(claim, ctx, present_runs, [target, *retention])
+        if why:
+            out.append(_not_run(claim["id"], claim["statement"], sub, why))
+            continue
+        quantities, checks = {}, []
+        for q in claim["checks"] + claim["reports"]:
+            for name, v, u in QUANTITIES[q["quantity"]][0](ctx, q):
+                quantities[name] = {"value": v, "uncertainty": None if math.isnan(u) else u}
+                if "op" in q:
+                    checks.append(_check(name, v, u, q["op"], th[q["threshold"]], th["z"], q["threshold"]))
+                    if "part" in q:
+                        checks[-1]["part"] = q["part"]
+        out.append(_combine(claim["id"], claim["statement"], checks, sub, quantities))
+    return out

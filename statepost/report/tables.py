@@ -1,0 +1,354 @@
+"""The tables: ``results/tables/{name}.csv`` (numbers), ``.md`` and ``.tex`` (formatted).
+
+``scores``, ``delta_vs_base``, ``delta_vs_teacher`` and ``retention``, and the verdicts as ``claims.md`` and
+``claims.json``. Each per-run table shows the run's
+(states, signal) pair next to its name when the model list gives it (the DAG always does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from statepost import benchmarks as bench_facts
+from statepost.io import ConfigError, atomic_file, write_json
+
+from .claims import claim_defaults
+from .load import BASE, label, normalize_models, run_methods, run_order, target_and_retention, teacher_ref
+from .statistics import deltas_vs_base, lookup, retention_summary, rss, summarize
+
+TABLES = ("scores", "delta_vs_base", "delta_vs_teacher", "retention")
+TABLE_FORMATS = ("csv", "md", "tex")
+_TEXT_COLUMNS = ("run", "teacher", "states", "signal")  # left-aligned
+
+Methods = Mapping[str, tuple]  # run -> (states, signal), see load.run_methods
+
+
+@dataclass
+class Table:
+    """A table as numbers (``data``, written as CSV) and as text (``display``, written as Markdown and LaTeX)."""
+
+    name: str
+    data: pd.DataFrame
+    display: pd.DataFrame
+    note: str = ""
+    caption: str = ""
+
+    def markdown(self) -> str:
+        align = ["left" if c in _TEXT_COLUMNS else "right" for c in self.display.columns]
+        body = (
+            self.display.to_markdown(index=False, disable_numparse=True, colalign=align)
+            if len(self.display)
+            else "_(no rows)_"
+        )
+        parts = [f"**{self.caption}**" if self.caption else "", body, self.note]
+        return "\n\n".join(p for p in parts if p) + "\n"
+
+    def latex(self) -> str:
+        if not len(self.display):
+            return f"% {self.caption}: no rows\n"
+        align = "".join("l" if c in _TEXT_COLUMNS else "r" for c in self.display.columns)
+        return self.display.to_latex(
+            index=False, escape=True, column_format=align, caption=self.caption or None, label=f"tab:{self.name}"
+        )
+
+
+def _fmt(v, u=None, signed=False, digits=3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    s = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+    if u is not None and not (isinstance(u, float) and math.isnan(u)):
+        s += f" ± {u:.{digits}f}"
+    return s
+
+
+def _shown(methods: Methods | None) -> bool:
+    """Whether to show the (states, signal) columns: when the model list gave them for some run."""
+    return bool(methods) and any(p != (None, None) for p in methods.values())
+
+
+def _with_method(row: dict, run: str, methods: Methods | None) -> dict:
+    """``row`` with the run's states and signal inserted after ``run`` (when shown)."""
+    if not _shown(methods):
+        return row
+    states, signal = methods.get(run, (None, None))
+    out = {"run": row["run"], "states": states or "–", "signal": signal or "–"}
+    out.update((k, v) for k, v in row.items() if k != "run")
+    return out
+
+
+def _data_with_method(data: pd.DataFrame, methods: Methods | None) -> pd.DataFrame:
+    """The numbers with ``states`` and ``signal`` columns after ``run`` (when shown; empty for base)."""
+    if not _shown(methods):
+        return data
+    data = data.copy()
+    pairs = [methods.get(run, (None, None)) for run in data["run"]]
+    data.insert(1, "signal", [p[1] for p in pairs])
+    data.insert(1, "states", [p[0] for p in pairs])
+    return data
+
+
+def scores_table(summary: pd.DataFrame, methods: Methods | None = None) -> Table:
+    """Run x benchmark: mean over seeds ± spread (seed std with >1 seed, else lm-eval stderr), seeds shown."""
+    data = summary[
+        ["run", "benchmark", "metric", "n_seeds", "mean", "seed_std", "seed_sem", "eval_stderr", "uncertainty", "n"]
+    ].copy()
+    benches = list(dict.fromkeys(summary["benchmark"]))
+    rows = []
+    for run, g in summary.groupby("run", sort=False):
+        by = g.set_index("benchmark")
+        row = {"run": run, "seeds": int(by["n_seeds"].max())}
+        for b in benches:
+            if b in by.index:
+                r = by.loc[b]
+                cell = _fmt(r["mean"], r["spread"])
+                if r["n_seeds"] > 1 and not math.isnan(r["eval_stderr"]):
+                    cell += f" (se {r['eval_stderr']:.3f})"
+                row[label(b)] = cell
+            else:
+                row[label(b)] = "–"
+        rows.append(_with_method(row, run, methods))
+    note = (
+        "Accuracy (fraction correct; GSM8K: exact match, strict-match extraction; TruthfulQA mc2 and MMLU: acc). "
+        "Mean over seeds ± standard deviation over seeds when a run has more than one seed, else ± lm-eval's "
+        "standard error; '(se x)' is lm-eval's standard error (root mean square over seeds)."
+    )
+    if _shown(methods):
+        note += " states, signal: where the run's training states come from and what is applied at them."
+    return Table("scores", _data_with_method(data, methods), pd.DataFrame(rows), note, "Benchmark scores per run")
+
+
+def delta_vs_base_table(summary: pd.DataFrame, methods: Methods | None = None) -> Table:
+    d = deltas_vs_base(summary)
+    benches = list(dict.fromkeys(summary["benchmark"]))
+    rows = []
+    for run, g in d.groupby("run", sort=False):
+        by = g.set_index("benchmark")
+        row = {"run": run, "seeds": int(by["n_seeds"].max())}
+        for b in benches:
+            row[label(b)] = _fmt(by["delta"].get(b), by["uncertainty"].get(b), signed=True) if b in by.index else "–"
+        rows.append(_with_method(row, run, methods))
+    note = (
+        "Change in accuracy against the base model (run mean − base), ± combined standard error "
+        "(seed standard error and lm-eval standard error of run and base, added in quadrature)."
+    )
+    return Table(
+        "delta_vs_base", _data_with_method(d, methods), pd.DataFrame(rows), note, "Change against the base model"
+    )
+
+
+def delta_vs_teacher_table(scores: pd.DataFrame, models, summary: pd.DataFrame | None = None) -> Table:
+    """For runs with a teacher: run − teacher per benchmark, paired by seed where the teacher has that seed."""
+    norm = normalize_models(models)
+    methods = run_methods(norm)
+    prim = scores[scores["primary"]] if "primary" in scores else scores
+    if summary is None:
+        summary = summarize(scores, runs=run_order(norm))
+    look = lookup(summary)
+    benches = list(dict.fromkeys(summary["benchmark"]))
+    val = {(r.run, r.seed if not pd.isna(r.seed) else None, r.benchmark): r.value for r in prim.itertuples()}
+    rows, skipped = [], []
+    students = {}
+    for info in norm.values():
+        if info["teacher"]:
+            students.setdefault(info["run"], []).append((info["seed"], info["teacher"]))
+    for run, members in students.items():
+        teachers = {teacher_ref(t)[0] for _, t in members}
+        if len(teachers) != 1:
+            raise ConfigError(f"models: run {run!r} names several teacher runs: {sorted(teachers)}")
+        t_run = teachers.pop()
+        if not any(k[0] == t_run for k in look):
+            skipped.append(f"{run} (teacher {t_run} has no scores)")
+            continue
+        for b in benches:
+            diffs, paired = [], 0
+            for seed, teacher in members:
+                _, t_seed = teacher_ref(teacher)
+                s_val = val.get((run, seed, b))
+                if s_val is None:
+                    continue
+                if t_run == BASE and (BASE, None, b) in val:
+                    tv = val[(BASE, None, b)]
+                    paired += 1
+                elif t_seed is not None and (t_run, t_seed, b) in val:
+                    tv = val[(t_run, t_seed, b)]
+                    paired += 1
+                elif (t_run, seed, b) in val:
+                    tv = val[(t_run, seed, b)]
+                    paired += 1
+                else:
+                    tv = look[(t_run, b)][0]
+                diffs.append(s_val - tv)
+            if not diffs:
+                continue
+            rows.append(
+                {
+                    "run": run,
+                    "teacher": t_run,
+                    "benchmark": b,
+                    "n_seeds": len(diffs),
+                    "paired_seeds": paired,
+                    "run_mean": look[(run, b)][0],
+                    "teacher_mean": look[(t_run, b)][0],
+                    "delta": float(np.mean(diffs)),
+                    "uncertainty": rss(look[(run, b)][1], look[(t_run, b)][1]),
+                }
+            )
+    cols = ["run", "teacher", "benchmark", "n_seeds", "paired_seeds", "run_mean", "teacher_mean", "delta"]
+    cols.append("uncertainty")
+    d = pd.DataFrame(rows, columns=cols)
+    disp = []
+    for (run, teacher), g in d.groupby(["run", "teacher"], sort=False):
+        by = g.set_index("benchmark")
+        row = {"run": run, "teacher": teacher, "seeds (paired)": f"{by['n_seeds'].max()} ({by['paired_seeds'].min()})"}
+        for b in benches:
+            row[label(b)] = _fmt(by["delta"].get(b), by["uncertainty"].get(b), signed=True) if b in by.index else "–"
+        disp.append(_with_method(row, run, methods))
+    note = (
+        "Change in accuracy against the run's teacher (run − teacher), averaged over the run's seeds; a seed is "
+        "compared with the teacher's same seed where it exists ('paired'), else with the teacher's mean. "
+        "± combined standard error of the two means."
+    )
+    if not students:
+        note = "No run in the config has a teacher. " + note
+    if skipped:
+        note += " Skipped: " + "; ".join(skipped) + "."
+    return Table(
+        "delta_vs_teacher", _data_with_method(d, methods), pd.DataFrame(disp), note, "Change against the teacher"
+    )
+
+
+def retention_table(
+    summary: pd.DataFrame,
+    target: str | None = None,
+    retention: Iterable[str] | None = None,
+    methods: Methods | None = None,
+) -> Table:
+    if target is None:
+        target = target_and_retention(dict.fromkeys(summary["benchmark"]))[0]
+    r = retention_summary(summary, target, retention)
+    retention = [c[: -len("_change")] for c in r.columns if c.endswith("_change") and c != "retention_change"]
+    disp = pd.DataFrame(
+        {
+            "run": r["run"],
+            "seeds": r["n_seeds"],
+            f"{label(target)} gain": [_fmt(v, u, True) for v, u in zip(r[f"{target}_gain"], r[f"{target}_gain_unc"])],
+            **{
+                f"{label(b)} Δ": [_fmt(v, u, True) for v, u in zip(r[f"{b}_change"], r[f"{b}_change_unc"])]
+                for b in retention
+            },
+            "mean retention Δ": [_fmt(v, u, True) for v, u in zip(r["retention_change"], r["retention_change_unc"])],
+        }
+    )
+    if _shown(methods):
+        disp = pd.DataFrame([_with_method(row, row["run"], methods) for row in disp.to_dict("records")])
+    note = (
+        f"Gain on {label(target)} and change on the retention benchmarks "
+        f"({', '.join(label(b) for b in retention)}) against the base model; 'mean retention Δ' is their mean "
+        "(negative = forgetting). ± combined standard error."
+    )
+    return Table("retention", _data_with_method(r, methods), disp, note, "Gain against retention")
+
+
+def write_table(table: Table, tables_dir) -> list[Path]:
+    """Write ``{name}.csv`` (numbers), ``{name}.md`` and ``{name}.tex`` (formatted) atomically."""
+    tables_dir = Path(tables_dir)
+    paths = []
+    for ext, text in (
+        ("csv", table.data.to_csv(index=False, float_format="%.6g")),
+        ("md", table.markdown()),
+        ("tex", table.latex()),
+    ):
+        path = tables_dir / f"{table.name}.{ext}"
+        with atomic_file(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def build_tables(
+    scores: pd.DataFrame,
+    models,
+    target: str | None = None,
+    retention: Iterable[str] | None = None,
+    summary: pd.DataFrame | None = None,
+) -> dict[str, Table]:
+    """Every table, in ``TABLES`` order."""
+    norm = normalize_models(models)
+    methods = run_methods(norm)
+    if summary is None:
+        summary = summarize(scores, runs=run_order(norm))
+    return {
+        "scores": scores_table(summary, methods),
+        "delta_vs_base": delta_vs_base_table(summary, methods),
+        "delta_vs_teacher": delta_vs_teacher_table(scores, norm, summary),
+        "retention": retention_table(summary, target, retention, methods),
+    }
+
+
+# --------------------------------------------------------------------------------------------- claims.md, claims.json
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None, retention=None) -> str:
+    """Render verdicts: a table of checks per claim and the verdict in bold."""
+    retention = list(bench_facts.RETENTION if retention is None else retention)
+    lines = ["# Claim verdicts", ""]
+    if results:
+        z = results[0]["thresholds"].get("z", claim_defaults()["thresholds"]["z"])
+        lines += [
+            "Accuracy differences are fractions (0.02 = 2 points). Retention drop = minus the mean change on "
+            f"{_and([bench_facts.get(b).label for b in retention])} against base (positive = forgetting). "
+            "± is one combined standard error. "
+            f"A check passes (fails) when it holds (is violated) by more than z = {z:g} standard errors; "
+            "otherwise it is uncertain, and a claim whose outcome hinges on an uncertain check is inconclusive.",
+            "",
+        ]
+    if roles:
+        lines += ["Roles: " + ", ".join(f"{k} = `{v}`" for k, v in roles.items()), ""]
+    for r in results:
+        lines += [f"## {r['claim']}: {r['statement']}", ""]
+        if r["checks"]:
+            rows = [
+                {
+                    "check": c["quantity"],
+                    "value": f"{c['value']:+.4f}",
+                    "± (1 se)": "–" if c["uncertainty"] is None else f"{c['uncertainty']:.4f}",
+                    "requirement": f"{c['op']} {c['threshold']:g} ({c['threshold_key']})",
+                    "outcome": c["outcome"],
+                }
+                for c in r["checks"]
+            ]
+            align = ("left", "right", "right", "left", "left")
+            lines += [pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True, colalign=align), ""]
+        extra = {k: v for k, v in r["quantities"].items() if k not in {c["quantity"] for c in r["checks"]}}
+        if extra:
+            lines += [
+                "Also: "
+                + "; ".join(
+                    f"{k} = {v['value']:+.4f}" + ("" if v["uncertainty"] is None else f" ± {v['uncertainty']:.4f}")
+                    for k, v in extra.items()
+                ),
+                "",
+            ]
+        lines += [f"Verdict: **{r['verdict']}**. {r['reason']}.", ""]
+    return "\n".join(lines)
+
+
+def write_claims(results: list[dict], tables_dir, roles: Mapping[str, str] | None = None, retention=None):
+    """Write ``claims.md`` and ``claims.json`` atomically."""
+    tables_dir = Path(tables_dir)
+    md = tables_dir / "claims.md"
+    with atomic_file(md) as tmp:
+        tmp.write_text(claims_markdown(results, roles, retention), encoding="utf-8")
+    js = tables_dir / "claims.json"
+    write_json(js, {"roles": dict(roles or {}), "claims": results})
+    return [md, js]

@@ -8,7 +8,7 @@ Writes  {tables-dir}/{scores,delta_vs_base,delta_vs_teacher,retention}.{csv,md,t
         {figures-dir}/{scores,retention_vs_gain,training_curves}.{png,pdf}
 and prints the scores table (Markdown) to stdout.
 
-Each *-json option takes a path to a JSON file or the JSON text itself.
+Each *-json option takes the JSON text itself or @FILE (a JSON or YAML file).
   --models-json      [{"name": "base", "run": "base", "seed": null},
                       {"name": "opd/seed0", "run": "opd", "seed": 0, "teacher": "sft_stress",
                        "states": "learner", "signal": "teacher_kl"}, ...]
@@ -29,7 +29,6 @@ Each *-json option takes a path to a JSON file or the JSON text itself.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -38,34 +37,22 @@ _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-
-def _json_arg(text: str | None, what: str):
-    if text is None:
-        return None
-    path = Path(text)
-    try:
-        if not text.lstrip().startswith(("{", "[")) and path.is_file():
-            return json.loads(path.read_text())
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"error: --{what}: not valid JSON ({e.msg}): {text[:200]!r}") from None
-    except OSError as e:
-        raise SystemExit(f"error: --{what}: {e}") from None
+from statepost.io import json_arg  # noqa: E402  (light: no pandas)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scores-dir", default="results/scores", help="score files root (default: %(default)s)")
     p.add_argument("--metrics-dir", default="results/models", help="trained models root (default: %(default)s)")
-    p.add_argument("--models-json", required=True, help="model list (file or JSON text), see above")
-    p.add_argument("--thresholds-json", default=None, help="verdict thresholds (file or JSON text)")
-    p.add_argument("--roles-json", default=None, help="claim roles -> runs (file or JSON text)")
+    p.add_argument("--models-json", required=True, type=json_arg, help="model list (JSON text or @FILE), see above")
+    p.add_argument("--thresholds-json", type=json_arg, help="verdict thresholds (JSON text or @FILE)")
+    p.add_argument("--roles-json", type=json_arg, help="claim roles -> runs (JSON text or @FILE)")
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--benchmarks", nargs="+", default=None,
         help="benchmarks in config order (default: every benchmark of workflow/tasks/benchmarks.yaml)",
     )  # fmt: skip
-    g.add_argument("--benchmarks-json", default=None, help="the same as a JSON list (file or JSON text)")
+    g.add_argument("--benchmarks-json", type=json_arg, help="the same as a JSON list (JSON text or @FILE)")
     p.add_argument("--claims", default=None, help="claims file (default: config/claims.yaml)")
     p.add_argument("--tables-dir", default="results/tables", help="(default: %(default)s)")
     p.add_argument("--figures-dir", default="results/figures", help="(default: %(default)s)")
@@ -74,10 +61,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    models = _json_arg(args.models_json, "models-json")
-    thresholds = _json_arg(args.thresholds_json, "thresholds-json")
-    roles = _json_arg(args.roles_json, "roles-json")
-    benchmarks = args.benchmarks or _json_arg(args.benchmarks_json, "benchmarks-json")
+    models, thresholds, roles = args.models_json, args.thresholds_json, args.roles_json
+    benchmarks = args.benchmarks or args.benchmarks_json
     if not benchmarks:
         from statepost.benchmarks import NAMES as benchmarks
     benchmarks = list(benchmarks)

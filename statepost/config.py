@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,7 +21,10 @@ from jsonschema.exceptions import best_match
 from . import benchmarks as bench_facts
 from .io import ConfigError
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
+CLAIMS_SCHEMA_PATH = REPO / "workflow" / "schemas" / "claims.schema.yaml"
+CLAIM_BENCHMARKS = ("each", "target", "retention")  # a claim's `benchmark:` keywords besides a benchmark name
 
 # Model names the DAG uses for things that are not runs, and rule names a run must not shadow.
 RESERVED = {"base", "all", "base_model", "evaluate", "report", "data", "teacher", "init"}
@@ -34,7 +38,7 @@ def load_schema() -> dict:
 def _key_path(error) -> str:
     """The dotted key path an error is about; a missing or unexpected key is named too."""
     parts = [str(p) for p in error.absolute_path]
-    if error.validator in ("required", "additionalProperties"):
+    if error.validator in ("required", "additionalProperties", "unevaluatedProperties"):
         # "'teacher' is a required property" / "... ('clip_eps' was unexpected)": name the key itself
         names = re.findall(r"'([^']+)'", error.message)
         if len(names) == 1:
@@ -245,3 +249,83 @@ def load(path: str | Path) -> dict:
         return validate(config)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------- the claims file
+
+
+def claim_defaults() -> dict:
+    """The config schema's ``claims`` defaults: ``{"definitions", "roles", "thresholds"}``."""
+    return with_defaults({}, "claims")
+
+
+def default_claims_path() -> Path:
+    return REPO / claim_defaults()["definitions"]
+
+
+def load_claims(path=None) -> dict:
+    """Read and validate a claims file (default: the schema's ``claims.definitions``); a dict is taken as read.
+    Returns ``{"path", "derived_roles", "claims"}``; a ConfigError names the file and the key path."""
+    if isinstance(path, Mapping):
+        return path if "path" in path else _validate_claims(dict(path), "<claims>")
+    path = Path(path) if path is not None else default_claims_path()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the claims file ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return _validate_claims(raw, str(path))
+
+
+def _validate_claims(raw, where: str) -> dict:
+    def fail(key, msg):
+        parts = key.split(".")
+        claims = raw.get("claims") if isinstance(raw, dict) else None
+        if len(parts) > 1 and parts[0] == "claims" and parts[1].isdigit() and isinstance(claims, list):
+            claim = claims[int(parts[1])] if int(parts[1]) < len(claims) else None
+            if isinstance(claim, dict) and isinstance(claim.get("id"), str):
+                key += f" (claim {claim['id']})"
+        raise ConfigError(f"{where}: {key}: {msg}")
+
+    schema = yaml.safe_load(CLAIMS_SCHEMA_PATH.read_text())
+    err = best_match(Draft202012Validator(schema).iter_errors(raw))
+    if err is not None:
+        fail(_key_path(err), err.message)
+    spec = {"path": where, "derived_roles": dict(raw.get("derived_roles") or {}), "claims": []}
+
+    config_roles = list(claim_defaults()["roles"])
+    thresholds = [k for k in claim_defaults()["thresholds"] if k != "z"]
+    for name, how in spec["derived_roles"].items():
+        if name in config_roles or name == "base":
+            fail(f"derived_roles.{name}", f"{name!r} is already a role of the config")
+        if how["teacher_of"] not in config_roles:
+            fail(
+                f"derived_roles.{name}.teacher_of",
+                f"unknown role {how['teacher_of']!r} (known: {', '.join(config_roles)})",
+            )
+    known_roles = config_roles + list(spec["derived_roles"])
+    ids = set()
+    for i, claim in enumerate(raw["claims"]):
+        key = f"claims.{i}"
+        if claim["id"] in ids:
+            fail(f"{key}.id", f"duplicate claim id {claim['id']!r}")
+        ids.add(claim["id"])
+        for j, role in enumerate(claim["roles"]):
+            if role not in known_roles:
+                fail(f"{key}.roles.{j}", f"unknown role {role!r} (known: {', '.join(known_roles)}; a new role needs "
+                     "an entry in claims.roles of workflow/schemas/config.schema.yaml)")  # fmt: skip
+        for part in ("checks", "reports"):
+            for j, q in enumerate(claim.get(part) or []):
+                for role in [q["role"]] if "role" in q else q["roles"]:
+                    if role != "base" and role not in claim["roles"]:
+                        fail(f"{key}.{part}.{j}", f"role {role!r} is not among the claim's roles {claim['roles']}")
+                on = q.get("benchmark")
+                if on is not None and on not in CLAIM_BENCHMARKS and on not in bench_facts.NAMES:
+                    fail(f"{key}.{part}.{j}.benchmark", f"{on!r} is neither a benchmark ({', '.join(bench_facts.NAMES)}) "
+                         f"nor one of {', '.join(CLAIM_BENCHMARKS)}")  # fmt: skip
+                if part == "checks" and q["threshold"] not in thresholds:
+                    fail(f"{key}.{part}.{j}.threshold", f"unknown threshold {q['threshold']!r} (claims.thresholds "
+                         f"has {', '.join(thresholds)})")  # fmt: skip
+        spec["claims"].append({"reports": [], **claim})
+    return spec

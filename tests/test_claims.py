@@ -263,7 +263,9 @@ from pathlib import Path  # noqa: E402
 
 import yaml  # noqa: E402
 
-from statepost.report.claims import QUANTITIES, SCHEMA_PATH, load_claims, resolve_roles  # noqa: E402
+from statepost.config import CLAIMS_SCHEMA_PATH as SCHEMA_PATH  # noqa: E402
+from statepost.config import load_claims  # noqa: E402
+from statepost.report.claims import QUANTITIES, resolve_roles  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CLAIMS_FILE = ROOT / "config" / "claims.yaml"
@@ -402,12 +404,12 @@ def test_opd_teacher_is_the_opd_runs_teacher():
     assert r["verdict"] == "not run" and "role 'opd_teacher'" in r["reason"]
 
 
-def test_claims_module_reads_without_pandas():
+def test_claims_file_reads_without_pandas():
     import subprocess
     import sys
 
     code = (
-        "import sys\nfrom statepost.report.claims import load_claims\nload_claims()\n"
+        "import sys\nfrom statepost.config import load_claims\nload_claims()\n"
         "print(sorted(m for m in ('pandas', 'matplotlib', 'numpy') if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 
 from statepost import report as R
+from statepost.report import claims as report_claims
+from statepost.report import figures, load, statistics, tables
 from statepost.config import with_defaults
 from statepost.io import ConfigError, DataError
 
@@ -110,7 +112,7 @@ def workspace(tmp_path):
 
 @pytest.fixture
 def loaded(workspace):
-    return R.load_scores(workspace / "scores", models_list(), BENCHES)
+    return load.load_scores(workspace / "scores", models_list(), BENCHES)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -132,81 +134,81 @@ def test_load_scores_tidy(loaded):
 def test_missing_score_file_is_named(workspace):
     (workspace / "scores" / "rl" / "seed0" / "mmlu.json").unlink()
     with pytest.raises(DataError, match=r"rl/seed0/mmlu\.json"):
-        R.load_scores(workspace / "scores", models_list())
+        load.load_scores(workspace / "scores", models_list())
 
 
 def test_bad_score_files(workspace):
     path = workspace / "scores" / "base" / "gsm8k.json"
     path.write_text("{not json")
     with pytest.raises(DataError, match="base/gsm8k.json: not valid JSON"):
-        R.load_scores(workspace / "scores", models_list())
+        load.load_scores(workspace / "scores", models_list())
     write_score(workspace / "scores", "base", "gsm8k", 0.3, 0.01)
     rec = json.loads(path.read_text())
     rec["model"] = "sft_mild/seed0"
     path.write_text(json.dumps(rec))
     with pytest.raises(DataError, match="field 'model'"):
-        R.load_scores(workspace / "scores", models_list())
+        load.load_scores(workspace / "scores", models_list())
     rec["model"] = "base"
     rec["metrics"] = [{"metric": "exact_match,flexible-extract", "value": 0.3, "stderr": None}]
     path.write_text(json.dumps(rec))
     with pytest.raises(DataError, match="strict-match"):
-        R.load_scores(workspace / "scores", models_list())
+        load.load_scores(workspace / "scores", models_list())
     # a null non-primary metric is fine (lm-eval leaves some empty); a null primary is not
     rec["metrics"].append({"metric": "exact_match,strict-match", "value": 0.3, "stderr": None})
     path.write_text(json.dumps(rec))
-    df = R.load_scores(workspace / "scores", models_list())
+    df = load.load_scores(workspace / "scores", models_list())
     row = df[(df.model == "base") & (df.benchmark == "gsm8k") & df.primary].iloc[0]
     assert row["value"] == 0.3 and math.isnan(row["stderr"])
     rec["metrics"][0]["value"] = None
     path.write_text(json.dumps(rec))
-    df = R.load_scores(workspace / "scores", models_list())
+    df = load.load_scores(workspace / "scores", models_list())
     flex = df[(df.model == "base") & (df.metric == "exact_match,flexible-extract")]["value"]
     assert flex.isna().all() and len(flex) == 1
     rec["metrics"][1]["value"] = None
     path.write_text(json.dumps(rec))
     with pytest.raises(DataError, match=r"metrics\[1\]\.value must be a number"):
-        R.load_scores(workspace / "scores", models_list())
+        load.load_scores(workspace / "scores", models_list())
 
 
 def test_model_list_forms():
-    as_list = R.normalize_models(models_list())
-    as_names = R.normalize_models([m["name"] for m in models_list()])
+    as_list = load.normalize_models(models_list())
+    as_names = load.normalize_models([m["name"] for m in models_list()])
     assert {k: (v["run"], v["seed"]) for k, v in as_list.items()} == {
         k: (v["run"], v["seed"]) for k, v in as_names.items()
     }
     assert list(as_list) == [m["name"] for m in models_list()]  # order kept
     assert as_list["opd/seed0"]["teacher"] == "sft_stress"
-    assert R.run_order(as_list) == ["base", "sft_mild", "sft_stress", "opd", "rl"]
+    assert load.run_order(as_list) == ["base", "sft_mild", "sft_stress", "opd", "rl"]
     with pytest.raises(ConfigError, match="seed"):
-        R.normalize_models(["sft_mild"])
+        load.normalize_models(["sft_mild"])
     with pytest.raises(ConfigError):
-        R.normalize_models({"x/seed0": {"run": "x", "seed": "0"}})
+        load.normalize_models({"x/seed0": {"run": "x", "seed": "0"}})
 
 
 def test_roles_follow_opd_teacher():
     models = models_list() + [{"name": "opd2/seed0", "run": "opd2", "seed": 0, "teacher": "sft_mild"}]
-    assert R.resolve_roles(models)["opd_teacher"] == "sft_stress"
-    assert R.resolve_roles(models, {"opd": "opd2"})["opd_teacher"] == "sft_mild"
-    assert R.resolve_roles(models, {"opd": "opd2", "opd_teacher": "rl"})["opd_teacher"] == "rl"
+    assert report_claims.resolve_roles(models)["opd_teacher"] == "sft_stress"
+    assert report_claims.resolve_roles(models, {"opd": "opd2"})["opd_teacher"] == "sft_mild"
+    assert report_claims.resolve_roles(models, {"opd": "opd2", "opd_teacher": "rl"})["opd_teacher"] == "rl"
     with pytest.raises(ConfigError, match="unknown role"):
-        R.resolve_roles(models, {"mlid": "x"})
+        report_claims.resolve_roles(models, {"mlid": "x"})
 
 
 def test_load_metrics(workspace):
-    m = R.load_metrics(workspace / "models", models_list())
+    m = load.load_metrics(workspace / "models", models_list())
     assert set(m["model"]) == {model_name(r, s) for r, s in SCORES if r != "base"}
     assert m.groupby("model")["step"].max().eq(40).all()
     assert m.loc[m["run"] == "opd", "kl"].notna().all() and m.loc[m["run"] == "sft_mild", "kl"].isna().all()
     (workspace / "models" / "rl" / "seed0" / "metrics.jsonl").unlink()
     with pytest.raises(DataError, match=r"rl/seed0/metrics\.jsonl"):
-        R.load_metrics(workspace / "models", models_list())
+        load.load_metrics(workspace / "models", models_list())
 
 
 # ------------------------------------------------------------------------------------------ tables
 
 
 def test_summary_two_seeds_and_one(loaded):
-    s = R.summarize(loaded, runs=R.run_order(models_list())).set_index(["run", "benchmark"])
+    s = statistics.summarize(loaded, runs=load.run_order(models_list())).set_index(["run", "benchmark"])
     mild = s.loc[("sft_mild", "gsm8k")]
     assert mild["n_seeds"] == 2
     assert mild["mean"] == pytest.approx(0.41)
@@ -222,28 +224,28 @@ def test_summary_two_seeds_and_one(loaded):
 
 
 def test_tables_content(loaded, tmp_path):
-    tables = R.build_tables(loaded, models_list())
-    assert set(tables) == set(R.TABLES)
-    sc = tables["scores"].display.set_index("run")
+    built = tables.build_tables(loaded, models_list())
+    assert set(built) == set(tables.TABLES)
+    sc = built["scores"].display.set_index("run")
     assert list(sc.columns) == ["seeds", "GSM8K", "TruthfulQA mc2", "MMLU"]
     assert sc.loc["sft_mild", "seeds"] == 2 and sc.loc["rl", "seeds"] == 1
     assert sc.loc["rl", "MMLU"] == "0.498 ± 0.004"  # one seed: lm-eval stderr
     assert sc.loc["sft_mild", "GSM8K"].startswith("0.410 ± 0.014")  # two seeds: seed std
     assert "(se 0.012)" in sc.loc["sft_mild", "GSM8K"]
 
-    d = tables["delta_vs_base"].data.set_index(["run", "benchmark"])
+    d = built["delta_vs_base"].data.set_index(["run", "benchmark"])
     assert d.loc[("sft_stress", "truthfulqa_mc2"), "delta"] == pytest.approx(0.31 - 0.40)
     assert d.loc[("rl", "gsm8k"), "uncertainty"] == pytest.approx(math.hypot(0.012, 0.012))
     assert "base" not in d.index.get_level_values(0)
 
-    t = tables["delta_vs_teacher"].data.set_index("benchmark")
+    t = built["delta_vs_teacher"].data.set_index("benchmark")
     assert set(t["run"]) == {"opd"} and set(t["teacher"]) == {"sft_stress"}
     # seed 0 paired with teacher seed 0 (0.50 - 0.45); seed 2 against the teacher mean (0.48 - 0.46)
     assert t.loc["gsm8k", "delta"] == pytest.approx(((0.50 - 0.45) + (0.48 - 0.46)) / 2)
     assert t.loc["gsm8k", "paired_seeds"] == 1 and t.loc["gsm8k", "n_seeds"] == 2
-    assert tables["delta_vs_teacher"].display.iloc[0]["seeds (paired)"] == "2 (1)"
+    assert built["delta_vs_teacher"].display.iloc[0]["seeds (paired)"] == "2 (1)"
 
-    r = tables["retention"].data.set_index("run")
+    r = built["retention"].data.set_index("run")
     assert r.loc["sft_stress", "gsm8k_gain"] == pytest.approx(0.16)
     assert r.loc["sft_stress", "retention_change"] == pytest.approx(((0.31 - 0.40) + (0.41 - 0.50)) / 2)
     u = r.loc["rl", "retention_change_unc"]
@@ -252,9 +254,9 @@ def test_tables_content(loaded, tmp_path):
 
 
 def test_write_tables_csv_md_tex(loaded, tmp_path):
-    tables = R.build_tables(loaded, models_list())
-    for t in tables.values():
-        paths = R.write_table(t, tmp_path)
+    built = tables.build_tables(loaded, models_list())
+    for t in built.values():
+        paths = tables.write_table(t, tmp_path)
         assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
     back = pd.read_csv(tmp_path / "scores.csv")
     assert {"run", "benchmark", "n_seeds", "mean", "seed_std", "eval_stderr", "uncertainty"} <= set(back.columns)
@@ -269,38 +271,38 @@ def test_write_tables_csv_md_tex(loaded, tmp_path):
 
 def test_no_teacher_table_still_written(loaded, tmp_path):
     models = [dict(m, teacher=None) for m in models_list()]
-    t = R.build_tables(loaded, models)["delta_vs_teacher"]
+    t = tables.build_tables(loaded, models)["delta_vs_teacher"]
     assert t.data.empty and "No run in the config has a teacher" in t.note
-    R.write_table(t, tmp_path)
+    tables.write_table(t, tmp_path)
     assert "no rows" in (tmp_path / "delta_vs_teacher.md").read_text()
     assert (tmp_path / "delta_vs_teacher.tex").read_text().startswith("%")
 
 
 def test_tables_show_each_runs_states_and_signal(loaded, tmp_path):
-    tables = R.build_tables(loaded, models_list(methods=True))
-    sc = tables["scores"].display.set_index("run")
+    built = tables.build_tables(loaded, models_list(methods=True))
+    sc = built["scores"].display.set_index("run")
     assert list(sc.columns) == ["states", "signal", "seeds", "GSM8K", "TruthfulQA mc2", "MMLU"]
     assert sc.loc["base", ["states", "signal"]].tolist() == ["–", "–"]
     for run, pair in METHODS.items():
         assert tuple(sc.loc[run, ["states", "signal"]]) == pair
     assert sc.loc["rl", "MMLU"] == "0.498 ± 0.004"  # the numbers are unchanged
     for name in ("delta_vs_base", "retention"):
-        disp = tables[name].display
+        disp = built[name].display
         assert list(disp.columns[:3]) == ["run", "states", "signal"], name
         assert [tuple(r) for r in disp[["states", "signal"]].itertuples(index=False)] == [
             METHODS[r] for r in disp["run"]
         ]
-    teacher = tables["delta_vs_teacher"].display
+    teacher = built["delta_vs_teacher"].display
     assert teacher[["run", "states", "signal", "teacher"]].values.tolist() == [
         ["opd", "learner", "teacher_kl", "sft_stress"]
     ]
     # the numbers carry the pair as well (empty for base)
-    data = tables["scores"].data
+    data = built["scores"].data
     assert list(data.columns[:3]) == ["run", "states", "signal"]
     assert data.loc[data.run == "opd", "signal"].unique().tolist() == ["teacher_kl"]
     assert data.loc[data.run == "base", "states"].isna().all()
-    for t in tables.values():
-        R.write_table(t, tmp_path)
+    for t in built.values():
+        tables.write_table(t, tmp_path)
     md = (tmp_path / "scores.md").read_text()
     assert "| states" in md and "| learner  | teacher_kl |" in md
     assert "\\begin{tabular}{lllrrrr}" in (tmp_path / "scores.tex").read_text()
@@ -311,17 +313,17 @@ def test_tables_show_each_runs_states_and_signal(loaded, tmp_path):
 
 
 def test_colors_fixed_by_run_order():
-    c = R.run_colors(["base", "a", "b", "c"])
-    assert c["base"] == R.BASE_COLOR and c["a"] == R.PALETTE[0] and c["c"] == R.PALETTE[2]
-    assert R.run_colors(["a", "base", "b"]) == {"a": R.PALETTE[0], "base": R.BASE_COLOR, "b": R.PALETTE[1]}
+    c = figures.run_colors(["base", "a", "b", "c"])
+    assert c["base"] == figures.BASE_COLOR and c["a"] == figures.PALETTE[0] and c["c"] == figures.PALETTE[2]
+    assert figures.run_colors(["a", "base", "b"]) == {"a": figures.PALETTE[0], "base": figures.BASE_COLOR, "b": figures.PALETTE[1]}
 
 
 def test_scores_figure(loaded):
     from matplotlib.colors import to_hex
 
-    runs = R.run_order(models_list())
-    colors = R.run_colors(runs)
-    fig = R.scores_figure(R.summarize(loaded, runs=runs), colors, loaded)
+    runs = load.run_order(models_list())
+    colors = figures.run_colors(runs)
+    fig = figures.scores_figure(statistics.summarize(loaded, runs=runs), colors, loaded)
     ax = fig.axes[0]
     assert ax.get_ylabel() == "accuracy"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["GSM8K", "TruthfulQA mc2", "MMLU"]
@@ -343,10 +345,10 @@ def test_scores_figure(loaded):
 
 
 def test_retention_vs_gain_figure(loaded):
-    runs = R.run_order(models_list())
-    colors = R.run_colors(runs)
-    table = R.retention_table(R.summarize(loaded, runs=runs))
-    fig = R.retention_vs_gain_figure(table.data, colors, thresholds=with_defaults({}, "claims")["thresholds"])
+    runs = load.run_order(models_list())
+    colors = figures.run_colors(runs)
+    table = tables.retention_table(statistics.summarize(loaded, runs=runs))
+    fig = figures.retention_vs_gain_figure(table.data, colors, thresholds=with_defaults({}, "claims")["thresholds"])
     ax = fig.axes[0]
     assert "GSM8K" in ax.get_xlabel() and "vs base" in ax.get_xlabel()
     assert "retention" in ax.get_ylabel() and "MMLU" in ax.get_ylabel()
@@ -376,9 +378,9 @@ def test_retention_vs_gain_figure(loaded):
 
 
 def test_training_curves_figure(workspace):
-    runs = R.run_order(models_list())
-    metrics = R.load_metrics(workspace / "models", models_list())
-    fig = R.training_curves_figure(metrics, R.run_colors(runs), runs, SIGNALS)
+    runs = load.run_order(models_list())
+    metrics = load.load_metrics(workspace / "models", models_list())
+    fig = figures.training_curves_figure(metrics, figures.run_colors(runs), runs, SIGNALS)
     axes = fig.axes
     assert len(axes) == 2 * 4  # two rows, one column per trained run
     titles = [a.get_title() for a in axes if a.get_title()]
@@ -392,17 +394,17 @@ def test_training_curves_figure(workspace):
     assert len(opd_loss.get_lines()) == 4 and opd_loss.get_legend() is not None
     # only NLL runs: a single row
     only_sft = metrics[metrics["run"].str.startswith("sft")]
-    fig = R.training_curves_figure(only_sft)
+    fig = figures.training_curves_figure(only_sft)
     assert len(fig.axes) == 2
 
 
 def test_training_curves_second_panel_follows_the_signal(workspace):
     """The second panel is chosen by the run's signal type, not by which metric names happen to be logged."""
-    runs = R.run_order(models_list())
-    metrics = R.load_metrics(workspace / "models", models_list())
+    runs = load.run_order(models_list())
+    metrics = load.load_metrics(workspace / "models", models_list())
     metrics.loc[metrics["run"] == "sft_mild", "reward"] = 0.5  # e.g. a learner-state SFT run logging its reward
     signals = dict(SIGNALS, opd="reward")  # opd logs kl and no reward; its panel says so
-    fig = R.training_curves_figure(metrics, R.run_colors(runs), runs, signals)
+    fig = figures.training_curves_figure(metrics, figures.run_colors(runs), runs, signals)
     axes = fig.axes
     ylabels = [a.get_ylabel() for a in axes]
     assert ylabels.count("mean reward") == 2 and not any("KL" in y for y in ylabels)
@@ -410,21 +412,21 @@ def test_training_curves_second_panel_follows_the_signal(workspace):
     assert "(no 'reward' logged)" in texts
     assert texts.count("(nll: the loss\nis the signal)") == 2  # sft_mild too, though it logs a reward
     # no signals known (a plain model list): loss only, whatever is logged
-    fig = R.training_curves_figure(metrics, R.run_colors(runs), runs)
+    fig = figures.training_curves_figure(metrics, figures.run_colors(runs), runs)
     assert len(fig.axes) == 4 and {a.get_ylabel() for a in fig.axes} == {"training loss"}
 
 
 def test_save_figure_png_pdf(loaded, tmp_path):
     from matplotlib.image import imread
 
-    runs = R.run_order(models_list())
-    fig = R.scores_figure(R.summarize(loaded, runs=runs))
-    png, pdf = R.save_figure(fig, tmp_path, "scores")
+    runs = load.run_order(models_list())
+    fig = figures.scores_figure(statistics.summarize(loaded, runs=runs))
+    png, pdf = figures.save_figure(fig, tmp_path, "scores")
     img = imread(png)
     w_in, h_in = fig.get_size_inches()
     # 200 dpi; bbox_inches="tight" trims or grows the canvas a little
-    assert img.shape[1] > 0.8 * w_in * R.FIGURE_DPI and img.shape[0] > 0.8 * h_in * R.FIGURE_DPI
-    assert img.shape[0] < 2 * h_in * R.FIGURE_DPI
+    assert img.shape[1] > 0.8 * w_in * figures.FIGURE_DPI and img.shape[0] > 0.8 * h_in * figures.FIGURE_DPI
+    assert img.shape[0] < 2 * h_in * figures.FIGURE_DPI
     assert img[..., :3].std() > 0.05  # not blank
     assert pdf.read_bytes()[:5] == b"%PDF-"
     assert not list(tmp_path.glob(".*.tmp"))
@@ -460,7 +462,7 @@ def test_cli_end_to_end(workspace):
     models_file.write_text(json.dumps(models_list()))
     args = [
         "--scores-dir", str(workspace / "scores"), "--metrics-dir", str(workspace / "models"),
-        "--models-json", str(models_file), "--thresholds-json", '{"little_forgetting": 0.02, "z": 1.96}',
+        "--models-json", f"@{models_file}", "--thresholds-json", '{"little_forgetting": 0.02, "z": 1.96}',
         "--roles-json", '{"mild": "sft_mild", "stress": "sft_stress", "opd": "opd", "rl": "rl"}',
         "--benchmarks-json", json.dumps(BENCHES),
         "--tables-dir", str(workspace / "t"), "--figures-dir", str(workspace / "f"),

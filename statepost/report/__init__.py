@@ -8,48 +8,37 @@ Everything here reads the files other rules write (``results/scores/{model}/{ben
 * figures (``results/figures/{name}.png|.pdf``): ``scores``, ``retention_vs_gain``, ``training_curves``.
 
 Modules: :mod:`.load` (model list, score files, metrics), :mod:`.statistics` (summaries and the uncertainty
-convention), :mod:`.tables`, :mod:`.figures`, :mod:`.claims` (the claims file and its interpreter). The public names
-below are imported from them on first use, so ``statepost.report.claims`` can be read without pandas or matplotlib
-(the workflow validates the claims file when it builds the DAG).
+convention), :mod:`.tables`, :mod:`.figures`, :mod:`.claims` (the interpreter of the claims file, which
+:func:`statepost.config.load_claims` reads and validates).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from importlib import import_module
 from pathlib import Path
 
-_EXPORTS = {
-    "load": ("BASE", "parse_model_name", "normalize_models", "run_order", "run_methods", "teacher_ref", "label",
-             "target_and_retention", "load_scores", "load_metrics"),
-    "statistics": ("rss", "summarize", "lookup", "deltas_vs_base", "retention_summary"),
-    "tables": ("TABLES", "TABLE_FORMATS", "Table", "scores_table", "delta_vs_base_table", "delta_vs_teacher_table",
-               "retention_table", "write_table", "build_tables", "claims_markdown", "write_claims"),
-    "figures": ("FIGURES", "FIGURE_FORMATS", "FIGURE_DPI", "BASE_COLOR", "PALETTE", "MARKERS", "SIGNAL_PANEL",
-                "run_colors", "run_markers", "scores_figure", "retention_vs_gain_figure", "training_curves_figure",
-                "save_figure"),
-    "claims": ("QUANTITIES", "claim_defaults", "default_claims_path", "check_thresholds", "resolve_roles",
-               "load_claims", "verdicts"),
-}  # fmt: skip
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = ["make_report", "output_paths", *_WHERE]
+from statepost import benchmarks as bench_facts
+from statepost.config import load_claims
 
+from . import claims as C
+from . import figures as F
+from . import tables as T
+from .claims import QUANTITIES, check_thresholds, resolve_roles, verdicts
+from .figures import FIGURE_FORMATS, FIGURES, run_colors, save_figure
+from .load import BASE, load_metrics, load_scores, normalize_models, run_methods, run_order, target_and_retention
+from .statistics import summarize
+from .tables import TABLE_FORMATS, TABLES, Table, build_tables, claims_markdown, write_claims, write_table
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *_WHERE])
+__all__ = [
+    "BASE", "FIGURES", "FIGURE_FORMATS", "QUANTITIES", "TABLES", "TABLE_FORMATS", "Table", "build_tables",
+    "check_thresholds", "claims_markdown", "load_claims", "load_metrics", "load_scores", "make_report",
+    "normalize_models", "output_paths", "resolve_roles", "run_colors", "run_order", "save_figure", "summarize",
+    "verdicts", "write_claims", "write_table",
+]  # fmt: skip
 
 
 def output_paths(tables_dir, figures_dir) -> list[Path]:
     """Every file ``make_report`` writes (for a Snakemake rule's output list)."""
-    from .figures import FIGURE_FORMATS, FIGURES
-    from .tables import TABLE_FORMATS, TABLES
-
     t, f = Path(tables_dir), Path(figures_dir)
     return (
         [t / f"{n}.{e}" for n in TABLES for e in TABLE_FORMATS]
@@ -76,15 +65,7 @@ def make_report(
     measure retention comes from ``statepost.benchmarks``. ``claims``: the claims file (default: the schema's
     ``claims.definitions``), read and validated before anything else.
     """
-    from statepost import benchmarks as bench_facts
-
-    from . import claims as C
-    from . import figures as F
-    from . import tables as T
-    from .load import load_metrics, load_scores, normalize_models, run_methods, run_order, target_and_retention
-    from .statistics import summarize
-
-    spec = C.load_claims(claims)
+    spec = load_claims(claims)
     norm = normalize_models(models)
     benchmarks = list(bench_facts.NAMES if benchmarks is None else benchmarks)
     target, retention = target_and_retention(benchmarks)

@@ -16,47 +16,23 @@ This module imports no pandas or numpy at module level: the workflow reads claim
 
 from __future__ import annotations
 
-import copy
 import math
-import re
 from collections.abc import Mapping
-from functools import lru_cache
-from pathlib import Path
 
-import yaml
 
 from statepost import benchmarks as bench_facts
+from statepost.config import claim_defaults, load_claims
 from statepost.io import ConfigError
 
 from .load import BASE, normalize_models, teacher_ref
-
-REPO = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = REPO / "workflow" / "schemas" / "claims.schema.yaml"
-ONS = ("each", "target", "retention")  # `benchmark:` keywords besides a benchmark name
 
 
 # --------------------------------------------------------------------------------------------- config
 
 
-@lru_cache(maxsize=1)
-def _defaults() -> dict:
-    from statepost.config import with_defaults
-
-    return with_defaults({}, "claims")
-
-
-def claim_defaults() -> dict:
-    """The config schema's ``claims`` defaults: ``{"definitions", "roles", "thresholds"}``."""
-    return copy.deepcopy(_defaults())
-
-
-def default_claims_path() -> Path:
-    return REPO / _defaults()["definitions"]
-
-
 def check_thresholds(thresholds: Mapping | None) -> dict[str, float]:
     """The schema's defaults overlaid with ``thresholds``; unknown keys and non-numbers are errors."""
-    out = dict(_defaults()["thresholds"])
+    out = dict(claim_defaults()["thresholds"])
     for k, v in (thresholds or {}).items():
         if k not in out:
             raise ConfigError(f"claims.thresholds.{k}: unknown key (known: {', '.join(out)})")
@@ -73,13 +49,13 @@ def resolve_roles(models, roles: Mapping[str, str] | None = None, claims=None) -
     role (``derived_roles`` of the claims file, e.g. ``opd_teacher: {teacher_of: opd}``) is, unless given in
     ``roles``, the teacher named by the models of its source role's run; unassigned when none names one."""
     spec = load_claims(claims)
-    out = dict(_defaults()["roles"])
+    out = dict(claim_defaults()["roles"])
     norm = normalize_models(models)
     for info in norm.values():
         if info["role"]:
             out[info["role"]] = info["run"]
     roles = dict(roles or {})
-    known = [*_defaults()["roles"], *spec["derived_roles"]]
+    known = [*claim_defaults()["roles"], *spec["derived_roles"]]
     unknown = set(roles) - set(known)
     if unknown:
         raise ConfigError(f"claims.roles: unknown role(s) {sorted(unknown)} (known: {', '.join(known)})")
@@ -92,89 +68,6 @@ def resolve_roles(models, roles: Mapping[str, str] | None = None, claims=None) -
         if teachers:
             out[name] = teacher_ref(teachers[0])[0]
     return out
-
-
-# --------------------------------------------------------------------------------------------- claims file
-
-
-def _key_path(error) -> str:
-    parts = [str(p) for p in error.absolute_path]
-    if error.validator in ("required", "additionalProperties", "unevaluatedProperties"):
-        names = re.findall(r"'([^']+)'", error.message)
-        if len(names) == 1:
-            parts.append(names[0])
-    return ".".join(parts) if parts else "(top level)"
-
-
-def load_claims(path=None) -> dict:
-    """Read and validate a claims file (default: the schema's ``claims.definitions``); a dict is taken as read.
-    Returns ``{"path", "derived_roles", "claims"}``; a ConfigError names the file and the key path."""
-    if isinstance(path, Mapping):
-        return path if "path" in path else _validate(dict(path), "<claims>")
-    path = Path(path) if path is not None else default_claims_path()
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the claims file ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    return _validate(raw, str(path))
-
-
-def _validate(raw, where: str) -> dict:
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import best_match
-
-    def fail(key, msg):
-        parts = key.split(".")
-        claims = raw.get("claims") if isinstance(raw, dict) else None
-        if len(parts) > 1 and parts[0] == "claims" and parts[1].isdigit() and isinstance(claims, list):
-            claim = claims[int(parts[1])] if int(parts[1]) < len(claims) else None
-            if isinstance(claim, dict) and isinstance(claim.get("id"), str):
-                key += f" (claim {claim['id']})"
-        raise ConfigError(f"{where}: {key}: {msg}")
-
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    err = best_match(Draft202012Validator(schema).iter_errors(raw))
-    if err is not None:
-        fail(_key_path(err), err.message)
-    spec = {"path": where, "derived_roles": dict(raw.get("derived_roles") or {}), "claims": []}
-
-    config_roles = list(_defaults()["roles"])
-    thresholds = [k for k in _defaults()["thresholds"] if k != "z"]
-    for name, how in spec["derived_roles"].items():
-        if name in config_roles or name == BASE:
-            fail(f"derived_roles.{name}", f"{name!r} is already a role of the config")
-        if how["teacher_of"] not in config_roles:
-            fail(
-                f"derived_roles.{name}.teacher_of",
-                f"unknown role {how['teacher_of']!r} (known: {', '.join(config_roles)})",
-            )
-    known_roles = config_roles + list(spec["derived_roles"])
-    ids = set()
-    for i, claim in enumerate(raw["claims"]):
-        key = f"claims.{i}"
-        if claim["id"] in ids:
-            fail(f"{key}.id", f"duplicate claim id {claim['id']!r}")
-        ids.add(claim["id"])
-        for j, role in enumerate(claim["roles"]):
-            if role not in known_roles:
-                fail(f"{key}.roles.{j}", f"unknown role {role!r} (known: {', '.join(known_roles)}; a new role needs "
-                     "an entry in claims.roles of workflow/schemas/config.schema.yaml)")  # fmt: skip
-        for part in ("checks", "reports"):
-            for j, q in enumerate(claim.get(part) or []):
-                for role in [q["role"]] if "role" in q else q["roles"]:
-                    if role != BASE and role not in claim["roles"]:
-                        fail(f"{key}.{part}.{j}", f"role {role!r} is not among the claim's roles {claim['roles']}")
-                on = q.get("benchmark")
-                if on is not None and on not in ONS and on not in bench_facts.NAMES:
-                    fail(f"{key}.{part}.{j}.benchmark", f"{on!r} is neither a benchmark ({', '.join(bench_facts.NAMES)}) "
-                         f"nor one of {', '.join(ONS)}")  # fmt: skip
-                if part == "checks" and q["threshold"] not in thresholds:
-                    fail(f"{key}.{part}.{j}.threshold", f"unknown threshold {q['threshold']!r} (claims.thresholds "
-                         f"has {', '.join(thresholds)})")  # fmt: skip
-        spec["claims"].append({"reports": [], **claim})
-    return spec
 
 
 # --------------------------------------------------------------------------------------------- quantities

@@ -18,7 +18,7 @@ import pandas as pd
 from statepost import benchmarks as bench_facts
 from statepost.io import ConfigError, atomic_file, write_json
 
-from .claims import claim_defaults
+from statepost.config import claim_defaults
 from .load import BASE, label, normalize_models, run_methods, run_order, target_and_retention, teacher_ref
 from .statistics import deltas_vs_base, lookup, retention_summary, rss, summarize
 

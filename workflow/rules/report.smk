@@ -1,11 +1,9 @@
 # Tables, figures and the claim verdicts, from every score file and every run's metrics.
-from statepost.report.claims import load_claims
-
 REPORT_RES, REPORT_CPUS = resources_for("report")
 CLAIMS_FILE = config["claims"]["definitions"]
 # A malformed claims file fails here, when the DAG is built, not after the runs it judges.
 try:
-    load_claims(CLAIMS_FILE)
+    cfglib.load_claims(CLAIMS_FILE)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 TABLES = ["scores", "delta_vs_base", "delta_vs_teacher", "retention"]

@@ -143,6 +143,19 @@ def run_deps(run_cfg: dict) -> dict[str, str]:
     return deps
 
 
+def method_order_key(config: dict):
+    """Sort key for run names: by state source, then signal type (in the schema's order), then name."""
+    schema = load_schema()["$defs"]
+    sources = schema["states"]["properties"]["source"]["enum"]
+    signals = schema["signal"]["properties"]["type"]["enum"]
+
+    def key(run: str):
+        cfg = config["runs"][run]
+        return sources.index(cfg["states"]["source"]), signals.index(cfg["signal"]["type"]), run
+
+    return key
+
+
 def run_order(config: dict) -> list[str]:
     """Runs in an order where every run comes after the runs it depends on (config order otherwise)."""
     runs = config.get("runs", {})

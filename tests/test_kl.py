@@ -10,7 +10,8 @@ import pytest
 import torch
 from _train_toy import build_model
 
-from statepost.train.signals import TeacherKL, check_same_tokenizer, token_divergence
+from statepost.train.logprobs import token_divergence
+from statepost.train.signals import TeacherKL, check_same_tokenizer
 from statepost.train.states import StateBatch
 
 P_S = [0.5, 0.3, 0.2]

@@ -10,7 +10,8 @@ import torch
 from _train_toy import build_model
 
 from statepost import gsm8k
-from statepost.train.signals import RewardSignal, TeacherKL, completion_logprobs
+from statepost.train.logprobs import completion_logprobs
+from statepost.train.signals import RewardSignal, TeacherKL
 from statepost.train.states import LearnerStates
 
 WORDS = ["Question:", "Answer:", "What", "is", "+", "?", "####", "="] + [str(i) for i in range(10)]

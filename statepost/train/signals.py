@@ -4,54 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from .logprobs import completion_token_logits, entropy, masked_mean, token_divergence, token_logprobs
 from .states import StateBatch
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over the positions where ``mask`` is 1 (over the whole batch)."""
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def shifted_logits(model, batch: StateBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits that predict each completion token, aligned with it.
-
-    Returns ``(logits [B, T-1, V], targets [B, T-1], mask [B, T-1])``: ``logits[:, t]``
-    is the model's output at position ``t`` and predicts ``targets[:, t] = input_ids[:, t+1]``.
-    """
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    logits = out.logits[:, :-1, :].float()
-    targets = batch.input_ids[:, 1:]
-    mask = batch.completion_mask[:, 1:].to(logits.dtype)
-    return logits, targets, mask
-
-
-def completion_logprobs(model, batch: StateBatch):
-    """``(logits, token_logprobs, mask)``: log-probabilities of the realised completion tokens."""
-    logits, targets, mask = shifted_logits(model, batch)
-    logp = torch.log_softmax(logits, dim=-1)
-    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return logits, token_logp, mask
 
 
 # ---------------------------------------------------------------------------------------------
 # NLL signal (core helper): next-token negative log-likelihood of the state's next (gold) token.
 # ---------------------------------------------------------------------------------------------
-
-
-def completion_token_logits(model, batch: StateBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at the completion states only: ``(logits [N, V] float32, targets [N])``.
-
-    Same alignment as :func:`shifted_logits` (the output at ``t`` predicts ``input_ids[:, t+1]``),
-    but only the ``N`` positions whose target is a completion token are kept before the float32
-    cast, so memory is ``N x V`` rather than ``B x T x V`` (a 152k vocabulary makes the
-    difference).
-    """
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    keep = batch.completion_mask[:, 1:] > 0
-    logits = out.logits[:, :-1, :][keep].float()
-    targets = batch.input_ids[:, 1:][keep]
-    return logits, targets
 
 
 class NLLSignal:
@@ -81,7 +40,6 @@ class NLLSignal:
 # On-policy signals (on-policy helper): teacher KL (distillation) and reward (GRPO-style RL).
 # ---------------------------------------------------------------------------------------------
 
-import math as _math  # noqa: E402
 import time as _time  # noqa: E402
 
 
@@ -127,46 +85,6 @@ def check_same_tokenizer(student_tok, teacher_tok, student_dir=None, teacher_dir
             f"teacher and student tokenizers differ: additional special token {diff!r} (student {sdir}: "
             f"{len(sa)} tokens, teacher {tdir}: {len(ta)})"
         )
-
-
-def token_divergence(student_logits, teacher_logits, direction: str = "reverse", beta: float = 0.5):
-    """Per-position divergence between student and teacher next-token distributions, exact over V.
-
-    ``student_logits``, ``teacher_logits``: [..., V]; returns [...] (float32).
-
-    * ``reverse``: KL(student || teacher) = sum_v p_s (log p_s - log p_t)
-    * ``forward``: KL(teacher || student) = sum_v p_t (log p_t - log p_s)
-    * ``jsd``: generalized JSD of GKD (Agarwal et al. 2024) as TRL's ``generalized_jsd_loss``:
-      ``beta * KL(teacher || M) + (1 - beta) * KL(student || M)``, ``M = beta*teacher + (1-beta)*student``.
-      beta -> 0 behaves like forward KL (the value vanishes as beta*KL(t||s)), beta -> 1 like
-      reverse KL; as in TRL, beta == 0 IS forward KL and beta == 1 IS reverse KL; beta = 0.5 is
-      the symmetric Jensen-Shannon divergence.
-    """
-    ls = torch.log_softmax(student_logits.float(), dim=-1)
-    lt = torch.log_softmax(teacher_logits.float(), dim=-1)
-    if direction == "jsd":
-        beta = float(beta)
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"jsd beta must be in [0, 1], got {beta}")
-        if beta == 0.0:
-            direction = "forward"
-        elif beta == 1.0:
-            direction = "reverse"
-        else:
-            lm = torch.logsumexp(torch.stack([ls + _math.log(1.0 - beta), lt + _math.log(beta)]), dim=0)
-            kl_t = (lt.exp() * (lt - lm)).sum(-1)
-            kl_s = (ls.exp() * (ls - lm)).sum(-1)
-            return beta * kl_t + (1.0 - beta) * kl_s
-    if direction == "reverse":
-        return (ls.exp() * (ls - lt)).sum(-1)
-    if direction == "forward":
-        return (lt.exp() * (lt - ls)).sum(-1)
-    raise ValueError(f"unknown KL direction {direction!r} (reverse | forward | jsd)")
-
-
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    return -(lp.exp() * lp).sum(-1)
 
 
 class TeacherKL:
@@ -251,13 +169,13 @@ class TeacherKL:
             metrics.update(kl=0.0, entropy=0.0, teacher_nll=0.0)
             return s.sum() * 0.0, metrics
         ones = torch.ones(n_tok, device=s.device, dtype=s.dtype)
-        lt_y = torch.log_softmax(t, dim=-1).gather(-1, y[:, None]).squeeze(-1)
+        lt_y = token_logprobs(t, y)
         if self.estimator == "full":
             div = token_divergence(s, t, self.direction, self.beta)
             loss = masked_mean(div, ones)
             kl_value = float(loss.detach())
         else:
-            ls_y = torch.log_softmax(s, dim=-1).gather(-1, y[:, None]).squeeze(-1)
+            ls_y = token_logprobs(s, y)
             logratio = (ls_y - lt_y).detach()
             loss = masked_mean(logratio * ls_y, ones)
             with torch.no_grad():
@@ -266,7 +184,7 @@ class TeacherKL:
         with torch.no_grad():
             metrics.update(
                 kl=kl_value,
-                entropy=float(_entropy(s.detach()).mean()),
+                entropy=float(entropy(s.detach()).mean()),
                 teacher_nll=float(-lt_y.mean()),
             )
         return loss, metrics
@@ -385,7 +303,7 @@ class RewardSignal:
         keep = batch.completion_mask[:, 1:] > 0  # [B, T-1]: the target of position t is token t+1
         row = keep.nonzero()[:, 0]  # batch row of each completion token
         logits, y = completion_token_logits(policy, batch)  # [N, V], [N]
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, y[:, None]).squeeze(-1)  # [N]
+        logp = token_logprobs(logits, y)  # [N]
         n_tok = int(y.numel())
         ones = torch.ones(n_tok, device=logp.device, dtype=logp.dtype)
         adv_tok = adv.to(logp.device)[row]
@@ -405,7 +323,7 @@ class RewardSignal:
                 self.reference.to(device)
             with torch.no_grad():
                 ref_logits, _ = completion_token_logits(self.reference, batch)
-                ref_logp = torch.log_softmax(ref_logits, dim=-1).gather(-1, y[:, None]).squeeze(-1)
+                ref_logp = token_logprobs(ref_logits, y)
                 del ref_logits
             delta = ref_logp - (logp if self.kl_coef > 0 else logp.detach())
             k3 = torch.exp(delta) - delta - 1.0
@@ -420,7 +338,7 @@ class RewardSignal:
                 accuracy=float(correct.mean()) if correct.numel() else 0.0,
                 zero_var_frac=float(zero_var.float().mean()) if zero_var.numel() else 0.0,
                 completion_len=float(keep.sum(1).float().mean()),
-                entropy=float(_entropy(logits.detach()).mean()) if n_tok else 0.0,
+                entropy=float(entropy(logits.detach()).mean()) if n_tok else 0.0,
                 clip_frac=float(is_clipped.float().mean()) if n_tok else 0.0,
                 reward_time_s=reward_time,
                 adv_abs_mean=float(adv.abs().mean()) if adv.numel() else 0.0,

@@ -12,6 +12,8 @@ from typing import Protocol
 
 import torch
 
+from .logprobs import completion_logprobs
+
 
 @dataclass
 class StateBatch:
@@ -608,8 +610,6 @@ class LearnerStates:
 
     @torch.no_grad()
     def _old_logprobs(self, policy, batch: StateBatch, device) -> torch.Tensor:
-        from .signals import completion_logprobs
-
         on_dev = batch.to(device)
         _, token_logp, mask = completion_logprobs(policy, on_dev)
         old = torch.zeros(batch.input_ids.shape, dtype=torch.float32)

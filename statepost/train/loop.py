@@ -41,6 +41,9 @@ from typing import Callable
 import torch
 
 from statepost.io import ConfigError, atomic_dir, env_info, sha256_file, utc_now, write_json, write_jsonl
+from statepost.models import load_frozen, load_model, load_tokenizer, model_hashes, set_gradient_checkpointing
+
+from .distributed import broadcast, make_accelerator, mean_dicts, mean_over_processes, sum_over_processes
 
 log = logging.getLogger("statepost.train")
 
@@ -97,111 +100,6 @@ def training_config_hash(cfg: dict) -> str:
     """Hash of everything in the run config that changes the trained weights."""
     core = {k: v for k, v in cfg.items() if k not in _NOT_HASHED}
     return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# -- models ---------------------------------------------------------------------------------------
-
-
-def load_tokenizer(path):
-    try:
-        from statepost.models import load_tokenizer as _load
-    except ImportError:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    return _load(path)
-
-
-def load_model(path, dtype=torch.float32):
-    """A causal LM from a ``save_pretrained`` directory: safetensors only, no remote code, ``dtype``."""
-    try:
-        from statepost.models import load_model as _load
-    except ImportError:
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(
-            str(path), use_safetensors=True, trust_remote_code=False, dtype=dtype
-        )
-    import inspect
-
-    params = inspect.signature(_load).parameters
-    model = _load(path, dtype=dtype) if "dtype" in params else _load(path)
-    return model.to(dtype)
-
-
-def _set_checkpointing(model, on: bool) -> None:
-    """Activation (gradient) checkpointing, non-reentrant (works with DDP); transformers 5 renamed it."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        if on:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.activation_checkpointing_disable()
-    elif on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_disable()
-
-
-def _frozen(model, device):
-    model.to(device)
-    model.eval()
-    model.requires_grad_(False)
-    return model
-
-
-MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
-
-
-def model_hashes(path) -> dict[str, str]:
-    """sha256 of a model directory's weights (``*.safetensors``) and config/tokenizer files."""
-    path = Path(path)
-    names = sorted(p.name for p in path.glob("*.safetensors")) + [n for n in MODEL_FILES if (path / n).is_file()]
-    if not any(n.endswith(".safetensors") for n in names):
-        raise ConfigError(f"{path}: no *.safetensors weights (only safetensors checkpoints are loaded)")
-    return {n: sha256_file(path / n) for n in names}
-
-
-# -- accelerate -----------------------------------------------------------------------------------
-
-
-def make_accelerator(precision: str = "auto"):
-    """auto: bf16 mixed precision on CUDA, fp32 on CPU (no native bf16 there)."""
-    from accelerate import Accelerator
-
-    cuda = torch.cuda.is_available()
-    mixed = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16"}[precision]
-    # cpu=True without CUDA: under a multi-process launcher (torchrun / `accelerate launch
-    # --multi_gpu`) accelerate then runs data parallel over gloo (MULTI_CPU) instead of N
-    # independent single processes. (`accelerate launch --cpu` itself starts one process only.)
-    return Accelerator(mixed_precision=mixed, cpu=not cuda, step_scheduler_with_optimizer=False)
-
-
-def _gather_dicts(accelerator, d: dict) -> list[dict]:
-    if accelerator.num_processes == 1:
-        return [d]
-    from accelerate.utils import gather_object
-
-    return gather_object([d])
-
-
-def _broadcast(accelerator, obj):
-    if accelerator.num_processes == 1:
-        return obj
-    from accelerate.utils import broadcast_object_list
-
-    box = [obj]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
-
-
-def _mean_dicts(dicts: list[dict]) -> dict[str, float]:
-    keys = sorted({k for d in dicts for k in d})
-    out = {}
-    for k in keys:
-        vals = [float(d[k]) for d in dicts if k in d and d[k] is not None]
-        if vals:
-            out[k] = sum(vals) / len(vals)
-    return out
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -291,9 +189,9 @@ class _Trainer:
         tokenizer = load_tokenizer(self.init_dir)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = load_model(self.init_dir, torch.float32)
+        model = load_model(self.init_dir, dtype=torch.float32)
         if optim["gradient_checkpointing"]:
-            _set_checkpointing(model, True)
+            set_gradient_checkpointing(model, True)
         model.train()
         # teacher / reference: eval mode, no grad, the policy's device and compute dtype
         compute_dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
@@ -302,12 +200,12 @@ class _Trainer:
         if needs["teacher"]:
             if self.teacher_dir is None:
                 raise ConfigError(f"config key signal.teacher: signal {cfg['signal']['type']!r} needs --teacher DIR")
-            teacher = _frozen(load_model(self.teacher_dir, compute_dtype), self.device)
+            teacher = load_frozen(self.teacher_dir, compute_dtype, self.device)
         elif self.teacher_dir is not None:
             self.info("signal %s uses no teacher: %s not loaded", cfg["signal"]["type"], self.teacher_dir)
             self.teacher_dir = None
         if needs["reference"]:
-            reference = _frozen(load_model(self.init_dir, compute_dtype), self.device)
+            reference = load_frozen(self.init_dir, compute_dtype, self.device)
         self.source = make_state_source(cfg, tokenizer, self.data_dir, acc)
         ctx = SignalContext(
             tokenizer=tokenizer,
@@ -335,7 +233,7 @@ class _Trainer:
                 "teacher": model_hashes(self.teacher_dir) if self.teacher_dir is not None else None,
                 "data": {dpath.relative_to(self.data_dir).as_posix(): sha256_file(dpath)},
             }
-        self.inputs = _broadcast(acc, inputs)
+        self.inputs = broadcast(acc, inputs)
         self.config_hash = training_config_hash(cfg)
         self.key = {
             "config_hash": self.config_hash,
@@ -382,7 +280,7 @@ class _Trainer:
         device, main, accum, total = self.device, self.main, self.accum, self.total
 
         found = ckpt.find_resumable(self.key) if main else None
-        found_path = _broadcast(acc, str(found[0]) if found else None)
+        found_path = broadcast(acc, str(found[0]) if found else None)
         start_step, resumed_from, prior_time = 0, None, 0.0
         if found_path:
             ck_info = ckpt.load(Path(found_path), model=model, optimizer=optimizer, scheduler=scheduler, source=source)
@@ -418,7 +316,7 @@ class _Trainer:
                 model.train()
                 n_comp = [b.completion_mask[:, 1:].sum().double() for b in batches]
                 counts = torch.stack([sum(n_comp), sum(b.attention_mask.sum().double() for b in batches)]).to(device)
-                counts = acc.reduce(counts, reduction="sum") if acc.num_processes > 1 else counts
+                counts = sum_over_processes(acc, counts)
                 n_global = float(counts[0])
                 # No completion token in the whole step (e.g. every learner sample filtered out): no
                 # update (AdamW would still move the weights through momentum and decay); the step
@@ -445,7 +343,7 @@ class _Trainer:
                     loss_local += float(loss.detach()) * weight
                     sig_metrics.append({**batch.metrics, **m, "padding_waste": padding_waste(batch)})
                 red = torch.tensor([loss_local, bad], dtype=torch.float64, device=device)
-                red = acc.reduce(red, reduction="sum") if acc.num_processes > 1 else red
+                red = sum_over_processes(acc, red)
                 step_loss, n_bad = float(red[0]), float(red[1])
                 if n_bad > 0 or not math.isfinite(step_loss):
                     raise TrainingError(
@@ -471,7 +369,7 @@ class _Trainer:
                 optimizer.zero_grad(set_to_none=True)
 
                 # 4. metrics
-                merged = _mean_dicts(_gather_dicts(acc, _mean_dicts(sig_metrics)))
+                merged = mean_over_processes(acc, mean_dicts(sig_metrics))
                 dt = time.perf_counter() - t0
                 row = {
                     **merged,
@@ -552,7 +450,7 @@ class _Trainer:
             rows = list(read_jsonl(mpath)) if mpath.is_file() else []
             final = acc.unwrap_model(self.model, keep_fp32_wrapper=False)
             if optim["gradient_checkpointing"]:
-                _set_checkpointing(final, False)
+                set_gradient_checkpointing(final, False)
             with atomic_dir(out_dir) as tmp:
                 final.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)

@@ -10,6 +10,7 @@ import torch
 from _train_toy import build_model
 
 from statepost import gsm8k
+from statepost.config import with_defaults
 from statepost.train.logprobs import completion_logprobs
 from statepost.train.signals import RewardSignal, TeacherKL
 from statepost.train.states import LearnerStates
@@ -204,13 +205,14 @@ def test_accelerate_wrapper_and_signals_on_learner_batch(tok, model):
     _, token_logp, mask = completion_logprobs(policy, b)
     torch.testing.assert_close(old[:, 1:], (token_logp * mask).detach(), atol=1e-5, rtol=1e-5)
 
-    loss, metrics = RewardSignal(cfg["signal"])(policy, b)
+    loss, metrics = RewardSignal(with_defaults(cfg["signal"], "signal"))(policy, b)
     loss.backward()
     assert torch.isfinite(loss) and metrics["clip_frac"] == 0.0
     model.zero_grad()
 
     teacher = copy.deepcopy(model)
-    loss, metrics = TeacherKL({"direction": "reverse"}, teacher)(policy, b)
+    kl_cfg = with_defaults({"type": "teacher_kl", "teacher": "t", "direction": "reverse"}, "signal")
+    loss, metrics = TeacherKL(kl_cfg, teacher)(policy, b)
     assert abs(metrics["kl"]) < 1e-6
     assert metrics["completion_tokens"] == b.num_completion_tokens
 

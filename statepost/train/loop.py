@@ -9,10 +9,10 @@ Per optimiser step
 1. ``grad_accum`` micro-batches are sampled (same ``step`` argument each time) under
    ``torch.no_grad()`` and autocast, from the *unwrapped* policy (generation must not go through
    DDP). The source's ``policy`` is the model being trained.
-2. Completion-token counts are summed over micro-batches and processes (one all-reduce), so a
-   ``loss_reduction == "token_mean"`` signal is weighted by tokens: the step minimises the mean
-   NLL/KL over every completion token of the step, identical for 1 process x batch 8, 2 x 4 or
-   1 x 4 x 2 accumulation. Other signals are averaged per micro-batch.
+2. Completion-token counts are summed over micro-batches and processes (one all-reduce); every
+   signal's loss is a mean over completion tokens, so weighting micro-batches by their tokens makes
+   the step minimise the mean over every completion token of the step, identical for 1 process x
+   batch 8, 2 x 4 or 1 x 4 x 2 accumulation.
 3. forward + backward per micro-batch (``accelerator.no_sync`` except on the last one), gradient
    clipping, AdamW, scheduler. A non-finite loss or gradient norm raises :class:`TrainingError`
    naming the step before the optimiser touches the weights; no model is written.
@@ -40,6 +40,7 @@ from typing import Callable
 
 import torch
 
+from statepost.config import with_defaults
 from statepost.io import ConfigError, atomic_dir, env_info, sha256_file, utc_now, write_json, write_jsonl
 from statepost.models import load_frozen, load_model, load_tokenizer, model_hashes, set_gradient_checkpointing
 
@@ -54,46 +55,19 @@ class TrainingError(RuntimeError):
 
 # -- config ---------------------------------------------------------------------------------------
 
-DEFAULT_OPTIM = {
-    "lr": 1.0e-5,
-    "epochs": 1,
-    "max_steps": None,
-    "batch_size": 8,
-    "grad_accum": 1,
-    "warmup_ratio": 0.03,
-    "schedule": "cosine",
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "max_length": 512,
-    "gradient_checkpointing": False,
-    "precision": "auto",
-}
-DEFAULT_CHECKPOINT = {"every": 50, "keep": 2}
 _SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 # Keys that do not change what is trained: a change of them does not prevent resuming.
 _NOT_HASHED = ("checkpoint", "log_every", "resources")
 
 
 def resolve_run_config(run_cfg: dict) -> dict:
-    """A copy of ``run_cfg`` with the loop's defaults filled in (the same as the config schema's)."""
-    cfg = copy.deepcopy(run_cfg)
-    for key in ("states", "signal"):
-        if not isinstance(cfg.get(key), dict):
-            raise ConfigError(f"config key {key}: missing (run {cfg.get('name', '?')!r})")
-    cfg.setdefault("name", "run")
-    cfg.setdefault("seed", 0)
-    cfg["optim"] = {**DEFAULT_OPTIM, **(cfg.get("optim") or {})}
-    cfg["checkpoint"] = {**DEFAULT_CHECKPOINT, **(cfg.get("checkpoint") or {})}
-    cfg.setdefault("log_every", 1)
-    o = cfg["optim"]
-    if o["schedule"] not in _SCHEDULES:
-        raise ConfigError(f"config key optim.schedule: {o['schedule']!r} not in {sorted(_SCHEDULES)}")
-    if o["precision"] not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"config key optim.precision: {o['precision']!r} not in auto | fp32 | bf16")
-    for key in ("batch_size", "grad_accum", "max_length"):
-        if int(o[key]) < 1:
-            raise ConfigError(f"config key optim.{key}: must be >= 1")
-    return cfg
+    """The run entry validated and with the schema's defaults (:func:`statepost.config.with_defaults`), plus its
+    ``name`` and ``seed``; a bad or missing key raises ConfigError naming its path."""
+    for key in ("name", "seed"):
+        if key not in run_cfg:
+            raise ConfigError(f"config key {key}: missing (the run's config carries its name and seed)")
+    entry = {k: v for k, v in run_cfg.items() if k not in ("name", "seed")}
+    return {**with_defaults(entry, "run"), "name": run_cfg["name"], "seed": run_cfg["seed"]}
 
 
 def training_config_hash(cfg: dict) -> str:
@@ -219,7 +193,6 @@ class _Trainer:
         )
         self.signal = make_signal(cfg, ctx)
         self.tokenizer = tokenizer
-        self.token_mean = getattr(self.signal, "loss_reduction", "batch_mean") == "token_mean"
         self.n_skipped = int(getattr(self.source, "n_skipped", 0) or 0)
         if self.n_skipped:
             self.info("skipped %d examples longer than optim.max_length=%d", self.n_skipped, optim["max_length"])
@@ -304,7 +277,7 @@ class _Trainer:
             disable=not (self.progress and main), dynamic_ncols=True,
         )
         log_lines = not (self.progress and _stderr_is_tty())
-        log_every = max(1, int(cfg.get("log_every", 1)))
+        log_every = cfg["log_every"]
         max_norm = float(optim["max_grad_norm"]) if optim["max_grad_norm"] else float("inf")
         try:
             for step in range(start_step + 1, total + 1):
@@ -333,12 +306,8 @@ class _Trainer:
                             loss, m = signal(model, batch)
                         if not torch.isfinite(loss.detach()).all():
                             bad += 1.0
-                        if self.token_mean:
-                            weight = float(n_comp[a]) / n_global  # share of the step's completion tokens
-                            scale = weight * acc.num_processes  # DDP averages gradients over processes
-                        else:
-                            weight = 1.0 / (accum * acc.num_processes)
-                            scale = 1.0 / accum
+                        weight = float(n_comp[a]) / n_global  # share of the step's completion tokens
+                        scale = weight * acc.num_processes  # DDP averages gradients over processes
                         acc.backward(loss * scale)
                     loss_local += float(loss.detach()) * weight
                     sig_metrics.append({**batch.metrics, **m, "padding_waste": padding_waste(batch)})

@@ -130,7 +130,7 @@ def make_signal(run_cfg: dict, ctx: SignalContext):
         if kind == "teacher_kl":
             if ctx.teacher_tokenizer is not None:
                 check_same_tokenizer(ctx.tokenizer, ctx.teacher_tokenizer, ctx.init_dir, ctx.teacher_dir)
-            return TeacherKL(sig, ctx.teacher, tokenizer=ctx.tokenizer)
-        return RewardSignal(sig, reference_model=ctx.reference)
+            return TeacherKL(sig, ctx.teacher)
+        return RewardSignal(sig, ctx.reference)
     except ValueError as e:
         raise ConfigError(f"config key signal: {e}") from None

@@ -153,7 +153,8 @@ class _Trainer:
         from transformers import get_scheduler
 
         from .checkpoint import Checkpointer
-        from .registry import SignalContext, data_path, make_signal, make_state_source, signal_needs
+        from .registry import SIGNALS, data_path, make_signal, make_state_source
+        from .signals import check_same_tokenizer
 
         cfg, optim, acc = self.cfg, self.optim, self.acc
         # python, numpy, torch (CPU + every CUDA device), + the process index so that learner sampling
@@ -167,31 +168,23 @@ class _Trainer:
         if optim["gradient_checkpointing"]:
             set_gradient_checkpointing(model, True)
         model.train()
-        # teacher / reference: eval mode, no grad, the policy's device and compute dtype
+        # the extra models the signal declares: eval mode, no grad, the policy's device and compute dtype
         compute_dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
-        needs = signal_needs(cfg)
-        teacher = reference = None
-        if needs["teacher"]:
-            if self.teacher_dir is None:
-                raise ConfigError(f"config key signal.teacher: signal {cfg['signal']['type']!r} needs --teacher DIR")
-            teacher = load_frozen(self.teacher_dir, compute_dtype, self.device)
-        elif self.teacher_dir is not None:
+        spec = SIGNALS[cfg["signal"]["type"]]
+        if "teacher" in spec.models and self.teacher_dir is None:
+            raise ConfigError(f"config key signal.teacher: signal {cfg['signal']['type']!r} needs --teacher DIR")
+        if "teacher" not in spec.models and self.teacher_dir is not None:
             self.info("signal %s uses no teacher: %s not loaded", cfg["signal"]["type"], self.teacher_dir)
             self.teacher_dir = None
-        if needs["reference"]:
-            reference = load_frozen(self.init_dir, compute_dtype, self.device)
+        paths = {"teacher": self.teacher_dir, "reference": self.init_dir}
+        models = {name: load_frozen(paths[name], compute_dtype, self.device) for name in spec.models}
         self.source = make_state_source(cfg, tokenizer, self.data_dir, acc)
-        ctx = SignalContext(
-            tokenizer=tokenizer,
-            accelerator=acc,
-            teacher=teacher,
-            reference=reference,
-            run_cfg=cfg,
-            teacher_tokenizer=load_tokenizer(self.teacher_dir) if teacher is not None else None,
-            init_dir=str(self.init_dir),
-            teacher_dir=str(self.teacher_dir) if teacher is not None else None,
-        )
-        self.signal = make_signal(cfg, ctx)
+        if "teacher" in models:  # distillation compares distributions id by id
+            try:
+                check_same_tokenizer(tokenizer, load_tokenizer(self.teacher_dir), self.init_dir, self.teacher_dir)
+            except ValueError as e:
+                raise ConfigError(f"config key signal.teacher: {e}") from None
+        self.signal = make_signal(cfg["signal"], **models)
         self.tokenizer = tokenizer
         self.n_skipped = int(getattr(self.source, "n_skipped", 0) or 0)
         if self.n_skipped:

@@ -99,7 +99,8 @@ def test_batch_is_valid(tok, model):
     assert b.metrics["completion_len"] == pytest.approx(b.completion_mask.sum().item() / B)
     for key in ("gen_time_s", "accuracy", "states_age", "n_samples"):
         assert key in b.metrics
-    assert b.extras["correct"].tolist() == [float(gsm8k.is_correct(c, a)) for c, a in zip(b.extras["completions"], b.answers)]
+    correct = [float(gsm8k.is_correct(c, a)) for c, a in zip(b.extras["completions"], b.answers)]
+    assert b.extras["correct"].tolist() == correct
     assert T == int(b.attention_mask.sum(1).max())
 
 

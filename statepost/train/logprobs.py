@@ -19,7 +19,8 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def shifted_logits(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(logits [B, T-1, V] float32, targets [B, T-1], mask [B, T-1])``: ``logits[:, t]`` predicts ``targets[:, t]``."""
+    """``(logits [B, T-1, V] float32, targets [B, T-1], mask [B, T-1])``; ``logits[:, t]`` predicts ``targets[:, t]``.
+    """
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     logits = out.logits[:, :-1, :].float()
     targets = batch.input_ids[:, 1:]

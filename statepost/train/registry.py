@@ -28,9 +28,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SignalSpec:
+    """How to build one signal type, and what it needs besides the policy.
+
+    ``models``: the extra models the loop loads (frozen) and passes to ``build`` by name: ``teacher``
+    (``--teacher DIR``), ``reference`` (the init model). ``reuses_rollouts``: the signal has
+    ``updates_per_batch`` and its clipped ratio needs the sampling-time log-probs of a reused batch.
+    """
+
     build: Callable[..., Any]  # build(signal_cfg, **models) -> signal
-    models: tuple[str, ...] = ()  # extra models the loop loads and passes: "teacher" (--teacher DIR), "reference" (init)
-    reuses_rollouts: bool = False  # has updates_per_batch; its clipped ratio needs a reused batch's sampling log-probs
+    models: tuple[str, ...] = ()
+    reuses_rollouts: bool = False
 
 
 SIGNALS: dict[str, SignalSpec] = {
@@ -114,7 +121,7 @@ def rollout_reuse(states: dict, signal_cfg: dict) -> tuple[int, bool]:
 
 
 def reward_filter(filter_cfg: dict | None) -> Callable[[str, str], bool] | None:
-    """``keep(completion, gold)`` for rejection sampling: the completion's ``filter.reward`` (gsm8k) reaches ``filter.min``."""
+    """``keep(completion, gold)`` of rejection sampling: the completion's gsm8k reward reaches ``filter.min``."""
     if filter_cfg is None:
         return None
     return lambda completion, gold: gsm8k.reward(completion, gold) >= filter_cfg["min"]

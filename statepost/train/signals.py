@@ -292,7 +292,8 @@ class RewardSignal:
                 loss = loss + self.kl_coef * kl
             metrics["kl_to_init"] = float(kl.detach())
         with torch.no_grad():
-            is_clipped = ((ratio < 1.0 - self.clip_eps) & (adv_tok < 0)) | ((ratio > 1.0 + self.clip_eps) & (adv_tok > 0))
+            low, high = 1.0 - self.clip_eps, 1.0 + self.clip_eps
+            is_clipped = ((ratio < low) & (adv_tok < 0)) | ((ratio > high) & (adv_tok > 0))
             metrics.update(
                 reward=float(rewards.mean()) if rewards.numel() else 0.0,
                 accuracy=float(correct.mean()) if correct.numel() else 0.0,

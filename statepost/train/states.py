@@ -450,7 +450,8 @@ class LearnerStates:
         device = self._device_of(model)
 
         t0 = time.perf_counter()
-        seed = int(np.random.SeedSequence([self.order.seed, self.order.process_index, self.cursor]).generate_state(1)[0])
+        seeds = np.random.SeedSequence([self.order.seed, self.order.process_index, self.cursor])
+        seed = int(seeds.generate_state(1)[0])
         fork_devices = [device] if torch.device(device).type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)

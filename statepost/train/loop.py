@@ -45,7 +45,7 @@ from .checkpoint import Checkpointer
 from .distributed import broadcast, make_accelerator, mean_dicts, mean_over_processes, sum_over_processes
 from .registry import SIGNALS, data_path, make_signal, make_state_source
 from .signals import check_same_tokenizer
-from .states import padding_waste
+from .states import StateSource, padding_waste
 
 log = logging.getLogger("statepost.train")
 
@@ -83,7 +83,7 @@ class Run:
     policy: Any  # the same model unwrapped: sampling (generation must not go through DDP) and hooks
     optimizer: Any
     scheduler: Any
-    source: Any
+    source: StateSource
     signal: Callable
     checkpointer: Checkpointer
     resume_key: dict  # config_hash, inputs_hash, num_processes: what a checkpoint must match
@@ -118,7 +118,7 @@ def train(
     it to simulate a crash or to poison the weights).
     """
     t_start, started = time.time(), utc_now()
-    cfg = run_config(run_cfg)
+    cfg, hooks = run_config(run_cfg), hooks or {}
     optim, signal_type = cfg["optim"], cfg["signal"]["type"]
     init_dir, out_dir, data_dir = Path(init_dir), Path(out_dir), Path(data_dir)
     teacher_dir = Path(teacher_dir) if teacher_dir else None
@@ -127,6 +127,12 @@ def train(
     # python, numpy, torch (CPU + every CUDA device), + the process index so that learner sampling
     # differs between processes. The data order has its own generator seeded from (seed, epoch).
     set_seed(int(cfg["seed"]), device_specific=True)
+    spec = SIGNALS[signal_type]
+    if "teacher" in spec.models and teacher_dir is None:
+        raise ConfigError(f"config key signal.teacher: signal {signal_type!r} needs --teacher DIR")
+    if "teacher" not in spec.models and teacher_dir is not None:
+        _info(accelerator, "signal %s uses no teacher: %s not loaded", signal_type, teacher_dir)
+        teacher_dir = None
 
     # the policy, and the extra models its signal declares (eval, no grad, policy's device, compute dtype)
     tokenizer = load_tokenizer(init_dir)
@@ -134,12 +140,6 @@ def train(
     if optim["gradient_checkpointing"]:
         set_gradient_checkpointing(model, True)
     model.train()
-    spec = SIGNALS[signal_type]
-    if "teacher" in spec.models and teacher_dir is None:
-        raise ConfigError(f"config key signal.teacher: signal {signal_type!r} needs --teacher DIR")
-    if "teacher" not in spec.models and teacher_dir is not None:
-        _info(accelerator, "signal %s uses no teacher: %s not loaded", signal_type, teacher_dir)
-        teacher_dir = None
     compute_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
     paths = {"teacher": teacher_dir, "reference": init_dir}
     models = {name: load_frozen(paths[name], compute_dtype, accelerator.device) for name in spec.models}
@@ -209,23 +209,12 @@ def train(
             cfg["name"], cfg["seed"], total_steps, warmup_steps, micro_per_epoch, optim["grad_accum"],
             accelerator.num_processes, accelerator.device, accelerator.mixed_precision, run.checkpointer.metrics_path,
         )
-        main = accelerator.is_main_process
-        metrics_file = run.checkpointer.metrics_path.open("a") if main else None
         start_step = resumed_from or 0
-        pbar = tqdm(
-            total=total_steps, initial=start_step, desc=f"{cfg['name']}/seed{cfg['seed']}",
-            disable=not (progress and main), dynamic_ncols=True,
-        )
-        log_lines = not (progress and _stderr_is_tty())
-        try:
+        with MetricsLog(run, start_step, progress) as metrics_log:
             for step in range(start_step + 1, total_steps + 1):
-                train_step(run, step, metrics_file, pbar, log_lines)
-                if "after_step" in (hooks or {}):
+                train_step(run, step, metrics_log)
+                if "after_step" in hooks:
                     hooks["after_step"](step, run.policy)
-        finally:
-            pbar.close()
-            if metrics_file is not None:
-                metrics_file.close()
 
         accelerator.wait_for_everyone()
         wall = time.time() - t_start
@@ -256,7 +245,7 @@ def train(
             "started": started,
             "finished": utc_now(),
         }
-        if main:
+        if accelerator.is_main_process:
             save_model(run, tokenizer, record, out_dir, Path(metrics_path) if metrics_path else None)
             _info(accelerator, "saved %s (step %d, %.1f s)", out_dir, total_steps, wall)
         accelerator.wait_for_everyone()
@@ -286,9 +275,49 @@ def resume(run: Run) -> int | None:
     return resumed_from
 
 
-def train_step(run: Run, step: int, metrics_file, pbar, log_lines: bool) -> None:
-    """One optimiser step, then its metrics line and, every ``checkpoint.every`` steps, a resumable state."""
+class MetricsLog:
+    """The live ``metrics.jsonl`` in the state dir and the progress bar (main process); a log line every
+    ``log_every`` steps when there is no bar on a terminal."""
+
+    def __init__(self, run: Run, start_step: int, progress: bool):
+        main, cfg = run.accelerator.is_main_process, run.cfg
+        self.file = run.checkpointer.metrics_path.open("a") if main else None
+        self.pbar = tqdm(
+            total=run.total_steps, initial=start_step, desc=f"{cfg['name']}/seed{cfg['seed']}",
+            disable=not (progress and main), dynamic_ncols=True,
+        )
+        self.log_lines = not (progress and _stderr_is_tty())
+        self.log_every, self.total_steps = cfg["log_every"], run.total_steps
+
+    def write(self, row: dict) -> None:
+        if self.file is None:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        self.pbar.update(1)
+        step = row["step"]
+        if step % self.log_every == 0 or step == self.total_steps:
+            self.pbar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+            if self.log_lines:
+                log.info(
+                    "step %d/%d loss %.4f lr %.3g grad_norm %.3g tok/s %.0f pad %.3f",
+                    step, self.total_steps, row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s"],
+                    row["padding_waste"],
+                )
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pbar.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def train_step(run: Run, step: int, metrics_log: MetricsLog) -> None:
+    """One optimiser step, its metrics line and, every ``checkpoint.every`` steps, a resumable state."""
     accelerator, model, cfg, device = run.accelerator, run.model, run.cfg, run.accelerator.device
+    where = f"at step {step} of run {cfg['name']} seed {cfg['seed']}; no model written"
     t0 = time.perf_counter()
 
     # sample states: grad_accum micro-batches, from the unwrapped policy
@@ -298,8 +327,7 @@ def train_step(run: Run, step: int, metrics_file, pbar, log_lines: bool) -> None
     model.train()
     n_completion = [b.completion_mask[:, 1:].sum().double() for b in batches]
     counts = torch.stack([sum(n_completion), sum(b.attention_mask.sum().double() for b in batches)]).to(device)
-    counts = sum_over_processes(accelerator, counts)
-    step_completion_tokens = float(counts[0])
+    step_completion_tokens, step_tokens = sum_over_processes(accelerator, counts).tolist()
     # No completion token in the whole step (e.g. every learner sample filtered out): no update (AdamW
     # would still move the weights through momentum and decay); the step and the schedule go on.
     skip = step_completion_tokens == 0
@@ -319,12 +347,10 @@ def train_step(run: Run, step: int, metrics_file, pbar, log_lines: bool) -> None
         batch_metrics.append({**batch.metrics, **metrics, "padding_waste": padding_waste(batch)})
 
     # non-finite loss: stop before the optimiser touches the weights (every process decides alike)
-    totals = sum_over_processes(accelerator, torch.tensor([loss_local, n_bad], dtype=torch.float64, device=device))
-    step_loss, n_bad = float(totals[0]), float(totals[1])
+    totals = torch.tensor([loss_local, n_bad], dtype=torch.float64, device=device)
+    step_loss, n_bad = sum_over_processes(accelerator, totals).tolist()
     if n_bad > 0 or not math.isfinite(step_loss):
-        raise TrainingError(
-            f"non-finite loss ({step_loss}) at step {step} of run {cfg['name']} seed {cfg['seed']}; no model written"
-        )
+        raise TrainingError(f"non-finite loss ({step_loss}) {where}")
 
     # clip and step
     lr = float(run.scheduler.get_last_lr()[0])
@@ -335,49 +361,27 @@ def train_step(run: Run, step: int, metrics_file, pbar, log_lines: bool) -> None
     else:
         grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), float(cfg["optim"]["max_grad_norm"])))
         if not math.isfinite(grad_norm):
-            raise TrainingError(
-                f"non-finite gradient norm ({grad_norm}) at step {step} of run {cfg['name']} "
-                f"seed {cfg['seed']}; no model written"
-            )
+            raise TrainingError(f"non-finite gradient norm ({grad_norm}) {where}")
         run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
 
-    # metrics line (main process), progress bar, log line
+    # metrics line
     metrics = mean_over_processes(accelerator, mean_dicts(batch_metrics))
     dt = time.perf_counter() - t0
-    row = {
-        **metrics,
-        "step": step,
-        "loss": step_loss,
-        "lr": lr,
-        "grad_norm": grad_norm,
-        "tokens": float(counts[1]),
-        "completion_tokens": step_completion_tokens,
-        "tokens_per_s": float(counts[1]) / dt if dt > 0 else 0.0,
-        "padding_waste": metrics.get("padding_waste", 0.0),
-        "time_s": dt,
-        "elapsed_s": run.prior_time + time.time() - run.t_start,
-        "skipped_update": float(skip),
-    }
-    if accelerator.is_main_process:
-        metrics_file.write(json.dumps(row) + "\n")
-        metrics_file.flush()
-        pbar.update(1)
-        if step % cfg["log_every"] == 0 or step == run.total_steps:
-            pbar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-            if log_lines:
-                log.info(
-                    "step %d/%d loss %.4f lr %.3g grad_norm %.3g tok/s %.0f pad %.3f",
-                    step, run.total_steps, step_loss, lr, grad_norm, row["tokens_per_s"], row["padding_waste"],
-                )
+    metrics_log.write({
+        **metrics, "step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens": step_tokens,
+        "completion_tokens": step_completion_tokens, "tokens_per_s": step_tokens / dt if dt > 0 else 0.0,
+        "padding_waste": metrics.get("padding_waste", 0.0), "time_s": dt,
+        "elapsed_s": run.prior_time + time.time() - run.t_start, "skipped_update": float(skip),
+    })
 
     # resumable state
     if step % cfg["checkpoint"]["every"] == 0 and step < run.total_steps:
+        info = {**run.resume_key, "train_time_s": run.prior_time + time.time() - run.t_start,
+                "run": cfg["name"], "seed": cfg["seed"]}
         run.checkpointer.save(
-            step, model=model, optimizer=run.optimizer, scheduler=run.scheduler, source=run.source,
-            info={**run.resume_key, "train_time_s": run.prior_time + time.time() - run.t_start,
-                  "run": cfg["name"], "seed": cfg["seed"]},
+            step, model=model, optimizer=run.optimizer, scheduler=run.scheduler, source=run.source, info=info
         )
 
 

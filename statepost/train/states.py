@@ -7,9 +7,8 @@ every completion position is one state (its prefix) with one target token.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 import numpy as np
@@ -68,7 +67,6 @@ def collate_states(
     *,
     prompts: list[str] | None = None,
     answers: list[str] | None = None,
-    pad_to_multiple_of: int | None = None,
 ) -> StateBatch:
     """Right-pad ``(token_ids, n_prompt_tokens)`` pairs into a :class:`StateBatch`.
 
@@ -79,8 +77,6 @@ def collate_states(
     if not sequences:
         raise ValueError("collate_states: empty batch")
     width = max(len(ids) for ids, _ in sequences)
-    if pad_to_multiple_of:
-        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     n = len(sequences)
     input_ids = torch.full((n, width), int(pad_token_id), dtype=torch.long)
     attention_mask = torch.zeros((n, width), dtype=torch.long)
@@ -379,10 +375,10 @@ class LearnerStates:
         if self._refreshing:
             batch = self.generate(policy)
             self._cache.append(batch)
-            out = dataclasses.replace(batch, metrics=dict(batch.metrics))
+            out = replace(batch, metrics=dict(batch.metrics))
         else:
             cached = self._cache[self._micro % len(self._cache)]
-            out = dataclasses.replace(cached, metrics=dict(cached.metrics))
+            out = replace(cached, metrics=dict(cached.metrics))
             out.metrics["gen_time_s"] = 0.0
         out.metrics["states_age"] = float(step - self._made_step)
         self._micro += 1

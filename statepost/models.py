@@ -18,11 +18,13 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .io import atomic_dir, env_info, sha256_file, utc_now, write_json
+from .data import COMMIT_RE, warn_unpinned
+from .io import ConfigError, atomic_dir, env_info, sha256_file, utc_now, write_json
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +185,6 @@ def pretrain_toy(model, tokenizer, corpus: Sequence[str], cfg: Mapping, progress
 
     losses: list[float] = []
     t0 = time.time()
-    import sys
-
     every = max(steps // 10, 1)
     bar = tqdm(range(steps), desc="pretrain toy", disable=not progress,
                mininterval=2.0 if sys.stderr.isatty() else 30.0)
@@ -443,7 +443,43 @@ def load_tokenizer(path):
     return tok
 
 
+def load_frozen(path, dtype, device):
+    """A model that is scored but not trained (teacher, reference): ``dtype`` throughout (buffers too),
+    on ``device``, eval mode, no gradients."""
+    model = load_model(path, dtype=dtype).to(dtype)
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def set_gradient_checkpointing(model, on: bool) -> None:
+    """Activation (gradient) checkpointing, non-reentrant (works with DDP); transformers 5 renamed it."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def model_hashes(path) -> dict[str, str]:
+    """sha256 of a model directory's weights (``*.safetensors``) and config/tokenizer files (a run's input hashes)."""
+    path = Path(path)
+    names = sorted(p.name for p in path.glob("*.safetensors")) + [n for n in MODEL_FILES if (path / n).is_file()]
+    if not any(n.endswith(".safetensors") for n in names):
+        raise ConfigError(f"{path}: no *.safetensors weights (only safetensors checkpoints are loaded)")
+    return {n: sha256_file(path / n) for n in names}
+
+
 __all__ = [
-    "EOS", "build_toy_model", "build_toy_tokenizer", "download_hub_model", "load_model", "load_tokenizer",
-    "make_toy_base", "param_count", "pretrain_toy", "resolve_dtype", "toy_settings", "verify_model_dir",
+    "EOS", "build_toy_model", "build_toy_tokenizer", "download_hub_model", "load_frozen", "load_model",
+    "load_tokenizer", "make_toy_base", "model_hashes", "param_count", "pretrain_toy", "resolve_dtype",
+    "set_gradient_checkpointing", "toy_settings", "verify_model_dir",
 ]

@@ -10,7 +10,10 @@ import torch
 from _train_toy import build_model
 
 from statepost import gsm8k
-from statepost.train.signals import RewardSignal, TeacherKL, completion_logprobs
+from statepost.config import with_defaults
+from statepost.train.logprobs import completion_logprobs
+from statepost.train.signals import RewardSignal, TeacherKL
+from statepost.train.registry import learner_states, make_state_source
 from statepost.train.states import LearnerStates
 
 WORDS = ["Question:", "Answer:", "What", "is", "+", "?", "####", "="] + [str(i) for i in range(10)]
@@ -42,26 +45,22 @@ QUESTIONS = [f"What is {a} + {b} ?" for a in range(4) for b in range(3)] + ["Wha
 ANSWERS = [f"{a} + {b} = {a + b}\n#### {a + b}" for a in range(4) for b in range(3)] + ["#### 6"]
 
 
-def run_cfg(**states):
-    st = {
-        "source": "learner",
-        "temperature": 1.0,
-        "top_p": 1.0,
-        "max_new_tokens": MAX_NEW,
-        "samples_per_prompt": 2,
-        "refresh_every": 1,
-        "filter": None,
+def run_cfg(signal=None, optim=None, **states):
+    """A complete run config (the schema's defaults) with learner states."""
+    entry = {
+        "init": "base",
+        "states": {"source": "learner", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": MAX_NEW,
+                   "samples_per_prompt": 2, "refresh_every": 1, "filter": None, **states},
+        "signal": signal or {"type": "teacher_kl", "teacher": "base"},
+        "optim": {"batch_size": 3, "grad_accum": 1, "max_length": 19, **(optim or {})},
     }
-    st.update(states)
-    return {
-        "states": st,
-        "signal": {"type": "teacher_kl"},
-        "optim": {"batch_size": 3, "grad_accum": 1, "max_length": 19},
-    }
+    return {**with_defaults(entry, "run"), "seed": 0}
 
 
-def make(tok, answers=ANSWERS, seed=0, cfg=None, **states):
-    return LearnerStates(cfg or run_cfg(**states), tok, QUESTIONS, answers, "cpu", seed)
+def make(tok, answers=ANSWERS, seed=0, cfg=None, accelerator=None, **states):
+    """Learner states over QUESTIONS as the registry builds them from ``cfg`` (default: ``run_cfg(**states)``)."""
+    cfg = {**(cfg or run_cfg(**states)), "seed": seed}
+    return learner_states(cfg, tok, [{"question": q, "answer": a} for q, a in zip(QUESTIONS, answers)], accelerator)
 
 
 def test_batch_is_valid(tok, model):
@@ -100,7 +99,8 @@ def test_batch_is_valid(tok, model):
     assert b.metrics["completion_len"] == pytest.approx(b.completion_mask.sum().item() / B)
     for key in ("gen_time_s", "accuracy", "states_age", "n_samples"):
         assert key in b.metrics
-    assert b.extras["rewards"].shape == (B,)
+    correct = [float(gsm8k.is_correct(c, a)) for c, a in zip(b.extras["completions"], b.answers)]
+    assert b.extras["correct"].tolist() == correct
     assert T == int(b.attention_mask.sum(1).max())
 
 
@@ -168,7 +168,7 @@ def test_filter_keeps_only_rewarded_samples(tok, model):
     assert filtered.extras["completions"] == [unfiltered.extras["completions"][r] for r in keep]
     assert filtered.metrics["filter_keep_frac"] == pytest.approx(len(keep) / len(unfiltered.prompts))
     assert filtered.metrics["filtered_empty"] == 0.0
-    assert bool((filtered.extras["rewards"] >= 1.0).all())
+    assert all(gsm8k.reward(c, a) >= 1.0 for c, a in zip(filtered.extras["completions"], filtered.answers))
 
 
 def test_filter_with_no_survivor_gives_empty_batch(tok, model):
@@ -182,10 +182,9 @@ def test_accelerate_wrapper_and_signals_on_learner_batch(tok, model):
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=True)
-    cfg = run_cfg()
-    cfg["signal"] = {"type": "reward", "updates_per_batch": 2, "normalize_std": True}
-    src = LearnerStates(cfg, tok, QUESTIONS, ANSWERS, acc, 0)
-    assert src.refresh_every == 2 and src.need_old_logprobs
+    cfg = run_cfg(signal={"type": "reward", "updates_per_batch": 2, "normalize_std": True})
+    src = make(tok, cfg=cfg, accelerator=acc)
+    assert src.refresh_every == 2 and src.record_old_logprobs
 
     class Wrapper(torch.nn.Module):  # DDP-like: .module holds the model
         def __init__(self, m):
@@ -209,38 +208,35 @@ def test_accelerate_wrapper_and_signals_on_learner_batch(tok, model):
     model.zero_grad()
 
     teacher = copy.deepcopy(model)
-    loss, metrics = TeacherKL({"direction": "reverse"}, teacher)(policy, b)
+    kl_cfg = with_defaults({"type": "teacher_kl", "teacher": "t", "direction": "reverse"}, "signal")
+    loss, metrics = TeacherKL(kl_cfg, teacher)(policy, b)
     assert abs(metrics["kl"]) < 1e-6
     assert metrics["completion_tokens"] == b.num_completion_tokens
 
     with pytest.raises(ValueError, match="disagree"):
-        bad = run_cfg(refresh_every=3)
-        bad["signal"] = {"type": "reward", "updates_per_batch": 2}
-        LearnerStates(bad, tok, QUESTIONS, ANSWERS, "cpu", 0)
+        make(tok, cfg=run_cfg(refresh_every=3, signal={"type": "reward", "updates_per_batch": 2}))
 
 
 def test_too_few_prompts_raise(tok):
-    cfg = run_cfg()
-    cfg["optim"]["batch_size"] = 100
     with pytest.raises(ValueError, match="do not fill one"):
-        LearnerStates(cfg, tok, QUESTIONS, ANSWERS, "cpu", 0)
+        make(tok, cfg=run_cfg(optim={"batch_size": 100}))
     with pytest.raises(ValueError, match="answers"):
-        LearnerStates(run_cfg(), tok, QUESTIONS, ANSWERS[:-1], "cpu", 0)
+        LearnerStates(tok, QUESTIONS, ANSWERS[:-1], temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW,
+                      samples_per_prompt=2, refresh_every=1, batch_size=3, grad_accum=1, max_length=19, seed=0)
 
 
 def test_max_rows_keeps_the_first_rows_of_the_split(tok, model, tmp_path, caplog):
     from statepost.io import write_jsonl
-    from statepost.train.registry import make_state_source
 
     write_jsonl(tmp_path / "gsm8k" / "train.jsonl", [{"question": q, "answer": a} for q, a in zip(QUESTIONS, ANSWERS)])
-    cfg = run_cfg(max_rows=4)
-    cfg["optim"]["batch_size"] = 2
-    src = make_state_source(cfg, tok, tmp_path)
+    src = make_state_source(run_cfg(max_rows=4, optim={"batch_size": 2}), tok, tmp_path)
     assert src.questions == QUESTIONS[:4]
     seen = {q for step in range(1, 7) for q in src.sample(model, step).prompts}
     assert seen == set(QUESTIONS[:4])  # 6 steps x 2 prompts cycle through the pool of 4
 
-    cfg = {"states": {"source": "dataset", "max_rows": 5}, "signal": {"type": "nll"}, "optim": {"batch_size": 1}}
+    entry = {"init": "base", "states": {"source": "dataset", "max_rows": 5}, "signal": {"type": "nll"},
+             "optim": {"batch_size": 1}}
+    cfg = {**with_defaults(entry, "run"), "seed": 0}
     assert len(make_state_source(cfg, tok, tmp_path)) == 5  # one example per step
 
     cfg["states"]["max_rows"] = 100

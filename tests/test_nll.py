@@ -10,7 +10,8 @@ import torch
 
 from _train_toy import build_tokenizer, toy_rows
 from statepost.gsm8k import format_prompt
-from statepost.train.signals import NLLSignal, completion_logprobs, masked_mean
+from statepost.train.logprobs import completion_logprobs, masked_mean
+from statepost.train.signals import NLLSignal
 from statepost.train.states import DatasetStates, StateBatch, collate_states, encode_sft_example, padding_waste
 
 

@@ -9,10 +9,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from statepost.config import with_defaults
 from statepost.train.signals import RewardSignal, group_advantages, group_advantages_by_id
 from statepost.train.states import StateBatch
 
 EPS = 1e-4
+
+
+def reward_cfg(**keys):
+    """A reward signal config with the schema's defaults."""
+    return with_defaults({"type": "reward", **keys}, "signal")
 
 
 def test_group_advantages_hand_computed():
@@ -93,7 +99,7 @@ def hand_reinforce_grad(W, adv):
 def test_one_update_gradient_is_reinforce_with_group_baseline(normalize_std):
     policy = TableLM(V)
     rewards = [1.0, 0.0, 0.0, 1.0]
-    sig = RewardSignal({"normalize_std": normalize_std, "clip_eps": 0.2, "updates_per_batch": 1})
+    sig = RewardSignal(reward_cfg(normalize_std=normalize_std, clip_eps=0.2, updates_per_batch=1))
     loss, metrics = sig(policy, make_batch(rewards))
     loss.backward()
     if normalize_std:  # each pair (1, 0): mean .5, sample std sqrt(.5)
@@ -113,7 +119,7 @@ def test_one_update_gradient_is_reinforce_with_group_baseline(normalize_std):
 
 def test_zero_variance_groups_give_zero_gradient():
     policy = TableLM(V)
-    loss, metrics = RewardSignal({})(policy, make_batch([1.0, 1.0, 0.0, 0.0]))
+    loss, metrics = RewardSignal(reward_cfg())(policy, make_batch([1.0, 1.0, 0.0, 0.0]))
     loss.backward()
     assert float(policy.W.grad.abs().max()) == 0.0
     assert metrics["zero_var_frac"] == 1.0 and metrics["accuracy"] == 0.5
@@ -128,7 +134,7 @@ def test_clipping_with_old_logprobs():
     old = torch.zeros(batch.input_ids.shape)
     old[:, 1:] = (logp - 1.0) * batch.completion_mask[:, 1:]  # ratio = e > 1 + eps everywhere
     batch.extras["old_logprobs"] = old
-    loss, metrics = RewardSignal({"normalize_std": False, "clip_eps": 0.2, "updates_per_batch": 2})(policy, batch)
+    loss, metrics = RewardSignal(reward_cfg(normalize_std=False, clip_eps=0.2, updates_per_batch=2))(policy, batch)
     loss.backward()
     # positive advantages (rows 0 and 2) are clipped: only rows 1 and 3 (A = -.5) carry gradient,
     # with weight ratio * A = e * (-.5)
@@ -143,13 +149,13 @@ def test_k3_kl_penalty_to_reference():
     batch = make_batch([1.0, 0.0, 1.0, 0.0])
     # reference = policy: k3 is 0 and the loss is unchanged
     same = copy.deepcopy(policy)
-    l0, m0 = RewardSignal({"kl_coef": 0.5}, same)(policy, batch)
-    l1, _ = RewardSignal({"kl_coef": 0.0})(policy, batch)
+    l0, m0 = RewardSignal(reward_cfg(kl_coef=0.5), same)(policy, batch)
+    l1, _ = RewardSignal(reward_cfg(kl_coef=0.0))(policy, batch)
     assert m0["kl_to_init"] == pytest.approx(0.0, abs=1e-7)
     assert float(l0.detach()) == pytest.approx(float(l1.detach()), abs=1e-7)
     # a different reference: kl_to_init is the mean over completion tokens of exp(d) - d - 1
     ref = TableLM(V, seed=1)
-    loss, m = RewardSignal({"kl_coef": 0.5, "normalize_std": False}, ref)(policy, batch)
+    loss, m = RewardSignal(reward_cfg(kl_coef=0.5, normalize_std=False), ref)(policy, batch)
     with torch.no_grad():
         tgt = batch.input_ids[:, 1:, None]
         lp = torch.log_softmax(policy(batch.input_ids).logits[:, :-1], -1).gather(-1, tgt).squeeze(-1)
@@ -164,19 +170,19 @@ def test_k3_kl_penalty_to_reference():
     pg = float(-(adv * mask).sum() / mask.sum())
     assert float(loss.detach()) == pytest.approx(pg + 0.5 * expected, rel=1e-5)
     with pytest.raises(ValueError, match="reference"):
-        RewardSignal({"kl_coef": 0.1}, None)
+        RewardSignal(reward_cfg(kl_coef=0.1), None)
 
 
 def test_rewards_recomputed_from_completions_with_format_bonus():
     batch = make_batch([0.0, 0.0, 0.0, 0.0])  # stale rewards are ignored when text is present
     batch.extras["completions"] = ["so\n#### 7", "it is 7", "#### 8", "nothing"]
-    sig = RewardSignal({"answer_mode": "hash_then_last", "format_reward": 0.5, "normalize_std": False})
+    sig = RewardSignal(reward_cfg(answer_mode="hash_then_last", format_reward=0.5, normalize_std=False))
     r, c = sig.rewards(batch)
     assert r.tolist() == [1.5, 1.0, 0.5, 0.0]
     assert c.tolist() == [1.0, 1.0, 0.0, 0.0]
     _, m = sig(TableLM(V), batch)
     assert m["reward"] == pytest.approx(0.75) and m["accuracy"] == 0.5
-    strict = RewardSignal({"answer_mode": "hash"})
+    strict = RewardSignal(reward_cfg(answer_mode="hash"))
     assert strict.rewards(batch)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
     del batch.extras["group"]
     with pytest.raises(ValueError, match="group"):

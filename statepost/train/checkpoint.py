@@ -27,6 +27,8 @@ counter and gradient scaler) are saved here explicitly.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import os
 import random
@@ -35,9 +37,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 
-from statepost.io import utc_now, write_json
+from statepost.io import utc_now, write_json, write_jsonl
 
 log = logging.getLogger("statepost.train")
 
@@ -104,7 +107,7 @@ class Checkpointer:
 
     def __init__(self, state_dir: str | os.PathLike, accelerator, keep: int = 2):
         self.state_dir = Path(state_dir)
-        self.acc = accelerator
+        self.accelerator = accelerator
         self.keep = max(1, int(keep))
 
     @property
@@ -167,10 +170,8 @@ class Checkpointer:
 
     def lock(self) -> None:
         """Hold an exclusive lock on the state dir (main process) so two runs never share it."""
-        if not self.acc.is_main_process:
+        if not self.accelerator.is_main_process:
             return
-        import fcntl
-
         self.state_dir.mkdir(parents=True, exist_ok=True)
         f = open(self.state_dir / "lock", "w")
         try:
@@ -191,7 +192,7 @@ class Checkpointer:
 
     def reset(self) -> None:
         """Remove checkpoints and live metrics of an earlier attempt (main process)."""
-        if not self.acc.is_main_process or not self.state_dir.is_dir():
+        if not self.accelerator.is_main_process or not self.state_dir.is_dir():
             return
         for p in self.state_dir.iterdir():
             if _CKPT_RE.match(p.name) or _TMP_RE.match(p.name):
@@ -200,7 +201,7 @@ class Checkpointer:
 
     def remove_all(self) -> None:
         """Remove the state directory after the final model is saved (only entries we own)."""
-        if not self.acc.is_main_process or not self.state_dir.is_dir():
+        if not self.accelerator.is_main_process or not self.state_dir.is_dir():
             return
         self.reset()
         for p in self.state_dir.glob(".metrics.jsonl.*.tmp"):
@@ -214,26 +215,25 @@ class Checkpointer:
 
     # -- save / load ---------------------------------------------------------------------------
     def save(self, step: int, *, model, optimizer, scheduler, source, info: dict) -> Path:
-        from safetensors.torch import save_model
-
-        acc = self.acc
+        accelerator = self.accelerator
         final = self.state_dir / self.name(step)
         tmp = self.state_dir / f".{self.name(step)}.tmp"
-        rank = acc.process_index
-        if acc.is_main_process:
+        rank = accelerator.process_index
+        if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
+        accelerator.wait_for_everyone()
         torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
         torch.save(source.state_dict(), tmp / f"source-rank{rank}.pt")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            save_model(acc.unwrap_model(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            weights = str(tmp / "model.safetensors")
+            safetensors.torch.save_model(accelerator.unwrap_model(model), weights, metadata={"format": "pt"})
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            scaler = getattr(acc, "scaler", None)
+            scaler = getattr(accelerator, "scaler", None)
             torch.save(
-                {"step": int(acc.step), "scaler": scaler.state_dict() if scaler is not None else None},
+                {"step": int(accelerator.step), "scaler": scaler.state_dict() if scaler is not None else None},
                 tmp / "accelerate.pt",
             )
             files = sorted(p.name for p in tmp.iterdir())
@@ -246,37 +246,31 @@ class Checkpointer:
             os.replace(tmp, final)
             for _, old in self.complete()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
+        accelerator.wait_for_everyone()
         return final
 
     def load(self, path: Path, *, model, optimizer, scheduler, source) -> dict:
-        from safetensors.torch import load_model
-
-        acc = self.acc
+        accelerator = self.accelerator
         path = Path(path)
         info = _read_json(path / MARKER)
-        unwrapped = acc.unwrap_model(model)
+        unwrapped = accelerator.unwrap_model(model)
         device = next(unwrapped.parameters()).device
-        missing, unexpected = load_model(unwrapped, str(path / "model.safetensors"), strict=True, device=str(device))
+        safetensors.torch.load_model(unwrapped, str(path / "model.safetensors"), strict=True, device=str(device))
         optimizer.load_state_dict(_load(path / "optimizer.pt"))
         scheduler.load_state_dict(_load(path / "scheduler.pt"))
-        acc_state = _load(path / "accelerate.pt")
-        acc.step = int(acc_state["step"])
-        if acc_state.get("scaler") is not None and getattr(acc, "scaler", None) is not None:
-            acc.scaler.load_state_dict(acc_state["scaler"])
-        source.load_state_dict(_load(path / f"source-rank{acc.process_index}.pt"))
-        set_rng_state(_load(path / f"rng-rank{acc.process_index}.pt"))
+        accelerate_state = _load(path / "accelerate.pt")
+        accelerator.step = int(accelerate_state["step"])
+        if accelerate_state.get("scaler") is not None and getattr(accelerator, "scaler", None) is not None:
+            accelerator.scaler.load_state_dict(accelerate_state["scaler"])
+        source.load_state_dict(_load(path / f"source-rank{accelerator.process_index}.pt"))
+        set_rng_state(_load(path / f"rng-rank{accelerator.process_index}.pt"))
         return info
 
     # -- metrics -------------------------------------------------------------------------------
     def truncate_metrics(self, step: int) -> None:
         """Keep the live metrics rows of steps <= ``step`` (those the resumed state has done)."""
-        if not self.acc.is_main_process or not self.metrics_path.is_file():
+        if not self.accelerator.is_main_process or not self.metrics_path.is_file():
             return
-        import json
-
-        from statepost.io import write_jsonl
-
         rows = []
         for line in self.metrics_path.read_text().splitlines():
             try:
@@ -289,6 +283,4 @@ class Checkpointer:
 
 
 def _read_json(path: Path) -> dict:
-    import json
-
     return json.loads(Path(path).read_text())

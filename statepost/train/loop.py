@@ -1,23 +1,16 @@
-"""The one training loop: ``states = source.sample(policy, step)``, ``loss, metrics = signal(policy, states)``, step.
+"""The one training loop, for every method: states from a source, a loss from a signal, an AdamW step.
 
-Every method (SFT, on-policy distillation, RL, ...) runs through :func:`train`; what differs is
-the (state source, signal) pair built from the run config by :mod:`statepost.train.registry`.
-Optimiser, schedule, precision, batching, checkpointing, logging and seeding are shared.
+:func:`train` reads from top to bottom: the run config (the schema's defaults), seeding, the
+policy and the extra models its signal declares, the (state source, signal) pair of
+:mod:`statepost.train.registry`, the resume key, optimiser and schedule, then :func:`train_step`
+once per optimiser step, and the final save.
 
-Per optimiser step
-------------------
-1. ``grad_accum`` micro-batches are sampled (same ``step`` argument each time) under
-   ``torch.no_grad()`` and autocast, from the *unwrapped* policy (generation must not go through
-   DDP). The source's ``policy`` is the model being trained.
-2. Completion-token counts are summed over micro-batches and processes (one all-reduce), so a
-   ``loss_reduction == "token_mean"`` signal is weighted by tokens: the step minimises the mean
-   NLL/KL over every completion token of the step, identical for 1 process x batch 8, 2 x 4 or
-   1 x 4 x 2 accumulation. Other signals are averaged per micro-batch.
-3. forward + backward per micro-batch (``accelerator.no_sync`` except on the last one), gradient
-   clipping, AdamW, scheduler. A non-finite loss or gradient norm raises :class:`TrainingError`
-   naming the step before the optimiser touches the weights; no model is written.
-4. One JSON line of metrics (main process) to ``{state_dir}/metrics.jsonl``, copied into the
-   model directory at the end.
+A step samples ``grad_accum`` micro-batches of states, runs forward and backward on each
+(``no_sync`` but on the last), weighted by its share of the step's completion tokens counted over
+all processes: every signal's loss is a token mean, so the step minimises the mean over every
+completion token of the step, the same for 1 process x batch 8, 2 x 4 or 1 x 4 x 2 accumulation.
+A non-finite loss or gradient norm raises :class:`TrainingError` naming the step before the
+optimiser touches the weights; no model is written.
 
 Resume: every ``checkpoint.every`` steps the full training state goes to ``state_dir``
 (:mod:`statepost.train.checkpoint`); a rerun resumes from the newest complete checkpoint whose
@@ -28,192 +21,80 @@ resumed run ends with the same weights, bit for bit, as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import logging
 import math
 import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
 
-from statepost.io import ConfigError, atomic_dir, env_info, sha256_file, utc_now, write_json, write_jsonl
+from statepost.config import with_defaults
+from statepost.io import ConfigError, atomic_dir, env_info, read_jsonl, sha256_file, utc_now, write_json, write_jsonl
+from statepost.models import load_frozen, load_model, load_tokenizer, model_hashes, set_gradient_checkpointing
+
+from .checkpoint import Checkpointer
+from .distributed import broadcast, make_accelerator, mean_dicts, mean_over_processes, sum_over_processes
+from .registry import SIGNALS, data_path, make_signal, make_state_source
+from .signals import check_same_tokenizer
+from .states import StateSource, padding_waste
 
 log = logging.getLogger("statepost.train")
+
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}  # -> transformers names
+NOT_HASHED = ("checkpoint", "log_every", "resources")  # keys that do not change the weights: no bar to resuming
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss or gradient); the message names the step."""
 
 
-# -- config ---------------------------------------------------------------------------------------
-
-DEFAULT_OPTIM = {
-    "lr": 1.0e-5,
-    "epochs": 1,
-    "max_steps": None,
-    "batch_size": 8,
-    "grad_accum": 1,
-    "warmup_ratio": 0.03,
-    "schedule": "cosine",
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "max_length": 512,
-    "gradient_checkpointing": False,
-    "precision": "auto",
-}
-DEFAULT_CHECKPOINT = {"every": 50, "keep": 2}
-_SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-# Keys that do not change what is trained: a change of them does not prevent resuming.
-_NOT_HASHED = ("checkpoint", "log_every", "resources")
-
-
-def resolve_run_config(run_cfg: dict) -> dict:
-    """A copy of ``run_cfg`` with the loop's defaults filled in (the same as the config schema's)."""
-    cfg = copy.deepcopy(run_cfg)
-    for key in ("states", "signal"):
-        if not isinstance(cfg.get(key), dict):
-            raise ConfigError(f"config key {key}: missing (run {cfg.get('name', '?')!r})")
-    cfg.setdefault("name", "run")
-    cfg.setdefault("seed", 0)
-    cfg["optim"] = {**DEFAULT_OPTIM, **(cfg.get("optim") or {})}
-    cfg["checkpoint"] = {**DEFAULT_CHECKPOINT, **(cfg.get("checkpoint") or {})}
-    cfg.setdefault("log_every", 1)
-    o = cfg["optim"]
-    if o["schedule"] not in _SCHEDULES:
-        raise ConfigError(f"config key optim.schedule: {o['schedule']!r} not in {sorted(_SCHEDULES)}")
-    if o["precision"] not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"config key optim.precision: {o['precision']!r} not in auto | fp32 | bf16")
-    for key in ("batch_size", "grad_accum", "max_length"):
-        if int(o[key]) < 1:
-            raise ConfigError(f"config key optim.{key}: must be >= 1")
-    return cfg
+def run_config(run_cfg: dict) -> dict:
+    """The run entry validated, with the schema's defaults (:func:`statepost.config.with_defaults`), plus its
+    ``name`` and ``seed``; a bad or missing key raises ConfigError naming its path."""
+    for key in ("name", "seed"):
+        if key not in run_cfg:
+            raise ConfigError(f"config key {key}: missing (the run's config carries its name and seed)")
+    entry = {k: v for k, v in run_cfg.items() if k not in ("name", "seed")}
+    return {**with_defaults(entry, "run"), "name": run_cfg["name"], "seed": run_cfg["seed"]}
 
 
 def training_config_hash(cfg: dict) -> str:
     """Hash of everything in the run config that changes the trained weights."""
-    core = {k: v for k, v in cfg.items() if k not in _NOT_HASHED}
+    core = {k: v for k, v in cfg.items() if k not in NOT_HASHED}
     return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-# -- models ---------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """What a run holds while it trains."""
+
+    cfg: dict
+    accelerator: Any
+    model: Any  # the prepared (DDP-wrapped) policy: forward and backward
+    policy: Any  # the same model unwrapped: sampling (generation must not go through DDP) and hooks
+    optimizer: Any
+    scheduler: Any
+    source: StateSource
+    signal: Callable
+    checkpointer: Checkpointer
+    resume_key: dict  # config_hash, inputs_hash, num_processes: what a checkpoint must match
+    total_steps: int
+    t_start: float
+    prior_time: float = 0.0  # training time before the resumed checkpoint
 
 
-def load_tokenizer(path):
-    try:
-        from statepost.models import load_tokenizer as _load
-    except ImportError:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    return _load(path)
-
-
-def load_model(path, dtype=torch.float32):
-    """A causal LM from a ``save_pretrained`` directory: safetensors only, no remote code, ``dtype``."""
-    try:
-        from statepost.models import load_model as _load
-    except ImportError:
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(
-            str(path), use_safetensors=True, trust_remote_code=False, dtype=dtype
-        )
-    import inspect
-
-    params = inspect.signature(_load).parameters
-    model = _load(path, dtype=dtype) if "dtype" in params else _load(path)
-    return model.to(dtype)
-
-
-def _set_checkpointing(model, on: bool) -> None:
-    """Activation (gradient) checkpointing, non-reentrant (works with DDP); transformers 5 renamed it."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        if on:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.activation_checkpointing_disable()
-    elif on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_disable()
-
-
-def _frozen(model, device):
-    model.to(device)
-    model.eval()
-    model.requires_grad_(False)
-    return model
-
-
-MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
-
-
-def model_hashes(path) -> dict[str, str]:
-    """sha256 of a model directory's weights (``*.safetensors``) and config/tokenizer files."""
-    path = Path(path)
-    names = sorted(p.name for p in path.glob("*.safetensors")) + [n for n in MODEL_FILES if (path / n).is_file()]
-    if not any(n.endswith(".safetensors") for n in names):
-        raise ConfigError(f"{path}: no *.safetensors weights (only safetensors checkpoints are loaded)")
-    return {n: sha256_file(path / n) for n in names}
-
-
-# -- accelerate -----------------------------------------------------------------------------------
-
-
-def make_accelerator(precision: str = "auto"):
-    """auto: bf16 mixed precision on CUDA, fp32 on CPU (no native bf16 there)."""
-    from accelerate import Accelerator
-
-    cuda = torch.cuda.is_available()
-    mixed = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16"}[precision]
-    # cpu=True without CUDA: under a multi-process launcher (torchrun / `accelerate launch
-    # --multi_gpu`) accelerate then runs data parallel over gloo (MULTI_CPU) instead of N
-    # independent single processes. (`accelerate launch --cpu` itself starts one process only.)
-    return Accelerator(mixed_precision=mixed, cpu=not cuda, step_scheduler_with_optimizer=False)
-
-
-def _gather_dicts(accelerator, d: dict) -> list[dict]:
-    if accelerator.num_processes == 1:
-        return [d]
-    from accelerate.utils import gather_object
-
-    return gather_object([d])
-
-
-def _broadcast(accelerator, obj):
-    if accelerator.num_processes == 1:
-        return obj
-    from accelerate.utils import broadcast_object_list
-
-    box = [obj]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
-
-
-def _mean_dicts(dicts: list[dict]) -> dict[str, float]:
-    keys = sorted({k for d in dicts for k in d})
-    out = {}
-    for k in keys:
-        vals = [float(d[k]) for d in dicts if k in d and d[k] is not None]
-        if vals:
-            out[k] = sum(vals) / len(vals)
-    return out
-
-
-# -- the loop -------------------------------------------------------------------------------------
-
-
-def _stderr_is_tty() -> bool:
-    import sys
-
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
+def _info(accelerator, msg: str, *args) -> None:
+    if accelerator.is_main_process:
+        log.info(msg, *args)
 
 
 def train(
@@ -229,346 +110,306 @@ def train(
     hooks: dict[str, Callable] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train one (run, seed) and write the final model to ``out_dir``; return the run record.
+    """Train one (run, seed) and write the final model to ``out_dir``; return the run record (run.json).
 
-    ``state_dir`` (default ``{out_dir.parent}/.{out_dir.name}.state``) holds the resumable
-    states and the live metrics; it is locked while a run uses it and removed after the final
-    model is written. ``hooks["after_step"](step, model)`` runs after each optimiser step and its
-    checkpoint (tests use it to simulate a crash or to poison the weights).
+    ``state_dir`` (default ``{out_dir.parent}/.{out_dir.name}.state``) holds the resumable states and
+    the live metrics; it is locked while a run uses it and removed after the final model is written.
+    ``hooks["after_step"](step, model)`` runs after each optimiser step and its checkpoint (tests use
+    it to simulate a crash or to poison the weights).
     """
-    trainer = _Trainer(
-        run_cfg,
-        init_dir=Path(init_dir),
-        out_dir=Path(out_dir),
-        data_dir=Path(data_dir),
-        state_dir=Path(state_dir) if state_dir else None,
-        teacher_dir=Path(teacher_dir) if teacher_dir else None,
-        metrics_path=Path(metrics_path) if metrics_path else None,
-        accelerator=accelerator,
-        hooks=hooks or {},
-        progress=progress,
-    )
-    trainer.setup()
-    trainer.ckpt.lock()
-    try:
-        return trainer.run()
-    finally:
-        trainer.ckpt.unlock()
+    t_start, started = time.time(), utc_now()
+    cfg, hooks = run_config(run_cfg), hooks or {}
+    optim, signal_type = cfg["optim"], cfg["signal"]["type"]
+    init_dir, out_dir, data_dir = Path(init_dir), Path(out_dir), Path(data_dir)
+    teacher_dir = Path(teacher_dir) if teacher_dir else None
+    state_dir = Path(state_dir) if state_dir else out_dir.parent / f".{out_dir.name}.state"
+    accelerator = accelerator if accelerator is not None else make_accelerator(optim["precision"])
+    # python, numpy, torch (CPU + every CUDA device), + the process index so that learner sampling
+    # differs between processes. The data order has its own generator seeded from (seed, epoch).
+    set_seed(int(cfg["seed"]), device_specific=True)
+    spec = SIGNALS[signal_type]
+    if "teacher" in spec.models and teacher_dir is None:
+        raise ConfigError(f"config key signal.teacher: signal {signal_type!r} needs --teacher DIR")
+    if "teacher" not in spec.models and teacher_dir is not None:
+        _info(accelerator, "signal %s uses no teacher: %s not loaded", signal_type, teacher_dir)
+        teacher_dir = None
 
+    # the policy, and the extra models its signal declares (eval, no grad, policy's device, compute dtype)
+    tokenizer = load_tokenizer(init_dir)
+    model = load_model(init_dir, dtype=torch.float32)
+    if optim["gradient_checkpointing"]:
+        set_gradient_checkpointing(model, True)
+    model.train()
+    compute_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+    paths = {"teacher": teacher_dir, "reference": init_dir}
+    models = {name: load_frozen(paths[name], compute_dtype, accelerator.device) for name in spec.models}
 
-class _Trainer:
-    def __init__(self, run_cfg, *, init_dir, out_dir, data_dir, state_dir, teacher_dir, metrics_path,
-                 accelerator, hooks, progress):
-        self.t_start = time.time()
-        self.started = utc_now()
-        self.cfg = resolve_run_config(run_cfg)
-        self.optim, self.ck = self.cfg["optim"], self.cfg["checkpoint"]
-        self.init_dir, self.out_dir, self.data_dir = init_dir, out_dir, data_dir
-        self.state_dir = state_dir or out_dir.parent / f".{out_dir.name}.state"
-        self.teacher_dir, self.metrics_path = teacher_dir, metrics_path
-        self.hooks, self.progress = hooks, progress
-        self.acc = accelerator if accelerator is not None else make_accelerator(self.optim["precision"])
-        self.main = self.acc.is_main_process
-        self.device = self.acc.device
+    # the (state source, signal) pair
+    source = make_state_source(cfg, tokenizer, data_dir, accelerator)
+    if "teacher" in models:  # distillation compares distributions token id by token id
+        try:
+            check_same_tokenizer(tokenizer, load_tokenizer(teacher_dir), init_dir, teacher_dir)
+        except ValueError as e:
+            raise ConfigError(f"config key signal.teacher: {e}") from None
+    signal = make_signal(cfg["signal"], **models)
+    if source.n_skipped:
+        _info(accelerator, "skipped %d examples longer than optim.max_length=%d", source.n_skipped, optim["max_length"])
 
-    def info(self, msg, *args):
-        if self.main:
-            log.info(msg, *args)
-
-    # -- models, source, signal, optimiser ----------------------------------------------------------
-    def setup(self) -> None:
-        from accelerate.utils import set_seed
-        from transformers import get_scheduler
-
-        from .checkpoint import Checkpointer
-        from .registry import SignalContext, data_path, make_signal, make_state_source, signal_needs
-
-        cfg, optim, acc = self.cfg, self.optim, self.acc
-        # python, numpy, torch (CPU + every CUDA device), + the process index so that learner sampling
-        # differs between processes. The data order has its own generator seeded from (seed, epoch).
-        set_seed(int(cfg["seed"]), device_specific=True)
-
-        tokenizer = load_tokenizer(self.init_dir)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model = load_model(self.init_dir, torch.float32)
-        if optim["gradient_checkpointing"]:
-            _set_checkpointing(model, True)
-        model.train()
-        # teacher / reference: eval mode, no grad, the policy's device and compute dtype
-        compute_dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32
-        needs = signal_needs(cfg)
-        teacher = reference = None
-        if needs["teacher"]:
-            if self.teacher_dir is None:
-                raise ConfigError(f"config key signal.teacher: signal {cfg['signal']['type']!r} needs --teacher DIR")
-            teacher = _frozen(load_model(self.teacher_dir, compute_dtype), self.device)
-        elif self.teacher_dir is not None:
-            self.info("signal %s uses no teacher: %s not loaded", cfg["signal"]["type"], self.teacher_dir)
-            self.teacher_dir = None
-        if needs["reference"]:
-            reference = _frozen(load_model(self.init_dir, compute_dtype), self.device)
-        self.source = make_state_source(cfg, tokenizer, self.data_dir, acc)
-        ctx = SignalContext(
-            tokenizer=tokenizer,
-            accelerator=acc,
-            teacher=teacher,
-            reference=reference,
-            run_cfg=cfg,
-            teacher_tokenizer=load_tokenizer(self.teacher_dir) if teacher is not None else None,
-            init_dir=str(self.init_dir),
-            teacher_dir=str(self.teacher_dir) if teacher is not None else None,
-        )
-        self.signal = make_signal(cfg, ctx)
-        self.tokenizer = tokenizer
-        self.token_mean = getattr(self.signal, "loss_reduction", "batch_mean") == "token_mean"
-        self.n_skipped = int(getattr(self.source, "n_skipped", 0) or 0)
-        if self.n_skipped:
-            self.info("skipped %d examples longer than optim.max_length=%d", self.n_skipped, optim["max_length"])
-
-        # input hashes (main process) and the resume key
-        inputs = None
-        if self.main:
-            dpath = data_path(cfg, self.data_dir)
-            inputs = {
-                "init": model_hashes(self.init_dir),
-                "teacher": model_hashes(self.teacher_dir) if self.teacher_dir is not None else None,
-                "data": {dpath.relative_to(self.data_dir).as_posix(): sha256_file(dpath)},
-            }
-        self.inputs = _broadcast(acc, inputs)
-        self.config_hash = training_config_hash(cfg)
-        self.key = {
-            "config_hash": self.config_hash,
-            "inputs_hash": hashlib.sha256(json.dumps(self.inputs, sort_keys=True).encode()).hexdigest()[:16],
-            "num_processes": acc.num_processes,
+    # input hashes (main process) and the resume key
+    inputs = None
+    if accelerator.is_main_process:
+        data_file = data_path(cfg, data_dir)
+        inputs = {
+            "init": model_hashes(init_dir),
+            "teacher": model_hashes(teacher_dir) if teacher_dir is not None else None,
+            "data": {data_file.relative_to(data_dir).as_posix(): sha256_file(data_file)},
         }
+    inputs = broadcast(accelerator, inputs)
+    resume_key = {
+        "config_hash": training_config_hash(cfg),
+        "inputs_hash": hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16],
+        "num_processes": accelerator.num_processes,
+    }
 
-        # steps, optimiser, schedule
-        self.accum = int(optim["grad_accum"])
-        self.micro_per_epoch = self.source.__len__() if hasattr(self.source, "__len__") else None
-        if optim["max_steps"]:
-            self.total = int(optim["max_steps"])
-        elif self.micro_per_epoch:
-            self.total = max(1, math.floor(float(optim["epochs"]) * self.micro_per_epoch / self.accum))
-        else:
-            raise ConfigError("config key optim.max_steps: required for a state source without epochs (learner)")
-        self.warmup = math.ceil(float(optim["warmup_ratio"]) * self.total)
-        decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": float(optim["weight_decay"])},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=float(optim["lr"]),
-        )
-        self.scheduler = get_scheduler(
-            _SCHEDULES[optim["schedule"]], optimizer, num_warmup_steps=self.warmup, num_training_steps=self.total
-        )
-        # The scheduler is stepped by hand once per optimiser step (not prepared: accelerate would
-        # step it once per process and make the schedule depend on the process count).
-        self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.policy = acc.unwrap_model(self.model)  # for sampling / generation (not through DDP)
-        self.ckpt = Checkpointer(self.state_dir, acc, keep=int(self.ck["keep"]))
+    # steps, optimiser, schedule
+    micro_per_epoch = len(source) if hasattr(source, "__len__") else None
+    if optim["max_steps"]:
+        total_steps = int(optim["max_steps"])
+    elif micro_per_epoch:
+        total_steps = max(1, math.floor(float(optim["epochs"]) * micro_per_epoch / optim["grad_accum"]))
+    else:
+        raise ConfigError("config key optim.max_steps: required for a state source without epochs (learner)")
+    warmup_steps = math.ceil(float(optim["warmup_ratio"]) * total_steps)
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": float(optim["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=float(optim["lr"]),
+    )
+    scheduler = get_scheduler(
+        SCHEDULES[optim["schedule"]], optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+    )
+    # The scheduler is stepped by hand once per optimiser step (not prepared: accelerate would step
+    # it once per process and make the schedule depend on the process count).
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    run = Run(
+        cfg=cfg, accelerator=accelerator, model=prepared, policy=accelerator.unwrap_model(prepared),
+        optimizer=optimizer, scheduler=scheduler, source=source, signal=signal,
+        checkpointer=Checkpointer(state_dir, accelerator, keep=cfg["checkpoint"]["keep"]),
+        resume_key=resume_key, total_steps=total_steps, t_start=t_start,
+    )
 
-    # -- resume, steps, save ------------------------------------------------------------------------
-    def run(self) -> dict:
-        from tqdm.auto import tqdm
-
-        from .states import padding_waste
-
-        cfg, optim, acc, ckpt = self.cfg, self.optim, self.acc, self.ckpt
-        model, optimizer, scheduler, source, signal = self.model, self.optimizer, self.scheduler, self.source, self.signal
-        device, main, accum, total = self.device, self.main, self.accum, self.total
-
-        found = ckpt.find_resumable(self.key) if main else None
-        found_path = _broadcast(acc, str(found[0]) if found else None)
-        start_step, resumed_from, prior_time = 0, None, 0.0
-        if found_path:
-            ck_info = ckpt.load(Path(found_path), model=model, optimizer=optimizer, scheduler=scheduler, source=source)
-            start_step = resumed_from = int(ck_info["step"])
-            prior_time = float(ck_info.get("train_time_s", 0.0))
-            ckpt.truncate_metrics(start_step)
-            self.info("resumed from step %d (%s)", start_step, found_path)
-        else:
-            ckpt.reset()
-        acc.wait_for_everyone()
-        self.info(
+    run.checkpointer.lock()
+    try:
+        resumed_from = resume(run)
+        _info(
+            accelerator,
             "run %s seed %s: %d steps (%d warmup), %s micro-batches/epoch, grad_accum %d, %d process(es), %s, "
             "precision %s, live metrics %s",
-            cfg["name"], cfg["seed"], total, self.warmup, self.micro_per_epoch, accum, acc.num_processes, device,
-            acc.mixed_precision, ckpt.metrics_path,
+            cfg["name"], cfg["seed"], total_steps, warmup_steps, micro_per_epoch, optim["grad_accum"],
+            accelerator.num_processes, accelerator.device, accelerator.mixed_precision, run.checkpointer.metrics_path,
         )
+        start_step = resumed_from or 0
+        with MetricsLog(run, start_step, progress) as metrics_log:
+            for step in range(start_step + 1, total_steps + 1):
+                train_step(run, step, metrics_log)
+                if "after_step" in hooks:
+                    hooks["after_step"](step, run.policy)
 
-        metrics_file = ckpt.metrics_path.open("a") if main else None
-        pbar = tqdm(
-            total=total, initial=start_step, desc=f"{cfg['name']}/seed{cfg['seed']}",
-            disable=not (self.progress and main), dynamic_ncols=True,
-        )
-        log_lines = not (self.progress and _stderr_is_tty())
-        log_every = max(1, int(cfg.get("log_every", 1)))
-        max_norm = float(optim["max_grad_norm"]) if optim["max_grad_norm"] else float("inf")
-        try:
-            for step in range(start_step + 1, total + 1):
-                t0 = time.perf_counter()
-                # 1. states (from the unwrapped policy: generation must not go through DDP)
-                with torch.no_grad(), acc.autocast():
-                    batches = [source.sample(self.policy, step) for _ in range(accum)]
-                batches = [b.to(device) for b in batches]
-                model.train()
-                n_comp = [b.completion_mask[:, 1:].sum().double() for b in batches]
-                counts = torch.stack([sum(n_comp), sum(b.attention_mask.sum().double() for b in batches)]).to(device)
-                counts = acc.reduce(counts, reduction="sum") if acc.num_processes > 1 else counts
-                n_global = float(counts[0])
-                # No completion token in the whole step (e.g. every learner sample filtered out): no
-                # update (AdamW would still move the weights through momentum and decay); the step
-                # and the schedule go on. Every process decides alike (reduced counts).
-                skip = n_global == 0
-
-                # 2. forward / backward
-                loss_local, bad = 0.0, 0.0
-                sig_metrics: list[dict] = []
-                for a, batch in enumerate([] if skip else batches):
-                    last = a == accum - 1
-                    with contextlib.nullcontext() if last else acc.no_sync(model):
-                        with acc.autocast():
-                            loss, m = signal(model, batch)
-                        if not torch.isfinite(loss.detach()).all():
-                            bad += 1.0
-                        if self.token_mean:
-                            weight = float(n_comp[a]) / n_global  # share of the step's completion tokens
-                            scale = weight * acc.num_processes  # DDP averages gradients over processes
-                        else:
-                            weight = 1.0 / (accum * acc.num_processes)
-                            scale = 1.0 / accum
-                        acc.backward(loss * scale)
-                    loss_local += float(loss.detach()) * weight
-                    sig_metrics.append({**batch.metrics, **m, "padding_waste": padding_waste(batch)})
-                red = torch.tensor([loss_local, bad], dtype=torch.float64, device=device)
-                red = acc.reduce(red, reduction="sum") if acc.num_processes > 1 else red
-                step_loss, n_bad = float(red[0]), float(red[1])
-                if n_bad > 0 or not math.isfinite(step_loss):
-                    raise TrainingError(
-                        f"non-finite loss ({step_loss}) at step {step} of run {cfg['name']} seed {cfg['seed']}; "
-                        "no model written"
-                    )
-
-                # 3. clip, step
-                lr = float(scheduler.get_last_lr()[0])
-                if skip:
-                    grad_norm = 0.0
-                    sig_metrics = [{**b.metrics, "padding_waste": padding_waste(b)} for b in batches]
-                    log.warning("step %d: no completion tokens in the step; no update", step)
-                else:
-                    grad_norm = float(acc.clip_grad_norm_(model.parameters(), max_norm))
-                    if not math.isfinite(grad_norm):
-                        raise TrainingError(
-                            f"non-finite gradient norm ({grad_norm}) at step {step} of run {cfg['name']} "
-                            f"seed {cfg['seed']}; no model written"
-                        )
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-
-                # 4. metrics
-                merged = _mean_dicts(_gather_dicts(acc, _mean_dicts(sig_metrics)))
-                dt = time.perf_counter() - t0
-                row = {
-                    **merged,
-                    "step": step,
-                    "loss": step_loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens": float(counts[1]),
-                    "completion_tokens": n_global,
-                    "tokens_per_s": float(counts[1]) / dt if dt > 0 else 0.0,
-                    "padding_waste": merged.get("padding_waste", 0.0),
-                    "time_s": dt,
-                    "elapsed_s": prior_time + time.time() - self.t_start,
-                    "skipped_update": float(skip),
-                }
-                if main:
-                    metrics_file.write(json.dumps(row) + "\n")
-                    metrics_file.flush()
-                    pbar.update(1)
-                    if step % log_every == 0 or step == total:
-                        pbar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-                        if log_lines:
-                            log.info(
-                                "step %d/%d loss %.4f lr %.3g grad_norm %.3g tok/s %.0f pad %.3f",
-                                step, total, step_loss, lr, grad_norm, row["tokens_per_s"], row["padding_waste"],
-                            )
-
-                # 5. resumable state
-                if self.ck["every"] and step % int(self.ck["every"]) == 0 and step < total:
-                    ckpt.save(
-                        step, model=model, optimizer=optimizer, scheduler=scheduler, source=source,
-                        info={**self.key, "train_time_s": prior_time + time.time() - self.t_start,
-                              "run": cfg["name"], "seed": cfg["seed"]},
-                    )
-                if "after_step" in self.hooks:
-                    self.hooks["after_step"](step, self.policy)
-        finally:
-            pbar.close()
-            if metrics_file is not None:
-                metrics_file.close()
-        return self.save_final(resumed_from, prior_time)
-
-    def save_final(self, resumed_from, prior_time) -> dict:
-        acc, cfg, optim, out_dir = self.acc, self.cfg, self.optim, self.out_dir
-        acc.wait_for_everyone()
-        wall = time.time() - self.t_start
+        accelerator.wait_for_everyone()
+        wall = time.time() - t_start
         record = {
             "name": cfg["name"],
             "seed": cfg["seed"],
             "config": cfg,
-            "config_hash": self.config_hash,
-            "init": str(self.init_dir),
-            "teacher": str(self.teacher_dir) if self.teacher_dir is not None else None,
-            "data_dir": str(self.data_dir),
-            "inputs": self.inputs,
+            "config_hash": resume_key["config_hash"],
+            "init": str(init_dir),
+            "teacher": str(teacher_dir) if teacher_dir is not None else None,
+            "data_dir": str(data_dir),
+            "inputs": inputs,
             "env": env_info(),
             "accelerate": {
-                "num_processes": acc.num_processes,
-                "mixed_precision": acc.mixed_precision,
-                "device": str(self.device),
-                "distributed_type": str(acc.distributed_type),
+                "num_processes": accelerator.num_processes,
+                "mixed_precision": accelerator.mixed_precision,
+                "device": str(accelerator.device),
+                "distributed_type": str(accelerator.distributed_type),
             },
-            "total_steps": self.total,
-            "final_step": self.total,
-            "warmup_steps": self.warmup,
-            "micro_batches_per_epoch": self.micro_per_epoch,
-            "examples_skipped": self.n_skipped,
+            "total_steps": total_steps,
+            "final_step": total_steps,
+            "warmup_steps": warmup_steps,
+            "micro_batches_per_epoch": micro_per_epoch,
+            "examples_skipped": source.n_skipped,
             "resumed_from_step": resumed_from,
             "wall_time_s": wall,
-            "train_time_s": prior_time + wall,
-            "started": self.started,
+            "train_time_s": run.prior_time + wall,
+            "started": started,
             "finished": utc_now(),
         }
-        if self.main:
-            from statepost.io import read_jsonl
-
-            mpath = self.ckpt.metrics_path
-            rows = list(read_jsonl(mpath)) if mpath.is_file() else []
-            final = acc.unwrap_model(self.model, keep_fp32_wrapper=False)
-            if optim["gradient_checkpointing"]:
-                _set_checkpointing(final, False)
-            with atomic_dir(out_dir) as tmp:
-                final.save_pretrained(tmp)
-                self.tokenizer.save_pretrained(tmp)
-                if getattr(final, "generation_config", None) is not None and not (tmp / "generation_config.json").exists():
-                    final.generation_config.save_pretrained(tmp)
-                write_jsonl(tmp / "metrics.jsonl", rows)
-                # sha256 of every file but run.json / metrics.jsonl: statepost.models.verify_model_dir checks them
-                record["files"] = {
-                    f.relative_to(tmp).as_posix(): sha256_file(f)
-                    for f in sorted(tmp.rglob("*"))
-                    if f.is_file() and f.name not in ("run.json", "metrics.jsonl")
-                }
-                write_json(tmp / "run.json", record)
-            if self.metrics_path is not None and self.metrics_path.resolve() != (out_dir / "metrics.jsonl").resolve():
-                write_jsonl(self.metrics_path, rows)
-            self.info("saved %s (step %d, %.1f s)", out_dir, self.total, wall)
-        acc.wait_for_everyone()
-        self.ckpt.remove_all()
+        if accelerator.is_main_process:
+            save_model(run, tokenizer, record, out_dir, Path(metrics_path) if metrics_path else None)
+            _info(accelerator, "saved %s (step %d, %.1f s)", out_dir, total_steps, wall)
+        accelerator.wait_for_everyone()
+        run.checkpointer.remove_all()
         return record
+    finally:
+        run.checkpointer.unlock()
+
+
+def resume(run: Run) -> int | None:
+    """Load the newest resumable checkpoint (and return its step), or clear the state dir of an earlier attempt."""
+    accelerator, checkpointer = run.accelerator, run.checkpointer
+    found = checkpointer.find_resumable(run.resume_key) if accelerator.is_main_process else None
+    found_path = broadcast(accelerator, str(found[0]) if found else None)
+    resumed_from = None
+    if found_path:
+        info = checkpointer.load(
+            Path(found_path), model=run.model, optimizer=run.optimizer, scheduler=run.scheduler, source=run.source
+        )
+        resumed_from = int(info["step"])
+        run.prior_time = float(info.get("train_time_s", 0.0))
+        checkpointer.truncate_metrics(resumed_from)
+        _info(accelerator, "resumed from step %d (%s)", resumed_from, found_path)
+    else:
+        checkpointer.reset()
+    accelerator.wait_for_everyone()
+    return resumed_from
+
+
+class MetricsLog:
+    """The live ``metrics.jsonl`` in the state dir and the progress bar (main process); a log line every
+    ``log_every`` steps when there is no bar on a terminal."""
+
+    def __init__(self, run: Run, start_step: int, progress: bool):
+        main, cfg = run.accelerator.is_main_process, run.cfg
+        self.file = run.checkpointer.metrics_path.open("a") if main else None
+        self.pbar = tqdm(
+            total=run.total_steps, initial=start_step, desc=f"{cfg['name']}/seed{cfg['seed']}",
+            disable=not (progress and main), dynamic_ncols=True,
+        )
+        self.log_lines = not (progress and _stderr_is_tty())
+        self.log_every, self.total_steps = cfg["log_every"], run.total_steps
+
+    def write(self, row: dict) -> None:
+        if self.file is None:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        self.pbar.update(1)
+        step = row["step"]
+        if step % self.log_every == 0 or step == self.total_steps:
+            self.pbar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+            if self.log_lines:
+                log.info(
+                    "step %d/%d loss %.4f lr %.3g grad_norm %.3g tok/s %.0f pad %.3f",
+                    step, self.total_steps, row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s"],
+                    row["padding_waste"],
+                )
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pbar.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def train_step(run: Run, step: int, metrics_log: MetricsLog) -> None:
+    """One optimiser step, its metrics line and, every ``checkpoint.every`` steps, a resumable state."""
+    accelerator, model, cfg, device = run.accelerator, run.model, run.cfg, run.accelerator.device
+    where = f"at step {step} of run {cfg['name']} seed {cfg['seed']}; no model written"
+    t0 = time.perf_counter()
+
+    # sample states: grad_accum micro-batches, from the unwrapped policy
+    with torch.no_grad(), accelerator.autocast():
+        batches = [run.source.sample(run.policy, step) for _ in range(cfg["optim"]["grad_accum"])]
+    batches = [b.to(device) for b in batches]
+    model.train()
+    n_completion = [b.completion_mask[:, 1:].sum().double() for b in batches]
+    counts = torch.stack([sum(n_completion), sum(b.attention_mask.sum().double() for b in batches)]).to(device)
+    step_completion_tokens, step_tokens = sum_over_processes(accelerator, counts).tolist()
+    # No completion token in the whole step (e.g. every learner sample filtered out): no update (AdamW
+    # would still move the weights through momentum and decay); the step and the schedule go on.
+    skip = step_completion_tokens == 0
+
+    # forward / backward per micro-batch, weighted by its share of the step's completion tokens (times
+    # the process count: DDP averages gradients over processes)
+    loss_local, n_bad, batch_metrics = 0.0, 0.0, []
+    for a, batch in enumerate([] if skip else batches):
+        weight = float(n_completion[a]) / step_completion_tokens
+        with contextlib.nullcontext() if a == len(batches) - 1 else accelerator.no_sync(model):
+            with accelerator.autocast():
+                loss, metrics = run.signal(model, batch)
+            if not torch.isfinite(loss.detach()).all():
+                n_bad += 1.0
+            accelerator.backward(loss * (weight * accelerator.num_processes))
+        loss_local += float(loss.detach()) * weight
+        batch_metrics.append({**batch.metrics, **metrics, "padding_waste": padding_waste(batch)})
+
+    # non-finite loss: stop before the optimiser touches the weights (every process decides alike)
+    totals = torch.tensor([loss_local, n_bad], dtype=torch.float64, device=device)
+    step_loss, n_bad = sum_over_processes(accelerator, totals).tolist()
+    if n_bad > 0 or not math.isfinite(step_loss):
+        raise TrainingError(f"non-finite loss ({step_loss}) {where}")
+
+    # clip and step
+    lr = float(run.scheduler.get_last_lr()[0])
+    if skip:
+        grad_norm = 0.0
+        batch_metrics = [{**b.metrics, "padding_waste": padding_waste(b)} for b in batches]
+        log.warning("step %d: no completion tokens in the step; no update", step)
+    else:
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), float(cfg["optim"]["max_grad_norm"])))
+        if not math.isfinite(grad_norm):
+            raise TrainingError(f"non-finite gradient norm ({grad_norm}) {where}")
+        run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+    # metrics line
+    metrics = mean_over_processes(accelerator, mean_dicts(batch_metrics))
+    dt = time.perf_counter() - t0
+    metrics_log.write({
+        **metrics, "step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens": step_tokens,
+        "completion_tokens": step_completion_tokens, "tokens_per_s": step_tokens / dt if dt > 0 else 0.0,
+        "padding_waste": metrics.get("padding_waste", 0.0), "time_s": dt,
+        "elapsed_s": run.prior_time + time.time() - run.t_start, "skipped_update": float(skip),
+    })
+
+    # resumable state
+    if step % cfg["checkpoint"]["every"] == 0 and step < run.total_steps:
+        info = {**run.resume_key, "train_time_s": run.prior_time + time.time() - run.t_start,
+                "run": cfg["name"], "seed": cfg["seed"]}
+        run.checkpointer.save(
+            step, model=model, optimizer=run.optimizer, scheduler=run.scheduler, source=run.source, info=info
+        )
+
+
+def save_model(run: Run, tokenizer, record: dict, out_dir: Path, metrics_path: Path | None) -> None:
+    """Write the final model, tokenizer, metrics.jsonl and run.json to ``out_dir`` atomically (main process)."""
+    rows = list(read_jsonl(run.checkpointer.metrics_path)) if run.checkpointer.metrics_path.is_file() else []
+    final = run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
+    if run.cfg["optim"]["gradient_checkpointing"]:
+        set_gradient_checkpointing(final, False)
+    with atomic_dir(out_dir) as tmp:
+        final.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if getattr(final, "generation_config", None) is not None and not (tmp / "generation_config.json").exists():
+            final.generation_config.save_pretrained(tmp)
+        write_jsonl(tmp / "metrics.jsonl", rows)
+        # sha256 of every file but run.json / metrics.jsonl: statepost.models.verify_model_dir checks them
+        record["files"] = {
+            f.relative_to(tmp).as_posix(): sha256_file(f)
+            for f in sorted(tmp.rglob("*"))
+            if f.is_file() and f.name not in ("run.json", "metrics.jsonl")
+        }
+        write_json(tmp / "run.json", record)
+    if metrics_path is not None and metrics_path.resolve() != (out_dir / "metrics.jsonl").resolve():
+        write_jsonl(metrics_path, rows)
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,42 +1,134 @@
-"""Config -> (state source, signal): the one place that maps a run's config onto the parts.
+"""Config -> (state source, signal): a method is one entry of :data:`SOURCES` plus one of :data:`SIGNALS`.
 
-A method is a pair: ``states.source`` picks where states come from (``dataset`` or ``learner``),
-``signal.type`` what is applied at them (``nll``, ``teacher_kl``, ``reward``). The loop never
-branches on the method. A signal may declare ``loss_reduction = "token_mean"`` (its loss is a mean
-over completion tokens; the loop then weights micro-batches by their token counts, so a step
-optimises the mean over all its completion tokens however it is split over processes and
-accumulation) or ``"batch_mean"`` (default). ``signal_needs`` says which extra models to load.
+``states.source`` picks where the states come from (``dataset``: prompt + gold solution prefixes;
+``learner``: the current policy's own samples), ``signal.type`` what is applied at them (``nll``,
+``teacher_kl``, ``reward``). Every builder reads complete config branches (the schema's defaults
+filled in by :func:`statepost.config.with_defaults`) and hands the parts explicit arguments; this is
+also where a source's settings that depend on the signal are worked out (:func:`rollout_reuse`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from statepost import gsm8k
 from statepost.io import ConfigError, DataError, read_jsonl
+
+from .signals import NLLSignal, RewardSignal, TeacherKL
+from .states import DatasetStates, LearnerStates
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class SignalContext:
-    """What a signal may need besides the policy: handed to :func:`make_signal`."""
-
-    tokenizer: Any
-    accelerator: Any = None
-    teacher: Any = None  # teacher model (eval mode, no grad, policy's device and compute dtype) or None
-    reference: Any = None  # frozen copy of the init model (KL penalty / kl_to_init metric) or None
-    run_cfg: dict = field(default_factory=dict)
-    teacher_tokenizer: Any = None  # checked against ``tokenizer`` before a teacher signal is built
-    init_dir: str | None = None
-    teacher_dir: str | None = None
+# -- signals ----------------------------------------------------------------------------------------
 
 
-def data_path(run_cfg: dict, data_dir: str | Path) -> Path:
-    states = run_cfg["states"]
-    return Path(data_dir) / states.get("data", "gsm8k") / f"{states.get('split', 'train')}.jsonl"
+@dataclass(frozen=True)
+class SignalSpec:
+    """How to build one signal type, and what it needs besides the policy.
+
+    ``models``: the extra models the loop loads (frozen) and passes to ``build`` by name: ``teacher``
+    (``--teacher DIR``), ``reference`` (the init model). ``reuses_rollouts``: the signal has
+    ``updates_per_batch`` and its clipped ratio needs the sampling-time log-probs of a reused batch.
+    """
+
+    build: Callable[..., Any]  # build(signal_cfg, **models) -> signal
+    models: tuple[str, ...] = ()
+    reuses_rollouts: bool = False
+
+
+SIGNALS: dict[str, SignalSpec] = {
+    "nll": SignalSpec(lambda signal_cfg: NLLSignal()),
+    "teacher_kl": SignalSpec(TeacherKL, models=("teacher",)),
+    # the init model gives the k3 penalty (kl_coef > 0) and, always, the kl_to_init metric
+    "reward": SignalSpec(RewardSignal, models=("reference",), reuses_rollouts=True),
+}
+
+
+def make_signal(signal_cfg: dict, **models):
+    """The signal of ``signal_cfg`` (its ``type`` branch), given the models its spec declares."""
+    try:
+        return SIGNALS[signal_cfg["type"]].build(signal_cfg, **models)
+    except ValueError as e:
+        raise ConfigError(f"config key signal: {e}") from None
+
+
+# -- state sources ----------------------------------------------------------------------------------
+
+
+def dataset_states(cfg: dict, tokenizer, rows: list[dict], accelerator=None) -> DatasetStates:
+    states, optim = cfg["states"], cfg["optim"]
+    return DatasetStates(
+        rows,
+        tokenizer,
+        batch_size=optim["batch_size"],
+        grad_accum=optim["grad_accum"],
+        max_length=optim["max_length"],
+        seed=cfg["seed"],
+        group_by_length=states["group_by_length"],
+        bucket_steps=states["length_bucket_steps"],
+        num_processes=accelerator.num_processes if accelerator is not None else 1,
+        process_index=accelerator.process_index if accelerator is not None else 0,
+    )
+
+
+def learner_states(cfg: dict, tokenizer, rows: list[dict], accelerator=None) -> LearnerStates:
+    states, optim = cfg["states"], cfg["optim"]
+    refresh_every, record_old_logprobs = rollout_reuse(states, cfg["signal"])
+    return LearnerStates(
+        tokenizer,
+        [r["question"] for r in rows],
+        [r["answer"] for r in rows],
+        temperature=states["temperature"],
+        top_p=states["top_p"],
+        max_new_tokens=states["max_new_tokens"],
+        samples_per_prompt=states["samples_per_prompt"],
+        refresh_every=refresh_every,
+        batch_size=optim["batch_size"],
+        grad_accum=optim["grad_accum"],
+        max_length=optim["max_length"],
+        seed=cfg["seed"],
+        accelerator=accelerator,
+        keep=reward_filter(states["filter"]),
+        record_old_logprobs=record_old_logprobs,
+    )
+
+
+SOURCES: dict[str, Callable[..., Any]] = {"dataset": dataset_states, "learner": learner_states}
+
+
+def rollout_reuse(states: dict, signal_cfg: dict) -> tuple[int, bool]:
+    """``(refresh_every, record_old_logprobs)`` of learner states under ``signal_cfg``.
+
+    ``states.refresh_every`` and the reward signal's ``updates_per_batch`` both say how many
+    optimiser steps reuse one rollout batch: set either, or both alike. A signal that reuses
+    rollouts needs their sampling-time log-probs once a batch is reused.
+    """
+    spec = SIGNALS[signal_cfg["type"]]
+    period = states["refresh_every"]
+    updates = signal_cfg["updates_per_batch"] if spec.reuses_rollouts else 1
+    if updates > 1 and period == 1:
+        period = updates
+    elif updates > 1 and period != updates:
+        raise ConfigError(
+            f"config key signal.updates_per_batch: states.refresh_every={period} and signal.updates_per_batch="
+            f"{updates} disagree (both say how many optimiser steps reuse one rollout batch)"
+        )
+    return period, spec.reuses_rollouts and period > 1
+
+
+def reward_filter(filter_cfg: dict | None) -> Callable[[str, str], bool] | None:
+    """``keep(completion, gold)`` of rejection sampling: the completion's gsm8k reward reaches ``filter.min``."""
+    if filter_cfg is None:
+        return None
+    return lambda completion, gold: gsm8k.reward(completion, gold) >= filter_cfg["min"]
+
+
+def data_path(cfg: dict, data_dir: str | Path) -> Path:
+    return Path(data_dir) / cfg["states"]["data"] / f"{cfg['states']['split']}.jsonl"
 
 
 def load_rows(path: str | Path) -> list[dict]:
@@ -54,83 +146,18 @@ def load_rows(path: str | Path) -> list[dict]:
     return rows
 
 
-def signal_needs(run_cfg: dict) -> dict[str, bool]:
-    """Which extra models the run's signal needs: {"teacher": bool, "reference": bool}."""
-    sig = run_cfg["signal"]
-    kind = sig.get("type")
-    # reward: the init model gives the k3 penalty (kl_coef > 0) and, always, the kl_to_init metric
-    return {"teacher": kind == "teacher_kl", "reference": kind == "reward"}
-
-
-def make_state_source(run_cfg: dict, tokenizer, data_dir: str | Path, accelerator=None):
-    """The run's state source over ``{data_dir}/{data}/{split}.jsonl`` (its first ``states.max_rows`` rows when set).
-
-    ``dataset``: :class:`DatasetStates`; ``learner``: :class:`LearnerStates`.
-    """
-    states = run_cfg["states"]
-    optim = run_cfg.get("optim", {})
-    kind = states.get("source")
-    num_processes = accelerator.num_processes if accelerator is not None else 1
-    process_index = accelerator.process_index if accelerator is not None else 0
-    path = data_path(run_cfg, data_dir)
+def make_state_source(cfg: dict, tokenizer, data_dir: str | Path, accelerator=None):
+    """The run's state source over ``{data_dir}/{data}/{split}.jsonl`` (its first ``states.max_rows`` rows when set)."""
+    path = data_path(cfg, data_dir)
     rows = load_rows(path)
-    max_rows = states.get("max_rows")
+    max_rows = cfg["states"]["max_rows"]
     if max_rows is not None:
-        if len(rows) < int(max_rows):
+        if len(rows) < max_rows:
             log.warning("states.max_rows=%d but %s has only %d rows; using them all", max_rows, path, len(rows))
-        rows = rows[: int(max_rows)]
-    if kind == "dataset":
-        from .states import DatasetStates
-
-        return DatasetStates(
-            rows,
-            tokenizer,
-            batch_size=int(optim.get("batch_size", 8)),
-            seed=int(run_cfg.get("seed", 0)),
-            grad_accum=int(optim.get("grad_accum", 1)),
-            num_processes=num_processes,
-            process_index=process_index,
-            max_length=int(optim.get("max_length", 512)),
-            group_by_length=bool(states.get("group_by_length", True)),
-            bucket_steps=int(states.get("length_bucket_steps", 64)),
-            source_name=str(path),
-        )
-    if kind == "learner":
-        from .states import LearnerStates
-
-        try:
-            return LearnerStates(
-                run_cfg,
-                tokenizer,
-                [r["question"] for r in rows],
-                [r["answer"] for r in rows],
-                accelerator,
-                seed=int(run_cfg.get("seed", 0)),
-            )
-        except ValueError as e:
-            raise ConfigError(f"config key states ({path}): {e}") from None
-    raise ConfigError(f"config key states.source: unknown source {kind!r} (dataset | learner)")
-
-
-def make_signal(run_cfg: dict, ctx: SignalContext):
-    from .signals import NLLSignal, RewardSignal, TeacherKL, check_same_tokenizer
-
-    sig = run_cfg["signal"]
-    kind = sig.get("type")
-    if kind not in ("nll", "teacher_kl", "reward"):
-        raise ConfigError(f"config key signal.type: unknown signal {kind!r} (nll | teacher_kl | reward)")
-    if kind == "nll":
-        return NLLSignal()
-    needs = signal_needs(run_cfg)
-    if needs["teacher"] and ctx.teacher is None:
-        raise ConfigError(f"config key signal.teacher: signal {kind!r} needs a teacher model (--teacher DIR)")
-    if float(sig.get("kl_coef", 0.0) or 0.0) > 0 and ctx.reference is None:
-        raise ConfigError("config key signal.kl_coef: a KL penalty needs the init (reference) model")
+        rows = rows[:max_rows]
     try:
-        if kind == "teacher_kl":
-            if ctx.teacher_tokenizer is not None:
-                check_same_tokenizer(ctx.tokenizer, ctx.teacher_tokenizer, ctx.init_dir, ctx.teacher_dir)
-            return TeacherKL(sig, ctx.teacher, tokenizer=ctx.tokenizer)
-        return RewardSignal(sig, reference_model=ctx.reference)
+        return SOURCES[cfg["states"]["source"]](cfg, tokenizer, rows, accelerator)
+    except ConfigError:
+        raise
     except ValueError as e:
-        raise ConfigError(f"config key signal: {e}") from None
+        raise ConfigError(f"config key states ({path}): {e}") from None

@@ -1,71 +1,27 @@
-"""Signals: what a method applies at each state (NLL of a target, a teacher's distribution, a reward)."""
+"""Signals: what a method applies at each state. ``loss, metrics = signal(policy, batch)``.
+
+Every loss is a mean over the batch's completion tokens (the loop weights micro-batches by their
+token counts, so a step optimises the mean over all its completion tokens). A signal is built
+from its own branch of the config (``signal.type`` and that type's keys, defaults from the schema)
+plus the extra models it declares in :data:`statepost.train.registry.SIGNALS`.
+"""
 
 from __future__ import annotations
 
+import time
+
 import torch
 
+from statepost import gsm8k
+
+from .logprobs import completion_token_logits, entropy, masked_mean, token_divergence, token_logprobs
 from .states import StateBatch
 
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over the positions where ``mask`` is 1 (over the whole batch)."""
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def shifted_logits(model, batch: StateBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits that predict each completion token, aligned with it.
-
-    Returns ``(logits [B, T-1, V], targets [B, T-1], mask [B, T-1])``: ``logits[:, t]``
-    is the model's output at position ``t`` and predicts ``targets[:, t] = input_ids[:, t+1]``.
-    """
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    logits = out.logits[:, :-1, :].float()
-    targets = batch.input_ids[:, 1:]
-    mask = batch.completion_mask[:, 1:].to(logits.dtype)
-    return logits, targets, mask
-
-
-def completion_logprobs(model, batch: StateBatch):
-    """``(logits, token_logprobs, mask)``: log-probabilities of the realised completion tokens."""
-    logits, targets, mask = shifted_logits(model, batch)
-    logp = torch.log_softmax(logits, dim=-1)
-    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return logits, token_logp, mask
-
-
-# ---------------------------------------------------------------------------------------------
-# NLL signal (core helper): next-token negative log-likelihood of the state's next (gold) token.
-# ---------------------------------------------------------------------------------------------
-
-
-def completion_token_logits(model, batch: StateBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at the completion states only: ``(logits [N, V] float32, targets [N])``.
-
-    Same alignment as :func:`shifted_logits` (the output at ``t`` predicts ``input_ids[:, t+1]``),
-    but only the ``N`` positions whose target is a completion token are kept before the float32
-    cast, so memory is ``N x V`` rather than ``B x T x V`` (a 152k vocabulary makes the
-    difference).
-    """
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    keep = batch.completion_mask[:, 1:] > 0
-    logits = out.logits[:, :-1, :][keep].float()
-    targets = batch.input_ids[:, 1:][keep]
-    return logits, targets
+ADV_EPS = 1e-4  # added to a group's reward std before dividing (not a config key)
 
 
 class NLLSignal:
-    """Mean next-token NLL over the completion tokens of the batch (SFT).
-
-    ``loss_reduction = "token_mean"`` tells the loop that the loss is a mean over completion
-    tokens, so it re-weights micro-batches by their token counts: the optimiser step then
-    minimises the mean over all completion tokens of the step, whatever the split over
-    processes and gradient accumulation.
-    """
-
-    loss_reduction = "token_mean"
-    needs_teacher = False
-    needs_reference = False
+    """SFT: mean next-token NLL of the completion tokens. Metrics ``nll``, ``token_acc``."""
 
     def __call__(self, policy, batch: StateBatch) -> tuple[torch.Tensor, dict[str, float]]:
         logits, targets = completion_token_logits(policy, batch)
@@ -73,16 +29,8 @@ class NLLSignal:
             return logits.sum() * 0.0, {"nll": 0.0, "token_acc": 0.0}
         nll = torch.nn.functional.cross_entropy(logits, targets, reduction="mean")
         with torch.no_grad():
-            acc = (logits.argmax(-1) == targets).float().mean()
-        return nll, {"nll": float(nll.detach()), "token_acc": float(acc)}
-
-
-# ---------------------------------------------------------------------------------------------
-# On-policy signals (on-policy helper): teacher KL (distillation) and reward (GRPO-style RL).
-# ---------------------------------------------------------------------------------------------
-
-import math as _math  # noqa: E402
-import time as _time  # noqa: E402
+            token_acc = (logits.argmax(-1) == targets).float().mean()
+        return nll, {"nll": float(nll.detach()), "token_acc": float(token_acc)}
 
 
 def _sync(device) -> None:
@@ -129,79 +77,26 @@ def check_same_tokenizer(student_tok, teacher_tok, student_dir=None, teacher_dir
         )
 
 
-def token_divergence(student_logits, teacher_logits, direction: str = "reverse", beta: float = 0.5):
-    """Per-position divergence between student and teacher next-token distributions, exact over V.
-
-    ``student_logits``, ``teacher_logits``: [..., V]; returns [...] (float32).
-
-    * ``reverse``: KL(student || teacher) = sum_v p_s (log p_s - log p_t)
-    * ``forward``: KL(teacher || student) = sum_v p_t (log p_t - log p_s)
-    * ``jsd``: generalized JSD of GKD (Agarwal et al. 2024) as TRL's ``generalized_jsd_loss``:
-      ``beta * KL(teacher || M) + (1 - beta) * KL(student || M)``, ``M = beta*teacher + (1-beta)*student``.
-      beta -> 0 behaves like forward KL (the value vanishes as beta*KL(t||s)), beta -> 1 like
-      reverse KL; as in TRL, beta == 0 IS forward KL and beta == 1 IS reverse KL; beta = 0.5 is
-      the symmetric Jensen-Shannon divergence.
-    """
-    ls = torch.log_softmax(student_logits.float(), dim=-1)
-    lt = torch.log_softmax(teacher_logits.float(), dim=-1)
-    if direction == "jsd":
-        beta = float(beta)
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"jsd beta must be in [0, 1], got {beta}")
-        if beta == 0.0:
-            direction = "forward"
-        elif beta == 1.0:
-            direction = "reverse"
-        else:
-            lm = torch.logsumexp(torch.stack([ls + _math.log(1.0 - beta), lt + _math.log(beta)]), dim=0)
-            kl_t = (lt.exp() * (lt - lm)).sum(-1)
-            kl_s = (ls.exp() * (ls - lm)).sum(-1)
-            return beta * kl_t + (1.0 - beta) * kl_s
-    if direction == "reverse":
-        return (ls.exp() * (ls - lt)).sum(-1)
-    if direction == "forward":
-        return (lt.exp() * (lt - ls)).sum(-1)
-    raise ValueError(f"unknown KL direction {direction!r} (reverse | forward | jsd)")
-
-
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    return -(lp.exp() * lp).sum(-1)
-
-
 class TeacherKL:
-    """On-policy distillation signal: per-token divergence to a teacher at every completion state.
+    """Distillation: per-token divergence to a teacher at every completion state.
 
-    ``TeacherKL(signal_cfg, teacher_model, tokenizer=None)``. ``signal_cfg`` keys: ``direction``
-    (reverse | forward | jsd, default reverse), ``beta`` (jsd, default 0.5), ``estimator``
-    (full | sampled, default full). The teacher is put in eval mode, frozen, and moved to the
-    batch's device on first use; it scores the same states under ``torch.no_grad``. The registry
-    should call :func:`check_same_tokenizer` with both model directories before building this.
+    ``signal_cfg``: ``direction`` (reverse | forward | jsd), ``beta`` (jsd), ``estimator``:
 
-    * ``full``: loss = masked_mean over completion tokens of the exact divergence over the whole
-      vocabulary at each state; the gradient flows through the student distribution only (the
-      state distribution itself is not differentiated, as in GKD / on-policy distillation).
-    * ``sampled`` (reverse only): the per-token log-ratio ``log p_s(y_t) - log p_t(y_t)`` of the
-      sampled token is a (negative) per-token reward with no future credit (discount 0):
-      ``loss = masked_mean(stopgrad(logratio) * log p_s(y_t))``. For y_t ~ p_s its gradient's
-      expectation is ``grad KL(p_s || p_t)`` at each state (E[grad log p_s] = 0), so it is an
-      unbiased, higher-variance estimate of the ``full`` reverse-KL gradient, valid only when the
-      states are fresh samples of the student at temperature 1.
+    * ``full``: the exact divergence over the vocabulary at each state; the gradient flows through
+      the student's distribution only (the states are not differentiated, as in GKD).
+    * ``sampled`` (reverse only): ``masked_mean(stopgrad(log p_s(y) - log p_t(y)) * log p_s(y))``
+      over the sampled tokens y, an unbiased, noisier estimate of the ``full`` reverse-KL gradient,
+      valid only for fresh student samples at temperature 1.
 
-    Metrics: ``kl`` (exact divergence of the configured direction, mean per completion token; for
-    ``sampled`` the exact reverse KL, computed without grad), ``kl_sampled`` (sampled estimator
-    only: mean log-ratio, the k1 estimate), ``entropy`` (student), ``teacher_nll`` (mean teacher
-    NLL of the realised tokens), ``teacher_time_s``, ``completion_tokens``.
+    ``teacher`` is put in eval mode and frozen; it scores the same states under no grad. Metrics:
+    ``kl`` (exact, per completion token; reverse for ``sampled``), ``kl_sampled`` (sampled only),
+    ``entropy`` (student), ``teacher_nll`` (of the realised tokens), ``teacher_time_s``,
+    ``completion_tokens``.
     """
 
-    loss_reduction = "token_mean"
-    needs_teacher = True
-    needs_reference = False
-
-    def __init__(self, signal_cfg: dict, teacher_model, tokenizer=None):
-        self.direction = signal_cfg.get("direction", "reverse") or "reverse"
-        self.beta = float(signal_cfg.get("beta", 0.5) if signal_cfg.get("beta") is not None else 0.5)
-        self.estimator = signal_cfg.get("estimator", "full") or "full"
+    def __init__(self, signal_cfg: dict, teacher):
+        self.direction, self.estimator = signal_cfg["direction"], signal_cfg["estimator"]
+        self.beta = float(signal_cfg["beta"])
         if self.direction not in ("reverse", "forward", "jsd"):
             raise ValueError(f"teacher_kl: unknown direction {self.direction!r} (reverse | forward | jsd)")
         if self.estimator not in ("full", "sampled"):
@@ -213,10 +108,9 @@ class TeacherKL:
             )
         if self.direction == "jsd" and not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"teacher_kl: beta must be in [0, 1], got {self.beta}")
-        self.teacher = teacher_model
+        self.teacher = teacher
         self.teacher.eval()
         self.teacher.requires_grad_(False)
-        self.tokenizer = tokenizer
 
     def _teacher_logits(self, batch: StateBatch) -> torch.Tensor:
         device = batch.input_ids.device
@@ -236,10 +130,10 @@ class TeacherKL:
         # only the N completion states are kept: [N, V] instead of [B, T-1, V]
         s, y = completion_token_logits(policy, batch)
         _sync(device)
-        t0 = _time.perf_counter()
+        t0 = time.perf_counter()
         t = self._teacher_logits(batch)
         _sync(device)
-        teacher_time = _time.perf_counter() - t0
+        teacher_time = time.perf_counter() - t0
         if t.shape != s.shape:
             raise ValueError(
                 f"teacher_kl: teacher logits {tuple(t.shape)} and student logits {tuple(s.shape)} "
@@ -251,13 +145,13 @@ class TeacherKL:
             metrics.update(kl=0.0, entropy=0.0, teacher_nll=0.0)
             return s.sum() * 0.0, metrics
         ones = torch.ones(n_tok, device=s.device, dtype=s.dtype)
-        lt_y = torch.log_softmax(t, dim=-1).gather(-1, y[:, None]).squeeze(-1)
+        lt_y = token_logprobs(t, y)
         if self.estimator == "full":
             div = token_divergence(s, t, self.direction, self.beta)
             loss = masked_mean(div, ones)
             kl_value = float(loss.detach())
         else:
-            ls_y = torch.log_softmax(s, dim=-1).gather(-1, y[:, None]).squeeze(-1)
+            ls_y = token_logprobs(s, y)
             logratio = (ls_y - lt_y).detach()
             loss = masked_mean(logratio * ls_y, ones)
             with torch.no_grad():
@@ -266,13 +160,13 @@ class TeacherKL:
         with torch.no_grad():
             metrics.update(
                 kl=kl_value,
-                entropy=float(_entropy(s.detach()).mean()),
+                entropy=float(entropy(s.detach()).mean()),
                 teacher_nll=float(-lt_y.mean()),
             )
         return loss, metrics
 
 
-def group_advantages(rewards, group_size: int, normalize_std: bool = True, eps: float = 1e-4):
+def group_advantages(rewards, group_size: int, normalize_std: bool = True, eps: float = ADV_EPS):
     """GRPO advantages of consecutive groups of ``group_size`` rewards.
 
     ``A_i = r_i - mean(group)``, divided by ``std(group) + eps`` when ``normalize_std`` (the
@@ -286,7 +180,7 @@ def group_advantages(rewards, group_size: int, normalize_std: bool = True, eps: 
     return group_advantages_by_id(r, groups, normalize_std, eps)
 
 
-def group_advantages_by_id(rewards, groups, normalize_std: bool = True, eps: float = 1e-4):
+def group_advantages_by_id(rewards, groups, normalize_std: bool = True, eps: float = ADV_EPS):
     """As :func:`group_advantages` with explicit group ids (groups may differ in size)."""
     r = torch.as_tensor(rewards, dtype=torch.float32).reshape(-1)
     g = torch.as_tensor(groups).reshape(-1).to(r.device)
@@ -306,59 +200,43 @@ def group_advantages_by_id(rewards, groups, normalize_std: bool = True, eps: flo
 
 
 class RewardSignal:
-    """GRPO-style policy gradient with group-normalised advantages.
+    """GRPO-style policy gradient with group-normalised advantages (token-level mean, as DAPO / TRL "dapo").
 
-    ``RewardSignal(signal_cfg, reference_model=None)``. ``signal_cfg`` keys: ``reward`` (gsm8k),
-    ``answer_mode``, ``format_reward``, ``normalize_std`` (default true), ``clip_eps`` (0.2),
-    ``updates_per_batch`` (1), ``kl_coef`` (0.0). ``reference_model``: the frozen init model, needed
-    when ``kl_coef > 0`` (and then ``kl_to_init`` is logged; without one that metric is omitted).
+    ``signal_cfg``: ``reward`` (gsm8k), ``answer_mode``, ``format_reward``, ``normalize_std``,
+    ``clip_eps``, ``kl_coef``. ``reference``: the frozen init model; needed when ``kl_coef > 0``,
+    and whenever given it yields the ``kl_to_init`` metric.
 
-    Rewards: recomputed here from ``batch.extras["completions"]`` and ``batch.answers`` with this
-    config (``reward_time_s``); when the batch has no decoded completions, ``extras["rewards"]`` is
-    used. Groups: ``extras["group"]`` (rows of one prompt). Advantages: :func:`group_advantages_by_id`.
-
-    Loss, per completion token, averaged over all completion tokens of the micro-batch
-    (token-level ``masked_mean``, as DAPO / TRL ``loss_type="dapo"``):
-    ``-min(r*A, clip(r, 1-eps, 1+eps)*A)`` with ``r = exp(logp - old_logp)``; ``old_logp`` is
-    ``extras["old_logprobs"]`` when the rollout batch is reused (recorded at sampling time by
-    :class:`LearnerStates`), else ``logp.detach()`` so ``r == 1`` and the gradient is exactly
-    REINFORCE with the group baseline: ``-masked_mean(A * grad logp)``. Plus ``kl_coef`` times the
-    masked mean of the k3 estimator ``exp(ref - logp) - (ref - logp) - 1`` of KL(policy || ref).
+    Rewards are computed here, from ``extras["completions"]`` and ``batch.answers`` (a batch without
+    decoded completions brings ``extras["rewards"]``); groups are ``extras["group"]``. Per token:
+    ``-min(r*A, clip(r, 1-eps, 1+eps)*A)`` with ``r = exp(logp - old_logp)``, where ``old_logp`` is
+    ``extras["old_logprobs"]`` (recorded at sampling time when a rollout batch is reused), else
+    ``logp.detach()``, so ``r == 1`` and the gradient is REINFORCE with the group baseline. Plus
+    ``kl_coef`` times the k3 estimate ``exp(ref - logp) - (ref - logp) - 1`` of KL(policy || ref).
 
     Metrics: ``reward``, ``accuracy``, ``zero_var_frac`` (groups with all-equal rewards),
-    ``completion_len``, ``entropy``, ``clip_frac``, ``kl_to_init`` (with a reference model),
-    ``reward_time_s``, ``adv_abs_mean``.
+    ``completion_len``, ``entropy``, ``clip_frac``, ``kl_to_init``, ``reward_time_s``,
+    ``adv_abs_mean``, ``completion_tokens``.
     """
 
-    loss_reduction = "token_mean"
-    needs_teacher = False
-
-    def __init__(self, signal_cfg: dict, reference_model=None):
-        if (signal_cfg.get("reward", "gsm8k") or "gsm8k") != "gsm8k":
-            raise ValueError(f"reward: unknown reward {signal_cfg.get('reward')!r}")
-        from statepost import gsm8k
-
-        self.answer_mode = signal_cfg.get("answer_mode", "hash_then_last") or "hash_then_last"
-        if self.answer_mode not in gsm8k.ANSWER_MODES:
-            raise ValueError(f"reward: unknown answer_mode {self.answer_mode!r}")
-        self.format_reward = float(signal_cfg.get("format_reward", 0.0) or 0.0)
-        self.normalize_std = bool(signal_cfg.get("normalize_std", True))
-        self.clip_eps = float(signal_cfg.get("clip_eps", 0.2))
-        self.updates_per_batch = int(signal_cfg.get("updates_per_batch", 1) or 1)
-        self.kl_coef = float(signal_cfg.get("kl_coef", 0.0) or 0.0)
-        self.eps = float(signal_cfg.get("adv_eps", 1e-4))
-        self.reference = reference_model
-        self.needs_reference = self.kl_coef > 0  # the registry may pass the init model anyway (kl_to_init metric)
-        if self.kl_coef > 0 and reference_model is None:
+    def __init__(self, signal_cfg: dict, reference=None):
+        if signal_cfg["reward"] != "gsm8k":
+            raise ValueError(f"reward: unknown reward {signal_cfg['reward']!r}")
+        if signal_cfg["answer_mode"] not in gsm8k.ANSWER_MODES:
+            raise ValueError(f"reward: unknown answer_mode {signal_cfg['answer_mode']!r}")
+        self.answer_mode = signal_cfg["answer_mode"]
+        self.format_reward = float(signal_cfg["format_reward"])
+        self.normalize_std = bool(signal_cfg["normalize_std"])
+        self.clip_eps = float(signal_cfg["clip_eps"])
+        self.kl_coef = float(signal_cfg["kl_coef"])
+        if self.kl_coef > 0 and reference is None:
             raise ValueError("reward: kl_coef > 0 needs the reference (init) model")
-        if reference_model is not None:
-            reference_model.eval()
-            reference_model.requires_grad_(False)
+        self.reference = reference
+        if reference is not None:
+            reference.eval()
+            reference.requires_grad_(False)
 
     def rewards(self, batch: StateBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(rewards [B], correct [B])`` of the batch's completions."""
-        from statepost import gsm8k
-
         texts = batch.extras.get("completions")
         if texts is not None:
             if len(texts) != len(batch.answers):
@@ -374,18 +252,18 @@ class RewardSignal:
 
     def __call__(self, policy, batch: StateBatch):
         device = batch.input_ids.device
-        t0 = _time.perf_counter()
+        t0 = time.perf_counter()
         rewards, correct = self.rewards(batch)
         groups = batch.extras.get("group")
         if groups is None:
             raise ValueError("reward: the batch has no extras['group'] (learner states with samples_per_prompt)")
-        adv, zero_var = group_advantages_by_id(rewards, groups.detach().cpu(), self.normalize_std, self.eps)
-        reward_time = _time.perf_counter() - t0
+        adv, zero_var = group_advantages_by_id(rewards, groups.detach().cpu(), self.normalize_std, ADV_EPS)
+        reward_time = time.perf_counter() - t0
 
         keep = batch.completion_mask[:, 1:] > 0  # [B, T-1]: the target of position t is token t+1
         row = keep.nonzero()[:, 0]  # batch row of each completion token
         logits, y = completion_token_logits(policy, batch)  # [N, V], [N]
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, y[:, None]).squeeze(-1)  # [N]
+        logp = token_logprobs(logits, y)  # [N]
         n_tok = int(y.numel())
         ones = torch.ones(n_tok, device=logp.device, dtype=logp.dtype)
         adv_tok = adv.to(logp.device)[row]
@@ -405,7 +283,7 @@ class RewardSignal:
                 self.reference.to(device)
             with torch.no_grad():
                 ref_logits, _ = completion_token_logits(self.reference, batch)
-                ref_logp = torch.log_softmax(ref_logits, dim=-1).gather(-1, y[:, None]).squeeze(-1)
+                ref_logp = token_logprobs(ref_logits, y)
                 del ref_logits
             delta = ref_logp - (logp if self.kl_coef > 0 else logp.detach())
             k3 = torch.exp(delta) - delta - 1.0
@@ -414,13 +292,14 @@ class RewardSignal:
                 loss = loss + self.kl_coef * kl
             metrics["kl_to_init"] = float(kl.detach())
         with torch.no_grad():
-            is_clipped = ((ratio < 1.0 - self.clip_eps) & (adv_tok < 0)) | ((ratio > 1.0 + self.clip_eps) & (adv_tok > 0))
+            low, high = 1.0 - self.clip_eps, 1.0 + self.clip_eps
+            is_clipped = ((ratio < low) & (adv_tok < 0)) | ((ratio > high) & (adv_tok > 0))
             metrics.update(
                 reward=float(rewards.mean()) if rewards.numel() else 0.0,
                 accuracy=float(correct.mean()) if correct.numel() else 0.0,
                 zero_var_frac=float(zero_var.float().mean()) if zero_var.numel() else 0.0,
                 completion_len=float(keep.sum(1).float().mean()),
-                entropy=float(_entropy(logits.detach()).mean()) if n_tok else 0.0,
+                entropy=float(entropy(logits.detach()).mean()) if n_tok else 0.0,
                 clip_frac=float(is_clipped.float().mean()) if n_tok else 0.0,
                 reward_time_s=reward_time,
                 adv_abs_mean=float(adv.abs().mean()) if adv.numel() else 0.0,

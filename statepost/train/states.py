@@ -7,10 +7,17 @@ every completion position is one state (its prefix) with one target token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol
 
+import numpy as np
 import torch
+from transformers import GenerationConfig
+
+from statepost import gsm8k
+
+from .logprobs import completion_logprobs
 
 
 @dataclass
@@ -43,7 +50,9 @@ class StateBatch:
 
 
 class StateSource(Protocol):
-    def __len__(self) -> int | None: ...
+    """What the loop uses of a state source; a source with epochs also has ``__len__`` (micro-batches per epoch)."""
+
+    n_skipped: int  # examples / prompts left out (too long for optim.max_length)
 
     def sample(self, policy, step: int) -> StateBatch: ...
 
@@ -52,20 +61,12 @@ class StateSource(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-# ---------------------------------------------------------------------------------------------
-# Dataset states (core helper): prompt + gold-completion prefixes, batched grouped by length.
-# ---------------------------------------------------------------------------------------------
-
-import numpy as np  # noqa: E402  (kept in this section so sections stay independent)
-
-
 def collate_states(
     sequences: list[tuple[list[int], int]],
     pad_token_id: int,
     *,
     prompts: list[str] | None = None,
     answers: list[str] | None = None,
-    pad_to_multiple_of: int | None = None,
 ) -> StateBatch:
     """Right-pad ``(token_ids, n_prompt_tokens)`` pairs into a :class:`StateBatch`.
 
@@ -76,8 +77,6 @@ def collate_states(
     if not sequences:
         raise ValueError("collate_states: empty batch")
     width = max(len(ids) for ids, _ in sequences)
-    if pad_to_multiple_of:
-        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     n = len(sequences)
     input_ids = torch.full((n, width), int(pad_token_id), dtype=torch.long)
     attention_mask = torch.zeros((n, width), dtype=torch.long)
@@ -110,31 +109,70 @@ def encode_sft_example(tokenizer, question: str, answer: str) -> tuple[list[int]
     encodes a gsm8k context; Qwen has no BOS), so training sees exactly the token boundary that
     generation after the prompt sees at evaluation.
     """
-    from statepost.gsm8k import format_prompt, format_target
-
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer has no eos_token_id: the SFT completion ends with EOS")
-    prompt_ids = list(tokenizer(format_prompt(question), add_special_tokens=False)["input_ids"])
-    completion_ids = list(tokenizer(format_target(answer), add_special_tokens=False)["input_ids"])
+    prompt_ids = list(tokenizer(gsm8k.format_prompt(question), add_special_tokens=False)["input_ids"])
+    completion_ids = list(tokenizer(gsm8k.format_target(answer), add_special_tokens=False)["input_ids"])
     if not prompt_ids:
         raise ValueError("empty prompt after tokenization")
     return prompt_ids + completion_ids + [int(tokenizer.eos_token_id)], len(prompt_ids)
 
 
+class EpochOrder:
+    """Which items each micro-batch takes: one order per epoch, the same in every process, drawn from
+    ``(seed, epoch)`` only, so resuming needs nothing but the number of micro-batches taken.
+
+    An optimiser step takes ``step_size = batch_size * grad_accum * num_processes`` items; micro-batch
+    ``a`` of process ``p`` is items ``[(a*P + p)*B, (a*P + p + 1)*B)`` of the step, so a global batch
+    gives the same items per step however it is split over processes and accumulation. Items that do
+    not fill a last step are dropped for that epoch (a different random remainder each epoch).
+
+    With ``lengths`` (length grouping): shuffle, cut into windows of ``bucket_steps`` steps' items,
+    sort each window longest first (stable: ties keep the random order), cut into steps, shuffle them.
+    """
+
+    def __init__(self, n_items: int, *, seed: int, batch_size: int, grad_accum: int, num_processes: int,
+                 process_index: int, lengths: np.ndarray | None = None, bucket_steps: int = 1):
+        if batch_size < 1 or grad_accum < 1 or num_processes < 1:
+            raise ValueError("batch_size, grad_accum and num_processes must be >= 1")
+        if not 0 <= process_index < num_processes:
+            raise ValueError(f"process_index {process_index} not in [0, {num_processes})")
+        self.n_items, self.seed = n_items, int(seed)
+        self.batch_size, self.grad_accum = int(batch_size), int(grad_accum)
+        self.num_processes, self.process_index = int(num_processes), int(process_index)
+        self.lengths, self.bucket_steps = lengths, max(1, int(bucket_steps))
+        self.step_size = self.batch_size * self.grad_accum * self.num_processes
+        self.steps_per_epoch = n_items // self.step_size
+        self._cache: tuple[int, list[np.ndarray]] | None = None
+
+    def steps(self, epoch: int) -> list[np.ndarray]:
+        """The steps of ``epoch``: ``steps_per_epoch`` index arrays of ``step_size`` items."""
+        if self._cache is None or self._cache[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            perm = rng.permutation(self.n_items)[: self.steps_per_epoch * self.step_size]
+            if self.lengths is not None:
+                window = self.step_size * self.bucket_steps
+                windows = [perm[i : i + window] for i in range(0, len(perm), window)]
+                perm = np.concatenate([w[np.argsort(-self.lengths[w], kind="stable")] for w in windows])
+            steps = [perm[i * self.step_size : (i + 1) * self.step_size] for i in range(self.steps_per_epoch)]
+            if self.lengths is not None:
+                steps = [steps[i] for i in rng.permutation(len(steps))]
+            self._cache = (epoch, steps)
+        return self._cache[1]
+
+    def micro_batch(self, cursor: int) -> tuple[int, np.ndarray]:
+        """``(epoch, item indices)`` of this process's micro-batch number ``cursor``."""
+        epoch, i = divmod(cursor, self.steps_per_epoch * self.grad_accum)
+        step, micro = divmod(i, self.grad_accum)
+        start = (micro * self.num_processes + self.process_index) * self.batch_size
+        return epoch, self.steps(epoch)[step][start : start + self.batch_size]
+
+
 class DatasetStates:
     """States from a dataset: every prefix of every gold completion (SFT, off-policy distillation).
 
-    Order: one order per epoch, the same in every process, drawn from ``(seed, epoch)`` only, so
-    resuming needs nothing but the cursor. An optimiser step consumes ``batch_size * grad_accum *
-    num_processes`` examples (the *step batch*); micro-batch ``a`` of process ``p`` is rows
-    ``[(a * P + p) * B, (a * P + p + 1) * B)`` of it. So the same global batch gives the same
-    examples per optimiser step whatever the split over processes and accumulation.
-
-    Length grouping (``group_by_length``): shuffle, cut into mega-batches of ``bucket_steps``
-    step batches, sort each mega-batch by length, cut into step batches, shuffle the step
-    batches. Examples that do not fill a last step batch are dropped for that epoch (a different
-    random remainder each epoch). Examples longer than ``max_length`` are skipped (counted in
-    ``n_skipped``): truncating a prompt would change the task.
+    Examples in :class:`EpochOrder`, grouped by length when ``group_by_length``. Examples longer than
+    ``max_length`` are skipped (``n_skipped``): truncating a prompt would change the task.
     """
 
     def __init__(
@@ -150,19 +188,7 @@ class DatasetStates:
         max_length: int = 512,
         group_by_length: bool = True,
         bucket_steps: int = 64,
-        source_name: str = "data",
     ):
-        if batch_size < 1 or grad_accum < 1 or num_processes < 1:
-            raise ValueError("batch_size, grad_accum and num_processes must be >= 1")
-        if not 0 <= process_index < num_processes:
-            raise ValueError(f"process_index {process_index} not in [0, {num_processes})")
-        self.batch_size = int(batch_size)
-        self.grad_accum = int(grad_accum)
-        self.num_processes = int(num_processes)
-        self.process_index = int(process_index)
-        self.seed = int(seed)
-        self.group_by_length = bool(group_by_length)
-        self.bucket_steps = max(1, int(bucket_steps))
         self.pad_token_id = tokenizer.pad_token_id
         if self.pad_token_id is None:
             self.pad_token_id = tokenizer.eos_token_id
@@ -170,65 +196,33 @@ class DatasetStates:
         self.prompts: list[str] = []
         self.answers: list[str] = []
         self.n_skipped = 0
-        for i, row in enumerate(rows):
-            try:
-                question, answer = row["question"], row["answer"]
-            except KeyError as e:
-                raise ValueError(f"{source_name}: row {i + 1} has no {e.args[0]!r} field") from None
-            ids, n_prompt = encode_sft_example(tokenizer, question, answer)
+        for row in rows:
+            ids, n_prompt = encode_sft_example(tokenizer, row["question"], row["answer"])
             if len(ids) > max_length:
                 self.n_skipped += 1
                 continue
             self.examples.append((ids, n_prompt))
-            self.prompts.append(question)
-            self.answers.append(answer)
-        self.step_examples = self.batch_size * self.grad_accum * self.num_processes
-        self.steps_per_epoch = len(self.examples) // self.step_examples
+            self.prompts.append(row["question"])
+            self.answers.append(row["answer"])
+        lengths = np.array([len(ids) for ids, _ in self.examples]) if group_by_length else None
+        self.order = EpochOrder(
+            len(self.examples), seed=seed, batch_size=batch_size, grad_accum=grad_accum,
+            num_processes=num_processes, process_index=process_index, lengths=lengths, bucket_steps=bucket_steps,
+        )
+        self.steps_per_epoch = self.order.steps_per_epoch
         if self.steps_per_epoch == 0:
             raise ValueError(
-                f"{source_name}: {len(self.examples)} usable examples ({self.n_skipped} longer than "
-                f"max_length {max_length}) do not fill one optimiser step of {self.step_examples}"
+                f"{len(self.examples)} usable examples ({self.n_skipped} longer than max_length {max_length}) "
+                f"do not fill one optimiser step of {self.order.step_size}"
             )
-        self.lengths = np.array([len(ids) for ids, _ in self.examples])
-        self.cursor = 0  # micro-batches consumed by this process
-        self._order_cache: tuple[int, list[np.ndarray]] | None = None
-
-    # -- order -------------------------------------------------------------------------------
-    def epoch_order(self, epoch: int) -> list[np.ndarray]:
-        """The step batches of ``epoch``: a list of index arrays of ``step_examples`` each."""
-        if self._order_cache is not None and self._order_cache[0] == epoch:
-            return self._order_cache[1]
-        rng = np.random.default_rng([self.seed, epoch])
-        perm = rng.permutation(len(self.examples))[: self.steps_per_epoch * self.step_examples]
-        if self.group_by_length:
-            mega = self.step_examples * self.bucket_steps
-            chunks = []
-            for start in range(0, len(perm), mega):
-                part = perm[start : start + mega]
-                # stable sort, longest first; ties keep the random order
-                chunks.append(part[np.argsort(-self.lengths[part], kind="stable")])
-            perm = np.concatenate(chunks)
-        steps = [perm[i * self.step_examples : (i + 1) * self.step_examples] for i in range(self.steps_per_epoch)]
-        if self.group_by_length:
-            steps = [steps[i] for i in rng.permutation(len(steps))]
-        self._order_cache = (epoch, steps)
-        return steps
+        self.cursor = 0  # micro-batches taken by this process
 
     def __len__(self) -> int:
         """Micro-batches per epoch for one process (= optimiser steps per epoch * grad_accum)."""
-        return self.steps_per_epoch * self.grad_accum
-
-    def position(self) -> tuple[int, int, int]:
-        """(epoch, step within the epoch, micro-batch within the step) of the next sample."""
-        epoch, idx = divmod(self.cursor, len(self))
-        step, micro = divmod(idx, self.grad_accum)
-        return epoch, step, micro
+        return self.steps_per_epoch * self.order.grad_accum
 
     def sample(self, policy=None, step: int = 0) -> StateBatch:
-        epoch, step_in_epoch, micro = self.position()
-        rows = self.epoch_order(epoch)[step_in_epoch]
-        start = (micro * self.num_processes + self.process_index) * self.batch_size
-        idx = rows[start : start + self.batch_size]
+        epoch, idx = self.order.micro_batch(self.cursor)
         batch = collate_states(
             [self.examples[i] for i in idx],
             self.pad_token_id,
@@ -240,14 +234,13 @@ class DatasetStates:
         self.cursor += 1
         return batch
 
-    # -- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
             "cursor": self.cursor,
-            "seed": self.seed,
+            "seed": self.order.seed,
             "n_examples": len(self.examples),
-            "step_examples": self.step_examples,
-            "process_index": self.process_index,
+            "step_examples": self.order.step_size,
+            "process_index": self.order.process_index,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -258,21 +251,11 @@ class DatasetStates:
                     f"DatasetStates.load_state_dict: {key} is {now[key]} now but {state[key]} in the checkpoint"
                 )
         self.cursor = int(state["cursor"])
-        self._order_cache = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Learner states (on-policy helper): prompt + the CURRENT policy's own sampled completions.
-# Used by OPD (signal teacher_kl), RL (signal reward) and rejection-sampling SFT (filter + nll).
-# ---------------------------------------------------------------------------------------------
-
-import dataclasses as _dataclasses  # noqa: E402
-import time as _time  # noqa: E402
 
 
 def _unwrap_model(model, accelerator=None):
     """The bare ``PreTrainedModel`` under accelerate/DDP/compile wrappers (for ``generate``)."""
-    if accelerator is not None and hasattr(accelerator, "unwrap_model"):
+    if accelerator is not None:
         model = accelerator.unwrap_model(model)
     while hasattr(model, "module") and not hasattr(model, "generate"):
         model = model.module
@@ -280,156 +263,93 @@ def _unwrap_model(model, accelerator=None):
 
 
 class LearnerStates:
-    """States from the learner: G sampled completions of each prompt by the current policy.
+    """States from the learner: ``samples_per_prompt`` (G) completions of each prompt by the current policy.
 
-    ``LearnerStates(run_cfg, tokenizer, prompts, answers, accelerator_or_device=None, seed=0)``
+    Prompts (GSM8K questions, formatted as :class:`DatasetStates` formats them) come in
+    :class:`EpochOrder`, ``batch_size`` per micro-batch, so a micro-batch has B*G rows grouped by
+    prompt (``extras["group"]``). A prompt whose tokens + ``max_new_tokens`` exceed ``max_length`` is
+    dropped (``n_skipped``), never truncated.
 
-    * ``run_cfg``: the resolved run config (keys ``states``, ``signal``, ``optim`` as in the spec).
-    * ``prompts``: raw GSM8K *questions* (formatted here with :func:`statepost.gsm8k.format_prompt`,
-      as :class:`DatasetStates` does; pass ``prompts_are_formatted=True`` for ready prompts);
-      ``answers``: the gold ``answer`` fields (with their ``#### n`` line), same length.
-    * ``accelerator_or_device``: an ``accelerate.Accelerator`` (device, process split,
-      ``unwrap_model``), a device, or ``None`` (the policy's own device).
+    ``sample(policy, step)`` is called ``grad_accum`` times per optimiser step. Samples are drawn
+    afresh every ``refresh_every`` steps; in between, the micro-batches of the last draw come back in
+    order (``states_age`` steps old, ``gen_time_s`` 0). Nothing is cached after a resume: the next
+    call draws (keeping the refresh phase), so a resume inside a refresh period is not bit-identical.
 
-    Prompt order: as :class:`DatasetStates`, one permutation per epoch drawn from ``(seed, epoch)``;
-    an optimiser step consumes ``batch_size * grad_accum * num_processes`` prompts and micro-batch
-    ``a`` of process ``p`` takes rows ``[(a*P + p)*B, (a*P + p + 1)*B)`` of them (the remainder of
-    an epoch is dropped). Each prompt is sampled ``samples_per_prompt`` (G) times, so a micro-batch
-    has ``B*G`` rows, grouped: ``extras["group"]`` holds the prompt index within the micro-batch.
-    Prompts whose token length + ``max_new_tokens`` exceeds ``optim.max_length`` are dropped at
-    construction (``n_skipped``): a prompt is never truncated.
+    Sampling: ``generate`` on the unwrapped policy in eval mode, ``temperature`` / ``top_p``,
+    ``top_k=0`` and no other logits processor (the model's own generation_config is set aside), up
+    to and including the first EOS; seeded by ``(seed, process_index, cursor)`` in ``fork_rng``, so
+    the global RNG is untouched. Signals score at temperature 1: only 1.0 / 1.0 is exactly on-policy.
 
-    ``sample(policy, step)``: ``step`` is the optimiser step; the loop calls it once per
-    micro-batch (``grad_accum`` times with the same ``step``). Fresh samples are drawn at the
-    first call and then whenever ``refresh_every`` steps have passed since the last refresh (or
-    nothing is cached, e.g. just after a resume, which keeps the refresh phase of the interrupted
-    run); otherwise the micro-batches generated at the last refresh are returned again, in the
-    same order (``states_age`` = steps since they were generated, ``gen_time_s`` = 0). For the reward signal ``updates_per_batch > 1``
-    is the same thing: it is used as the refresh period when ``refresh_every`` is 1, and the two
-    must agree otherwise.
+    ``keep(completion, gold) -> bool`` (rejection sampling) drops the other samples; when none is
+    left the batch keeps its rows with an all-zero ``completion_mask``. ``record_old_logprobs``: the
+    policy's log-probs at sampling time go to ``extras["old_logprobs"]`` [B, T] (0 outside the
+    completion), for a signal that reuses a rollout batch.
 
-    Generation: ``model.generate`` on the unwrapped policy in eval mode, ``torch.no_grad``, KV
-    cache, ``do_sample=True`` with ``temperature``/``top_p`` and ``top_k=0`` (no other logits
-    processors: the model's own ``generation_config`` is set aside for the call so a hub default
-    cannot silently change the sampling distribution), stopping at ``tokenizer.eos_token_id``.
-    Prompts are left-padded for generation and re-packed right-padded (:func:`collate_states`);
-    ``completion_mask`` covers the generated tokens up to and including the first EOS (all of them
-    when no EOS came: a truncated sample). The model's previous train/eval mode is restored.
-    Sampling is seeded by ``(seed, process_index, generation count)`` inside ``torch.random.fork_rng``,
-    so it is deterministic, resumable, and leaves the global RNG alone. Note that the signals score
-    states at temperature 1: with ``temperature != 1`` or ``top_p < 1`` the states are sampled from a
-    different distribution than the one trained (exactly on-policy only at 1.0/1.0).
-
-    Extras (rows after filtering): ``rewards`` [N] (gsm8k reward with the signal's ``answer_mode``
-    and ``format_reward``), ``correct`` [N], ``group`` [N], ``completions`` (decoded text, no special
-    tokens), ``eos`` [N] (sample ended with EOS), and, when the reward signal reuses a rollout
-    batch (refresh period > 1), ``old_logprobs`` [N, T]: the sampling-time log-probability of token
-    ``input_ids[:, t]`` at position ``t`` (0 outside the completion), computed right after generation
-    with the same wrapped ``policy`` forward the signal uses, in its training mode, under no grad.
-
-    Metrics (of all B*G samples, before filtering): ``gen_time_s``, ``completion_len`` (mean
-    generated tokens), ``eos_frac``, ``accuracy`` (gsm8k correctness), ``reward_mean``,
-    ``states_age``, ``n_samples``; with a filter also ``filter_keep_frac`` and ``filtered_empty``
-    (1.0 when no sample survived: the batch then keeps all rows but has an all-zero
-    ``completion_mask``, ``num_completion_tokens == 0``; the loop must skip such a batch, and a loss
-    computed on it is 0 with zero gradient anyway).
-
-    ``state_dict()`` is JSON-serialisable (cursor and counters). The cached rollout batch is not
-    saved: after a resume in the middle of a refresh period the next ``sample`` regenerates
-    (seeded, from the next prompts), so such a resume is not bit-identical to an uninterrupted run;
-    a resume at a refresh step is.
+    Extras: ``completions`` (text), ``correct`` (gsm8k), ``group``, ``eos``, ``prompt_index``.
+    Metrics (all B*G samples, before ``keep``): ``gen_time_s``, ``completion_len``, ``eos_frac``,
+    ``accuracy``, ``n_samples``, ``states_age``; with ``keep``: ``filter_keep_frac``, ``filtered_empty``.
     """
 
     def __init__(
         self,
-        run_cfg: dict,
         tokenizer,
-        prompts: list[str],
+        questions: list[str],
         answers: list[str],
-        accelerator_or_device=None,
-        seed: int = 0,
         *,
-        prompts_are_formatted: bool = False,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        samples_per_prompt: int,
+        refresh_every: int,
+        batch_size: int,
+        grad_accum: int,
+        max_length: int,
+        seed: int,
+        accelerator=None,
+        keep: Callable[[str, str], bool] | None = None,
+        record_old_logprobs: bool = False,
     ):
-        from statepost import gsm8k
-
-        states = run_cfg["states"]
-        signal = run_cfg.get("signal", {}) or {}
-        optim = run_cfg.get("optim", {}) or {}
-        if len(prompts) != len(answers):
-            raise ValueError(f"LearnerStates: {len(prompts)} prompts but {len(answers)} answers")
+        if len(questions) != len(answers):
+            raise ValueError(f"LearnerStates: {len(questions)} prompts but {len(answers)} answers")
         self.tokenizer = tokenizer
         self.eos_token_id = tokenizer.eos_token_id
         if self.eos_token_id is None:
             raise ValueError("LearnerStates: the tokenizer has no eos_token_id (generation stops at EOS)")
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
-
-        self.temperature = float(states.get("temperature", 1.0))
-        self.top_p = float(states.get("top_p", 1.0) or 1.0)
-        self.max_new_tokens = int(states.get("max_new_tokens", 256))
-        self.group_size = int(states.get("samples_per_prompt", 1))
-        if self.temperature <= 0 or self.max_new_tokens < 1 or self.group_size < 1:
-            raise ValueError("LearnerStates: need temperature > 0, max_new_tokens >= 1, samples_per_prompt >= 1")
-        period = int(states.get("refresh_every", 1) or 1)
-        updates = int(signal.get("updates_per_batch", 1) or 1) if signal.get("type") == "reward" else 1
-        if updates > 1 and period == 1:
-            period = updates
-        elif updates > 1 and period != updates:
-            raise ValueError(
-                f"LearnerStates: states.refresh_every={period} and signal.updates_per_batch={updates} "
-                "disagree (both say how many optimiser steps reuse one rollout batch)"
-            )
-        self.refresh_every = period
-        self.need_old_logprobs = signal.get("type") == "reward" and period > 1
-        self.filter = states.get("filter") or None
-        if self.filter is not None and self.filter.get("reward", "gsm8k") != "gsm8k":
-            raise ValueError(f"LearnerStates: unknown filter reward {self.filter.get('reward')!r}")
-        self.filter_min = float(self.filter.get("min", 1.0)) if self.filter else None
-        self.answer_mode = signal.get("answer_mode", "hash_then_last")
-        self.format_reward = float(signal.get("format_reward", 0.0) or 0.0) if signal.get("type") == "reward" else 0.0
-        if self.answer_mode not in gsm8k.ANSWER_MODES:
-            raise ValueError(f"LearnerStates: unknown answer_mode {self.answer_mode!r}")
-
-        acc = accelerator_or_device
-        if acc is not None and hasattr(acc, "unwrap_model"):
-            self.accelerator = acc
-            self.device = acc.device
-            self.num_processes = int(acc.num_processes)
-            self.process_index = int(acc.process_index)
-        else:
-            self.accelerator = None
-            self.device = torch.device(acc) if acc is not None else None
-            self.num_processes, self.process_index = 1, 0
-        self.batch_size = int(optim.get("batch_size", 8))
-        self.grad_accum = int(optim.get("grad_accum", 1))
-        max_length = int(optim.get("max_length", 512))
-        self.seed = int(seed)
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.max_new_tokens, self.group_size = int(max_new_tokens), int(samples_per_prompt)
+        self.refresh_every = int(refresh_every)
+        self.keep, self.record_old_logprobs = keep, record_old_logprobs
+        self.accelerator = accelerator
+        self.device = accelerator.device if accelerator is not None else None  # None: the policy's device
+        num_processes = accelerator.num_processes if accelerator is not None else 1
+        process_index = accelerator.process_index if accelerator is not None else 0
 
         self.prompt_ids: list[list[int]] = []
         self.questions: list[str] = []
         self.answers: list[str] = []
         self.n_skipped = 0
-        for q, a in zip(prompts, answers):
-            text = q if prompts_are_formatted else gsm8k.format_prompt(q)
-            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        for q, a in zip(questions, answers):
+            ids = list(tokenizer(gsm8k.format_prompt(q), add_special_tokens=False)["input_ids"])
             if not ids:
-                raise ValueError(f"LearnerStates: prompt tokenizes to nothing: {text[:80]!r}")
+                raise ValueError(f"LearnerStates: prompt tokenizes to nothing: {q[:80]!r}")
             if len(ids) + self.max_new_tokens > max_length:
                 self.n_skipped += 1
                 continue
             self.prompt_ids.append(ids)
             self.questions.append(q)
             self.answers.append(a)
-        self.step_prompts = self.batch_size * self.grad_accum * self.num_processes
-        self.steps_per_epoch = len(self.prompt_ids) // self.step_prompts
-        if self.steps_per_epoch == 0:
+        self.order = EpochOrder(
+            len(self.prompt_ids), seed=seed, batch_size=batch_size, grad_accum=grad_accum,
+            num_processes=num_processes, process_index=process_index,
+        )
+        if self.order.steps_per_epoch == 0:
             raise ValueError(
                 f"LearnerStates: {len(self.prompt_ids)} usable prompts ({self.n_skipped} too long for "
                 f"max_length {max_length} with max_new_tokens {self.max_new_tokens}) do not fill one "
-                f"optimiser step of {self.step_prompts} prompts"
+                f"optimiser step of {self.order.step_size} prompts"
             )
         self.cursor = 0  # micro-batches generated by this process
-        self._order_cache = None
         self._cache: list[StateBatch] = []
         self._cur_step: int | None = None
         self._micro = 0
@@ -437,26 +357,6 @@ class LearnerStates:
         self._made_step = 0  # optimiser step at which the cached rollouts were drawn
         self._resumed = False
         self._refreshing = False
-
-    # -- order (same scheme as DatasetStates) --------------------------------------------------
-    def __len__(self):  # learner states have no epochs in the training sense
-        return None
-
-    def epoch_order(self, epoch: int):
-        if self._order_cache is not None and self._order_cache[0] == epoch:
-            return self._order_cache[1]
-        rng = np.random.default_rng([self.seed, epoch])
-        perm = rng.permutation(len(self.prompt_ids))[: self.steps_per_epoch * self.step_prompts]
-        self._order_cache = (epoch, perm)
-        return perm
-
-    def _next_prompt_indices(self) -> list[int]:
-        micro_per_epoch = self.steps_per_epoch * self.grad_accum
-        epoch, idx = divmod(self.cursor, micro_per_epoch)
-        step_in_epoch, micro = divmod(idx, self.grad_accum)
-        perm = self.epoch_order(epoch)
-        base = step_in_epoch * self.step_prompts + (micro * self.num_processes + self.process_index) * self.batch_size
-        return [int(i) for i in perm[base : base + self.batch_size]]
 
     # -- sampling -------------------------------------------------------------------------------
     def sample(self, policy, step: int) -> StateBatch:
@@ -475,10 +375,10 @@ class LearnerStates:
         if self._refreshing:
             batch = self.generate(policy)
             self._cache.append(batch)
-            out = _dataclasses.replace(batch, metrics=dict(batch.metrics))
+            out = replace(batch, metrics=dict(batch.metrics))
         else:
             cached = self._cache[self._micro % len(self._cache)]
-            out = _dataclasses.replace(cached, metrics=dict(cached.metrics))
+            out = replace(cached, metrics=dict(cached.metrics))
             out.metrics["gen_time_s"] = 0.0
         out.metrics["states_age"] = float(step - self._made_step)
         self._micro += 1
@@ -495,8 +395,6 @@ class LearnerStates:
     @torch.no_grad()
     def _generate_tokens(self, model, prompt_ids: list[list[int]], device) -> list[list[int]]:
         """Sampled completion token lists (up to and including the first EOS) per prompt row."""
-        from transformers import GenerationConfig
-
         width = max(len(p) for p in prompt_ids)
         n = len(prompt_ids)
         input_ids = torch.full((n, width), int(self.pad_token_id), dtype=torch.long)
@@ -540,90 +438,79 @@ class LearnerStates:
 
     def generate(self, policy) -> StateBatch:
         """Draw a fresh micro-batch of ``B*G`` samples from ``policy`` (advances the prompt cursor)."""
-        from statepost import gsm8k
-
-        idx = self._next_prompt_indices()
+        _, prompts = self.order.micro_batch(self.cursor)
         G = self.group_size
-        rows = [i for i in idx for _ in range(G)]
-        groups = [g for g in range(len(idx)) for _ in range(G)]
+        rows = [int(i) for i in prompts for _ in range(G)]
+        groups = [g for g in range(len(prompts)) for _ in range(G)]
         model = _unwrap_model(policy, self.accelerator)
         device = self._device_of(model)
 
-        t0 = _time.perf_counter()
-        seed = int(np.random.SeedSequence([self.seed, self.process_index, self.cursor]).generate_state(1)[0])
+        t0 = time.perf_counter()
+        seeds = np.random.SeedSequence([self.order.seed, self.order.process_index, self.cursor])
+        seed = int(seeds.generate_state(1)[0])
         fork_devices = [device] if torch.device(device).type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
             completions = self._generate_tokens(model, [self.prompt_ids[i] for i in rows], device)
-        gen_time = _time.perf_counter() - t0
+        gen_time = time.perf_counter() - t0
         self.cursor += 1
 
         eos = [bool(c) and c[-1] == self.eos_token_id for c in completions]
         texts = [self.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
         answers = [self.answers[i] for i in rows]
-        correct = [1.0 if gsm8k.is_correct(t, a, self.answer_mode) else 0.0 for t, a in zip(texts, answers)]
-        rewards = [gsm8k.reward(t, a, self.answer_mode, self.format_reward) for t, a in zip(texts, answers)]
+        correct = [1.0 if gsm8k.is_correct(t, a) else 0.0 for t, a in zip(texts, answers)]
         metrics = {
             "gen_time_s": gen_time,
             "completion_len": float(np.mean([len(c) for c in completions])),
             "eos_frac": float(np.mean(eos)),
             "accuracy": float(np.mean(correct)),
-            "reward_mean": float(np.mean(rewards)),
             "n_samples": float(len(rows)),
         }
 
-        keep = list(range(len(rows)))
+        kept = list(range(len(rows)))
         empty = False
-        if self.filter is not None:
-            filt_r = [
-                gsm8k.reward(t, a, self.answer_mode, 0.0) for t, a in zip(texts, answers)
-            ]
-            keep = [k for k in keep if filt_r[k] >= self.filter_min]
-            metrics["filter_keep_frac"] = len(keep) / len(rows)
-            empty = not keep
+        if self.keep is not None:
+            kept = [k for k in kept if self.keep(texts[k], answers[k])]
+            metrics["filter_keep_frac"] = len(kept) / len(rows)
+            empty = not kept
             metrics["filtered_empty"] = 1.0 if empty else 0.0
             if empty:
-                keep = list(range(len(rows)))  # keep the shapes, zero the mask below
+                kept = list(range(len(rows)))  # keep the shapes, zero the mask below
 
         batch = collate_states(
-            [(self.prompt_ids[rows[k]] + completions[k], len(self.prompt_ids[rows[k]])) for k in keep],
+            [(self.prompt_ids[rows[k]] + completions[k], len(self.prompt_ids[rows[k]])) for k in kept],
             self.pad_token_id,
-            prompts=[self.questions[rows[k]] for k in keep],
-            answers=[answers[k] for k in keep],
+            prompts=[self.questions[rows[k]] for k in kept],
+            answers=[answers[k] for k in kept],
         )
         if empty:
             batch.completion_mask.zero_()
         batch.extras.update(
-            rewards=torch.tensor([rewards[k] for k in keep], dtype=torch.float32),
-            correct=torch.tensor([correct[k] for k in keep], dtype=torch.float32),
-            group=torch.tensor([groups[k] for k in keep], dtype=torch.long),
-            eos=torch.tensor([eos[k] for k in keep], dtype=torch.bool),
-            prompt_index=torch.tensor([rows[k] for k in keep], dtype=torch.long),
-            completions=[texts[k] for k in keep],
+            correct=torch.tensor([correct[k] for k in kept], dtype=torch.float32),
+            group=torch.tensor([groups[k] for k in kept], dtype=torch.long),
+            eos=torch.tensor([eos[k] for k in kept], dtype=torch.bool),
+            prompt_index=torch.tensor([rows[k] for k in kept], dtype=torch.long),
+            completions=[texts[k] for k in kept],
         )
         batch.metrics.update(metrics)
-        if self.need_old_logprobs and not empty:
+        if self.record_old_logprobs and not empty:
             batch.extras["old_logprobs"] = self._old_logprobs(policy, batch, device)
         return batch
 
     @torch.no_grad()
     def _old_logprobs(self, policy, batch: StateBatch, device) -> torch.Tensor:
-        from .signals import completion_logprobs
-
-        on_dev = batch.to(device)
-        _, token_logp, mask = completion_logprobs(policy, on_dev)
+        _, token_logp, mask = completion_logprobs(policy, batch.to(device))
         old = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
         old[:, 1:] = (token_logp * mask).float().cpu()
         return old
 
-    # -- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
             "cursor": self.cursor,
-            "seed": self.seed,
+            "seed": self.order.seed,
             "n_prompts": len(self.prompt_ids),
-            "step_prompts": self.step_prompts,
-            "process_index": self.process_index,
+            "step_prompts": self.order.step_size,
+            "process_index": self.order.process_index,
             "gen_step": self._gen_step,
         }
 
@@ -635,6 +522,5 @@ class LearnerStates:
                     f"LearnerStates.load_state_dict: {key} is {now[key]} now but {state[key]} in the checkpoint"
                 )
         self.cursor = int(state["cursor"])
-        self._gen_step = int(state.get("gen_step", 0))
-        self._order_cache = None
+        self._gen_step = int(state["gen_step"])
         self._cache, self._cur_step, self._micro, self._resumed = [], None, 0, True

@@ -23,7 +23,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .data import COMMIT_RE, warn_unpinned
 from .io import ConfigError, atomic_dir, env_info, sha256_file, utc_now, write_json
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from _train_toy import build_model
 from statepost.config import with_defaults
 from statepost.train.logprobs import token_divergence
 from statepost.train.signals import TeacherKL, check_same_tokenizer
-from statepost.train.states import StateBatch
+from statepost.train.batch import StateBatch
 
 P_S = [0.5, 0.3, 0.2]
 P_T = [0.2, 0.3, 0.5]

@@ -12,7 +12,8 @@ from _train_toy import build_tokenizer, toy_rows
 from statepost.gsm8k import format_prompt
 from statepost.train.logprobs import completion_logprobs, masked_mean
 from statepost.train.signals import NLLSignal
-from statepost.train.states import DatasetStates, StateBatch, collate_states, encode_sft_example, padding_waste
+from statepost.train.batch import StateBatch, collate_states, padding_waste
+from statepost.train.states import DatasetStates, encode_sft_example
 
 
 class FixedLogits(torch.nn.Module):

@@ -11,7 +11,7 @@ import torch
 
 from statepost.config import with_defaults
 from statepost.train.signals import RewardSignal, group_advantages, group_advantages_by_id
-from statepost.train.states import StateBatch
+from statepost.train.batch import StateBatch
 
 EPS = 1e-4
 

@@ -45,7 +45,7 @@ from .checkpoint import Checkpointer
 from .distributed import broadcast, make_accelerator, mean_dicts, mean_over_processes, sum_over_processes
 from .registry import SIGNALS, data_path, make_signal, make_state_source
 from .signals import check_same_tokenizer
-from .states import StateSource, padding_waste
+from .batch import StateSource, padding_waste
 
 log = logging.getLogger("statepost.train")
 

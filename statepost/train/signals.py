@@ -15,7 +15,7 @@ import torch
 from statepost import gsm8k
 
 from .logprobs import completion_token_logits, entropy, masked_mean, token_divergence, token_logprobs
-from .states import StateBatch
+from .batch import StateBatch
 
 ADV_EPS = 1e-4  # added to a group's reward std before dividing (not a config key)
 

@@ -12,14 +12,17 @@ the same command resumes from it (if the run config is unchanged) and it is remo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from statepost.io import json_arg  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run-json", required=True, help="resolved run config as a JSON string, or @FILE")
+    p.add_argument("--run-json", required=True, type=json_arg, help="resolved run config as JSON text, or @FILE")
     p.add_argument("--init", required=True, type=Path, help="model directory the run starts from")
     p.add_argument("--teacher", type=Path, default=None, help="teacher model directory (teacher_kl signals)")
     p.add_argument("--data-dir", type=Path, default=Path("results/data"), help="prepared data (default %(default)s)")
@@ -29,32 +32,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="resumable training state, outside --out (default: OUT's parent/.OUT-name.state)",
     )
     p.add_argument("--metrics", type=Path, default=None, help="also copy metrics.jsonl here (default: OUT/metrics.jsonl only)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between resumable states (wins over checkpoint.every)")
+    p.add_argument("--checkpoint-keep", type=int, help="resumable states kept (wins over checkpoint.keep)")
+    p.add_argument("--log-every", type=int, help="steps between log lines (wins over log_every)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar; log a line per log_every steps")
     return p.parse_args(argv)
 
 
-def read_run_json(arg: str) -> dict:
-    from statepost.io import ConfigError
-
-    text = arg
-    if arg.startswith("@"):
-        path = Path(arg[1:])
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"--run-json {arg}: cannot read ({e.strerror})") from None
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--run-json: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError("--run-json: expected a JSON object")
-    return cfg
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import logging
 
     from statepost.io import setup_logging
@@ -66,7 +52,18 @@ def main(argv=None) -> int:
     from statepost.io import ConfigError, DataError
 
     try:
-        cfg = read_run_json(args.run_json)
+        cfg = args.run_json
+        if not isinstance(cfg, dict):
+            raise ConfigError("--run-json: expected a JSON object")
+        # when to checkpoint and log: not part of the run's identity, so the rule passes them apart
+        checkpoint = dict(cfg.get("checkpoint") or {})
+        if args.checkpoint_every is not None:
+            checkpoint["every"] = args.checkpoint_every
+        if args.checkpoint_keep is not None:
+            checkpoint["keep"] = args.checkpoint_keep
+        cfg = {**cfg, **({"checkpoint": checkpoint} if checkpoint else {})}
+        if args.log_every is not None:
+            cfg["log_every"] = args.log_every
         from statepost.train.loop import TrainingError, train
 
         try:

@@ -229,12 +229,26 @@ def check(config: dict) -> None:
     run_order(config)  # raises on cycles
 
 
+# A run's settings that change no weight: when it saves resumable states and logs (run_runtime), and
+# its resources. They reach the job as Snakemake resources, which never trigger a rerun.
+RUNTIME_KEYS = ("checkpoint", "log_every", "resources")
+
+
 def resolve_run(config: dict, run: str, seed: int) -> dict:
-    """The complete settings of one (run, seed), as handed to the training script."""
-    cfg = copy.deepcopy(config["runs"][run])
-    cfg.pop("resources", None)
+    """The settings of one (run, seed) that change its weights, as handed to the training script."""
+    cfg = {k: copy.deepcopy(v) for k, v in config["runs"][run].items() if k not in RUNTIME_KEYS}
     cfg.update(name=run, seed=int(seed))
     return cfg
+
+
+def run_runtime(config: dict, run: str) -> dict:
+    """A run's checkpoint interval, checkpoints kept and log interval, as Snakemake resources."""
+    cfg = config["runs"][run]
+    return {
+        "checkpoint_every": cfg["checkpoint"]["every"],
+        "checkpoint_keep": cfg["checkpoint"]["keep"],
+        "log_every": cfg["log_every"],
+    }
 
 
 def config_hash(obj) -> str:

@@ -19,7 +19,7 @@ rendezvous port). The rule form, used by training and evaluation rules::
 
     shell: "python -m statepost.gpus --gpus {resources.gpu} --launch -- scripts/train.py ..."
 
-(``launcher_prefix(n)`` returns exactly that prefix.)
+(the GPU count is a resource, so changing it never makes Snakemake rerun a job).
 
 Nothing is assigned, and ``CUDA_VISIBLE_DEVICES`` is left as it is, when N == 0,
 inside a SLURM job (``SLURM_JOB_ID`` set: SLURM's gres plugin owns the devices)
@@ -57,21 +57,6 @@ _PREFIX = "[statepost.gpus]"
 
 class GpuError(RuntimeError):
     """A GPU request that cannot be satisfied (bad count, no slot in time)."""
-
-
-def launcher_prefix(n_gpus: int | str) -> str:
-    """Shell prefix that runs a Python script on ``n_gpus`` GPUs.
-
-    ``f"{launcher_prefix(n)} scripts/train.py --config x.json"`` runs the script
-    with plain ``python`` for n <= 1 and with ``accelerate launch`` (one process
-    per GPU) for n > 1, after taking n GPU slots on a local box. In a rule the
-    equivalent literal form is
-    ``"python -m statepost.gpus --gpus {resources.gpu} --launch -- scripts/x.py ..."``.
-    """
-    n = int(n_gpus)
-    if n < 0:
-        raise ValueError(f"n_gpus must be >= 0, got {n}")
-    return f"python -m statepost.gpus --gpus {n} --launch --"
 
 
 def _log(msg: str) -> None:

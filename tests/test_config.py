@@ -61,6 +61,9 @@ def test_resolve_run_is_complete_and_hash_is_stable():
     cfg = cfglib.validate(toy())
     run = cfglib.resolve_run(cfg, "opd", 3)
     assert run["name"] == "opd" and run["seed"] == 3 and "resources" not in run
+    # what changes no weight is not part of the run's identity: it reaches the job as resources
+    assert not {"checkpoint", "log_every"} & set(run)
+    assert cfglib.run_runtime(cfg, "opd") == {"checkpoint_every": 10, "checkpoint_keep": 2, "log_every": 1}
     assert run["states"]["top_p"] == 1.0 and run["optim"]["max_steps"] == 40
     assert cfglib.config_hash(run) == cfglib.config_hash(cfglib.resolve_run(cfg, "opd", 3))
     assert cfglib.config_hash(run) != cfglib.config_hash(cfglib.resolve_run(cfg, "opd", 4))

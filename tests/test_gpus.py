@@ -155,13 +155,6 @@ def test_launch_builds_python_or_accelerate_command():
     assert gpus.build_command(4, ["echo", "hi"], launch=False) == ["echo", "hi"]
 
 
-def test_launcher_prefix():
-    assert gpus.launcher_prefix(2) == "python -m statepost.gpus --gpus 2 --launch --"
-    assert gpus.launcher_prefix("0") == "python -m statepost.gpus --gpus 0 --launch --"
-    with pytest.raises(ValueError):
-        gpus.launcher_prefix(-1)
-
-
 def test_launch_runs_script_with_python(tmp_path):
     script = tmp_path / "s.py"
     script.write_text("import os, sys; print('ARGS', sys.argv[1:], os.environ.get('CUDA_VISIBLE_DEVICES'))\n")

@@ -6,7 +6,6 @@ sys.path.insert(0, workflow.basedir)
 
 from statepost import benchmarks as bench_facts
 from statepost import config as cfglib
-from statepost.gpus import launcher_prefix
 from statepost.io import ConfigError
 
 try:
@@ -87,10 +86,6 @@ def all_targets():
         "results/tables/claims.md",
         "results/figures/retention_vs_gain.png",
     ]
-
-
-def train_command(run):
-    return f"{launcher_prefix(cfglib.run_resources(config, 'train', run)['gpu'])} scripts/train.py"
 
 
 def train_inputs(run):

@@ -1,5 +1,7 @@
 # One named rule per run, so `snakemake --forcerun sft_stress` reruns that run and exactly its
 # dependents. Edges come from the run's config: its init model and, for teacher_kl, its teacher.
+# Its params are what changes its weights; when it checkpoints and logs, and on how many GPUs it
+# runs, are resources (they never trigger a rerun).
 
 
 for _run in RUNS:
@@ -19,13 +21,16 @@ for _run in RUNS:
         threads: _cpus
         resources:
             **_res,
+            **cfglib.run_runtime(config, _run),
         params:
             run_json=lambda wc, r=_run: json_arg(
                 cfglib.resolve_run(config, r, int(wc.seed))
             ),
             state_dir=lambda wc, r=_run: f"results/.state/{r}/seed{wc.seed}",
             teacher=teacher_arg,
-            launch=train_command(_run),
         shell:
-            "{params.launch} --run-json {params.run_json:q} --init {input.init} {params.teacher} "
-            "--data-dir results/data --out {output} --state-dir {params.state_dir} > {log} 2>&1"
+            "python -m statepost.gpus --gpus {resources.gpu} --launch -- scripts/train.py "
+            "--run-json {params.run_json:q} --init {input.init} {params.teacher} "
+            "--checkpoint-every {resources.checkpoint_every} --checkpoint-keep {resources.checkpoint_keep} "
+            "--log-every {resources.log_every} --data-dir results/data --out {output} "
+            "--state-dir {params.state_dir} > {log} 2>&1"

@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .config import with_defaults
 from .io import ConfigError, atomic_dir, env_info, sha256_file, utc_now, write_json
 
 log = logging.getLogger(__name__)
@@ -32,18 +33,6 @@ EOS = "<|endoftext|>"
 QWEN_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-TOY_DEFAULTS = {
-    "seed": 0,
-    "vocab_size": 1024,
-    "hidden_size": 128,
-    "num_layers": 2,
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "intermediate_size": 256,
-    "max_position_embeddings": 1024,
-    "pretrain": {"steps": 600, "lr": 3.0e-3, "batch_size": 16, "max_length": 128, "corpus_docs": 8000,
-                 "warmup_steps": 20},
-}
 # What a Hub snapshot may bring: weights as safetensors, json configs, tokenizer files. Never pickles or code.
 HUB_ALLOW = ["*.safetensors", "*.json", "tokenizer.model", "merges.txt", "vocab.json", "*.jinja", "*.tiktoken"]
 HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "*.py", "*.h5", "*.msgpack", "*.onnx"]
@@ -51,11 +40,9 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def toy_settings(cfg: Mapping | None) -> dict:
-    """The toy base_model config with defaults filled in (``pretrain`` merged key by key)."""
-    cfg = dict(cfg or {})
-    out = {k: v for k, v in TOY_DEFAULTS.items() if k != "pretrain"}
-    out.update({k: v for k, v in cfg.items() if k not in ("pretrain", "source")})
-    out["pretrain"] = {**TOY_DEFAULTS["pretrain"], **(cfg.get("pretrain") or {})}
+    """The toy base_model config, validated, with the schema's defaults filled in (``source`` dropped)."""
+    out = with_defaults({**(cfg or {}), "source": "toy"}, "toy_model")
+    out.pop("source")
     return out
 
 

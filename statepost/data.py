@@ -1,4 +1,4 @@
-"""Benchmark data: toy generators, Hugging Face Hub download + conversion, validators.
+"""Benchmark data: validators, the Hugging Face hub download and conversion, and the data rule's manifest.
 
 Every benchmark ends up as ``results/data/{benchmark}/{split}.jsonl`` in the columns of the
 standard Hugging Face dataset (so lm-eval's builtin tasks read the files unchanged) plus a

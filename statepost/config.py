@@ -226,7 +226,47 @@ def check(config: dict) -> None:
             )
         if signal["type"] == "reward" and states["source"] != "learner":
             raise ConfigError(f"config key {where}.signal: a reward signal needs states.source: learner")
+        if states["source"] == "learner":
+            check_on_policy(where, states, signal)
     run_order(config)  # raises on cycles
+
+
+def check_on_policy(where: str, states: dict, signal: dict) -> None:
+    """Learner-state settings under which a signal's estimate would be degenerate or biased.
+
+    The reward signal's policy gradient and the sampled teacher-KL estimator take expectations
+    over the policy's own samples: they are unbiased only for samples drawn at temperature 1 and
+    top_p 1 from the current weights (a reward signal corrects reused rollouts with the recorded
+    sampling-time log-probs; the sampled estimator cannot). Group-normalised advantages need two
+    samples per prompt or every advantage is 0.
+    """
+    kind = signal["type"]
+    uses_samples = kind == "reward" or (kind == "teacher_kl" and signal["estimator"] == "sampled")
+    what = "the reward signal's policy gradient" if kind == "reward" else "the sampled teacher-KL estimator"
+    if kind == "reward" and states["samples_per_prompt"] < 2:
+        raise ConfigError(
+            f"config key {where}.states.samples_per_prompt: advantages are rewards minus the mean of each "
+            "prompt's group of samples; with 1 sample per prompt every advantage is 0 and nothing is learned "
+            "(set 2 or more)"
+        )
+    for key in ("temperature", "top_p"):
+        if uses_samples and states[key] != 1.0:
+            raise ConfigError(
+                f"config key {where}.states.{key}: {what} assumes samples of the policy itself "
+                f"(temperature 1, top_p 1); {key} {states[key]} samples another distribution and biases it"
+            )
+    if kind == "teacher_kl" and signal["estimator"] == "sampled" and states["refresh_every"] != 1:
+        raise ConfigError(
+            f"config key {where}.states.refresh_every: the sampled teacher-KL estimator needs fresh samples "
+            "of the current weights at every step (refresh_every 1), or use estimator: full"
+        )
+    updates, refresh = (signal["updates_per_batch"], states["refresh_every"]) if kind == "reward" else (1, 1)
+    if updates > 1 and refresh > 1 and updates != refresh:
+        raise ConfigError(
+            f"config key {where}.signal.updates_per_batch: states.refresh_every={states['refresh_every']} and "
+            f"signal.updates_per_batch={signal['updates_per_batch']} disagree (both say how many optimiser steps "
+            "reuse one batch of samples: set one, or both alike)"
+        )
 
 
 # A run's settings that change no weight: when it saves resumable states and logs (run_runtime), and

@@ -439,6 +439,17 @@ def load_frozen(path, dtype, device):
     return model
 
 
+def disable_dropout(model) -> None:
+    """Dropout off for good (``nn.Dropout`` modules and attention dropout rates), as TRL's trainers do."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
 def set_gradient_checkpointing(model, on: bool) -> None:
     """Activation (gradient) checkpointing, non-reentrant (works with DDP); transformers 5 renamed it."""
     if hasattr(model, "activation_checkpointing_enable"):
@@ -465,7 +476,7 @@ def model_hashes(path) -> dict[str, str]:
 
 
 __all__ = [
-    "EOS", "build_toy_model", "build_toy_tokenizer", "download_hub_model", "load_frozen", "load_model",
+    "EOS", "build_toy_model", "build_toy_tokenizer", "disable_dropout", "download_hub_model", "load_frozen", "load_model",
     "load_tokenizer", "make_toy_base", "model_hashes", "param_count", "pretrain_toy", "resolve_dtype",
     "set_gradient_checkpointing", "toy_settings", "verify_model_dir",
 ]

@@ -120,6 +120,22 @@ BAD = [
     ("bad kl direction", [(("runs", "opd", "signal", "direction"), "sideways")], "runs.opd.signal.direction"),
     ("negative gpu", [(("resources", "train", "gpu"), -1)], "resources.train.gpu"),
     ("top_p above one", [(("runs", "opd", "states", "top_p"), 1.5)], "runs.opd.states.top_p"),
+    # on-policy assumptions: settings under which a signal's estimate is degenerate or biased
+    ("one sample per prompt for a group-normalised reward", [(("runs", "rl", "states", "samples_per_prompt"), 1)],
+     "runs.rl.states.samples_per_prompt: advantages are rewards minus the mean"),
+    ("tempered samples for the policy gradient", [(("runs", "rl", "states", "temperature"), 0.7)],
+     "runs.rl.states.temperature: the reward signal's policy gradient assumes samples of the policy itself"),
+    ("nucleus samples for the policy gradient", [(("runs", "rl", "states", "top_p"), 0.9)],
+     "runs.rl.states.top_p"),
+    ("tempered samples for the sampled KL estimator",
+     [(("runs", "opd", "signal", "estimator"), "sampled"), (("runs", "opd", "states", "temperature"), 0.8)],
+     "runs.opd.states.temperature: the sampled teacher-KL estimator"),
+    ("stale samples for the sampled KL estimator",
+     [(("runs", "opd", "signal", "estimator"), "sampled"), (("runs", "opd", "states", "refresh_every"), 2)],
+     "runs.opd.states.refresh_every"),
+    ("rollout reuse counts disagree",
+     [(("runs", "rl", "signal", "updates_per_batch"), 2), (("runs", "rl", "states", "refresh_every"), 3)],
+     "runs.rl.signal.updates_per_batch"),
 ]
 
 

@@ -212,3 +212,19 @@ def test_base_model_script_toy(tmp_path):
     assert run["source"] == "toy" and run["pretrain"]["steps"] == 2 and run["corpus"]["docs"] > 0
     assert "toy base:" in log.read_text() and "pretrain 2 steps" in log.read_text()
     models.verify_model_dir(out)
+
+
+def test_disable_dropout_turns_every_dropout_off():
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=8, attention_dropout=0.5)
+    model = Qwen3ForCausalLM(cfg)
+    model.lm_head = torch.nn.Sequential(torch.nn.Dropout(0.5), model.lm_head)
+    model.train()
+    x = torch.arange(12).reshape(1, 12)
+    assert not torch.equal(model(x).logits, model(x).logits)  # dropout on: two passes differ
+    models.disable_dropout(model)
+    assert torch.equal(model(x).logits, model(x).logits)
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))

@@ -180,3 +180,44 @@ def test_two_process_data_parallel_matches_single_process(world, tmp_path):
     m2 = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in m2] == pytest.approx([r["loss"] for r in m1], rel=1e-4)
     assert [r["tokens"] for r in m2] == [r["tokens"] for r in m1]
+
+
+def _learner_cfg(states=None, signal=None, **optim):
+    cfg = run_cfg(**{"max_steps": 2, "batch_size": 2, **optim})
+    cfg["states"] = {"source": "learner", "data": "gsm8k", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8,
+                     "samples_per_prompt": 2, **(states or {})}
+    cfg["signal"] = signal or {"type": "nll"}
+    return cfg
+
+
+def test_a_run_that_never_updates_fails_instead_of_writing_its_init(world, tmp_path):
+    # rejection sampling whose filter keeps nothing: every step is empty, the weights never move
+    cfg = _learner_cfg(states={"filter": {"reward": "gsm8k", "min": 2.0}})
+    with pytest.raises(TrainingError, match=r"gradient norm was 0 at every one of 2 steps.*no model written"):
+        _train(world, tmp_path, "still", cfg=cfg)
+    assert not (tmp_path / "still").exists()
+
+
+def test_reference_model_only_with_a_kl_penalty_and_in_the_policys_precision(world, tmp_path):
+    from statepost.train.registry import SIGNALS
+
+    assert SIGNALS["reward"].models({"kl_coef": 0.0}) == () and SIGNALS["reward"].models({"kl_coef": 0.1}) == (
+        "reference",
+    )
+    # bf16 autocast with fp32 master weights: a reference loaded in bf16 gave kl_to_init != 0 before any update.
+    # (A process holds one accelerate precision: bf16 runs in its own, through the training script.)
+    signal = {"type": "reward", "reward": "gsm8k", "kl_coef": 0.1}
+    for name, cfg in {"rl": _learner_cfg(signal=signal, max_steps=1, precision="bf16"),
+                      "rl0": _learner_cfg(signal={**signal, "kl_coef": 0.0}, max_steps=1)}.items():
+        subprocess.run(
+            [sys.executable, "scripts/train.py", "--run-json", json.dumps(cfg), "--init", str(world["init"]),
+             "--data-dir", str(world["data_dir"]), "--out", str(tmp_path / name),
+             "--state-dir", str(tmp_path / f"state-{name}"), "--no-progress"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # a random tiny model earns no reward, so it may not update (exit 3): the first metrics line is the point
+    def first_step(name):  # the live metrics (no update: the state dir stays) or the finished model's
+        path = next(p for p in (tmp_path / f"state-{name}", tmp_path / name) if (p / "metrics.jsonl").is_file())
+        return json.loads((path / "metrics.jsonl").read_text().splitlines()[0])
+
+    assert first_step("rl")["kl_to_init"] == 0.0
+    assert "kl_to_init" not in first_step("rl0") and "reward" in first_step("rl0")

@@ -39,7 +39,14 @@ from transformers import get_scheduler
 
 from statepost.config import with_defaults
 from statepost.io import ConfigError, atomic_dir, env_info, read_jsonl, sha256_file, utc_now, write_json, write_jsonl
-from statepost.models import load_frozen, load_model, load_tokenizer, model_hashes, set_gradient_checkpointing
+from statepost.models import (
+    disable_dropout,
+    load_frozen,
+    load_model,
+    load_tokenizer,
+    model_hashes,
+    set_gradient_checkpointing,
+)
 
 from .checkpoint import Checkpointer
 from .distributed import broadcast, make_accelerator, mean_dicts, mean_over_processes, sum_over_processes
@@ -128,21 +135,26 @@ def train(
     # differs between processes. The data order has its own generator seeded from (seed, epoch).
     set_seed(int(cfg["seed"]), device_specific=True)
     spec = SIGNALS[signal_type]
-    if "teacher" in spec.models and teacher_dir is None:
+    needed = spec.models(cfg["signal"])
+    if "teacher" in needed and teacher_dir is None:
         raise ConfigError(f"config key signal.teacher: signal {signal_type!r} needs --teacher DIR")
-    if "teacher" not in spec.models and teacher_dir is not None:
+    if "teacher" not in needed and teacher_dir is not None:
         _info(accelerator, "signal %s uses no teacher: %s not loaded", signal_type, teacher_dir)
         teacher_dir = None
 
-    # the policy, and the extra models its signal declares (eval, no grad, policy's device, compute dtype)
+    # the policy, dropout off (as TRL's trainers: the loss must see the function that is sampled and
+    # scored), and the extra models its signal declares (eval, no grad, the policy's device)
     tokenizer = load_tokenizer(init_dir)
     model = load_model(init_dir, dtype=torch.float32)
+    disable_dropout(model)
     if optim["gradient_checkpointing"]:
         set_gradient_checkpointing(model, True)
     model.train()
     compute_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
-    paths = {"teacher": teacher_dir, "reference": init_dir}
-    models = {name: load_frozen(paths[name], compute_dtype, accelerator.device) for name in spec.models}
+    # the teacher in the compute dtype; the reference in the policy's (fp32 weights under the same
+    # autocast), so that the KL to it is exactly 0 before the first update
+    frozen = {"teacher": (teacher_dir, compute_dtype), "reference": (init_dir, torch.float32)}
+    models = {name: load_frozen(*frozen[name], accelerator.device) for name in needed}
 
     # the (state source, signal) pair
     source = make_state_source(cfg, tokenizer, data_dir, accelerator)
@@ -215,6 +227,7 @@ def train(
                 train_step(run, step, metrics_log)
                 if "after_step" in hooks:
                     hooks["after_step"](step, run.policy)
+        fail_if_never_updated(run)
 
         accelerator.wait_for_everyone()
         wall = time.time() - t_start
@@ -253,6 +266,22 @@ def train(
         return record
     finally:
         run.checkpointer.unlock()
+
+
+def fail_if_never_updated(run: Run) -> None:
+    """A run whose every step had gradient norm 0 (no sample survived a filter, every advantage was 0,
+    ...) would write its init model under a new name: stop instead (resumed steps count too)."""
+    path = run.checkpointer.metrics_path
+    if run.accelerator.is_main_process:
+        moved = any(row["grad_norm"] > 0 for row in read_jsonl(path)) if path.is_file() else False
+    moved = broadcast(run.accelerator, moved if run.accelerator.is_main_process else None)
+    if not moved:
+        cfg = run.cfg
+        raise TrainingError(
+            f"run {cfg['name']} seed {cfg['seed']}: the gradient norm was 0 at every one of {run.total_steps} steps, "
+            "so the weights never changed; no model written (see skipped_update and the signal's metrics in "
+            f"{path})"
+        )
 
 
 def resume(run: Run) -> int | None:

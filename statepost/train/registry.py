@@ -30,21 +30,24 @@ log = logging.getLogger(__name__)
 class SignalSpec:
     """How to build one signal type, and what it needs besides the policy.
 
-    ``models``: the extra models the loop loads (frozen) and passes to ``build`` by name: ``teacher``
-    (``--teacher DIR``), ``reference`` (the init model). ``reuses_rollouts``: the signal has
-    ``updates_per_batch`` and its clipped ratio needs the sampling-time log-probs of a reused batch.
+    ``models(signal_cfg)``: the extra models the loop loads (frozen) and passes to ``build`` by name:
+    ``teacher`` (``--teacher DIR``), ``reference`` (the init model, in the policy's precision so that
+    the KL to it is exactly 0 at step 0). ``reuses_rollouts``: the signal has ``updates_per_batch``
+    and its clipped ratio needs the sampling-time log-probs of a reused batch.
     """
 
     build: Callable[..., Any]  # build(signal_cfg, **models) -> signal
-    models: tuple[str, ...] = ()
+    models: Callable[[dict], tuple[str, ...]] = lambda signal_cfg: ()
     reuses_rollouts: bool = False
 
 
 SIGNALS: dict[str, SignalSpec] = {
     "nll": SignalSpec(lambda signal_cfg: NLLSignal()),
-    "teacher_kl": SignalSpec(TeacherKL, models=("teacher",)),
-    # the init model gives the k3 penalty (kl_coef > 0) and, always, the kl_to_init metric
-    "reward": SignalSpec(RewardSignal, models=("reference",), reuses_rollouts=True),
+    "teacher_kl": SignalSpec(TeacherKL, models=lambda signal_cfg: ("teacher",)),
+    # the init model only for the k3 penalty; without it the run loads no second model
+    "reward": SignalSpec(
+        RewardSignal, models=lambda signal_cfg: ("reference",) if signal_cfg["kl_coef"] > 0 else (), reuses_rollouts=True
+    ),
 }
 
 

@@ -41,6 +41,11 @@ TABLE = torch.tensor(
 )
 
 
+def dataset_states(rows, tok, **kw):
+    """DatasetStates with the schema's grouping settings unless a test sets them."""
+    return DatasetStates(rows, tok, **{"group_by_length": True, "bucket_steps": 64, **kw})
+
+
 def _nll_by_hand(t: int, token: int) -> float:
     """-log softmax(TABLE[t])[token], with math only."""
     row = TABLE[t].tolist()
@@ -124,9 +129,9 @@ def _epoch_indices(src, epoch_micro):
 
 def test_dataset_states_split_over_processes_and_accumulation(tok):
     rows = toy_rows(50, seed=1)
-    single = DatasetStates(rows, tok, batch_size=4, seed=7, max_length=256)
+    single = dataset_states(rows, tok, batch_size=4, seed=7, max_length=256)
     procs = [
-        DatasetStates(rows, tok, batch_size=1, grad_accum=2, num_processes=2, process_index=p, seed=7, max_length=256)
+        dataset_states(rows, tok, batch_size=1, grad_accum=2, num_processes=2, process_index=p, seed=7, max_length=256)
         for p in range(2)
     ]
     assert len(single) == 12 and single.steps_per_epoch == 12 and len(procs[0]) == 24
@@ -137,22 +142,22 @@ def test_dataset_states_split_over_processes_and_accumulation(tok):
         parts += [procs[p].sample().extras["example_index"].tolist() for p in range(2)]  # a = 1
         assert sum(parts, []) == whole, step
     # one epoch visits each example at most once; 50 % 4 = 2 dropped
-    seen = sum(_epoch_indices(DatasetStates(rows, tok, batch_size=4, seed=7, max_length=256), 12), [])
+    seen = sum(_epoch_indices(dataset_states(rows, tok, batch_size=4, seed=7, max_length=256), 12), [])
     assert len(seen) == len(set(seen)) == 48
 
 
 def test_dataset_states_order_seeded_and_resumable(tok):
     rows = toy_rows(50, seed=1)
-    a = DatasetStates(rows, tok, batch_size=4, seed=7, max_length=256)
-    b = DatasetStates(rows, tok, batch_size=4, seed=7, max_length=256)
-    c = DatasetStates(rows, tok, batch_size=4, seed=8, max_length=256)
+    a = dataset_states(rows, tok, batch_size=4, seed=7, max_length=256)
+    b = dataset_states(rows, tok, batch_size=4, seed=7, max_length=256)
+    c = dataset_states(rows, tok, batch_size=4, seed=8, max_length=256)
     ea, eb, ec = _epoch_indices(a, 30), _epoch_indices(b, 30), _epoch_indices(c, 30)
     assert ea == eb and ea != ec
     assert ea[:12] != ea[12:24]  # a new order each epoch
     # resume mid-epoch-2 from the state dict
-    d = DatasetStates(rows, tok, batch_size=4, seed=7, max_length=256)
+    d = dataset_states(rows, tok, batch_size=4, seed=7, max_length=256)
     _epoch_indices(d, 17)
-    e = DatasetStates(rows, tok, batch_size=4, seed=7, max_length=256)
+    e = dataset_states(rows, tok, batch_size=4, seed=7, max_length=256)
     e.load_state_dict(d.state_dict())
     assert _epoch_indices(e, 13) == ea[17:30]
     with pytest.raises(ValueError, match="seed"):
@@ -163,7 +168,7 @@ def test_length_grouping_reduces_padding(tok):
     rows = toy_rows(200, seed=2)
     waste = {}
     for grouped in (True, False):
-        src = DatasetStates(rows, tok, batch_size=8, seed=0, max_length=256, group_by_length=grouped)
+        src = dataset_states(rows, tok, batch_size=8, seed=0, max_length=256, group_by_length=grouped)
         ws = [padding_waste(src.sample()) for _ in range(len(src))]
         waste[grouped] = sum(ws) / len(ws)
     assert waste[True] < 0.5 * waste[False]
@@ -174,8 +179,8 @@ def test_long_examples_skipped(tok):
     rows = toy_rows(20, seed=4)
     lengths = sorted(len(encode_sft_example(tok, r["question"], r["answer"])[0]) for r in rows)
     limit = lengths[10]
-    src = DatasetStates(rows, tok, batch_size=2, seed=0, max_length=limit)
+    src = dataset_states(rows, tok, batch_size=2, seed=0, max_length=limit)
     assert src.n_skipped == sum(n > limit for n in lengths)
     assert all(len(ids) <= limit for ids, _ in src.examples)
     with pytest.raises(ValueError, match="max_length"):
-        DatasetStates(rows, tok, batch_size=2, seed=0, max_length=lengths[0] - 1)
+        dataset_states(rows, tok, batch_size=2, seed=0, max_length=lengths[0] - 1)

@@ -104,9 +104,9 @@ class DatasetStates:
         grad_accum: int = 1,
         num_processes: int = 1,
         process_index: int = 0,
-        max_length: int = 512,
-        group_by_length: bool = True,
-        bucket_steps: int = 64,
+        max_length: int,
+        group_by_length: bool,
+        bucket_steps: int,
     ):
         self.pad_token_id = tokenizer.pad_token_id
         if self.pad_token_id is None:

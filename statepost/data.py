@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import benchmarks, hub
 from .io import DataError, iter_jsonl, sha256_file, utc_now, write_json, write_jsonl
@@ -236,7 +237,6 @@ def fetch_hub_dataset(
     any mismatch or missing file is refused. ``endpoint`` overrides ``HF_ENDPOINT`` (tests use a local one).
     """
     repo, config_name, revision, splits = _hub_cfg(benchmark, cfg)
-    import pandas as pd
 
     t0 = time.time()
     snap, resolved = hub.snapshot(

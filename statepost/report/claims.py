@@ -24,7 +24,8 @@ from statepost import benchmarks as bench_facts
 from statepost.config import claim_defaults, load_claims
 from statepost.io import ConfigError
 
-from .load import BASE, normalize_models, teacher_ref
+from .load import BASE, normalize_models, target_and_retention, teacher_ref
+from .statistics import lookup, rss
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -233,8 +234,6 @@ def verdicts(table, roles: Mapping[str, str], thresholds: Mapping[str, float] | 
     ``thresholds``: overrides of the schema's ``claims.thresholds``. ``target``/``retention`` default to the roles
     of the table's benchmarks. Pure: no I/O besides reading the claims file.
     """
-    from .load import target_and_retention
-    from .statistics import lookup, rss
 
     spec = load_claims(claims)
     th = check_thresholds(thresholds)

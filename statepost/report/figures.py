@@ -10,8 +10,13 @@ import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 
 from statepost.io import atomic_file
 
@@ -71,17 +76,12 @@ _RC = {
 
 
 def _figure(figsize):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)  # no pyplot: no global figure registry, no GUI backend
     return fig
 
 
 def _rc():
-    import matplotlib
-
     return matplotlib.rc_context(_RC)
 
 
@@ -213,9 +213,6 @@ def retention_vs_gain_figure(
 def _place_labels(fig, ax, points, errors=None):
     """Put each label next to its point: try close offsets first, then farther ones with a thin leader line, and
     take the first that overlaps no earlier label or marker and stays inside the axes (else the least overlap)."""
-    from matplotlib.text import Text
-    from matplotlib.transforms import Bbox
-
     near = [(8, 5), (8, -5), (-8, 5), (-8, -5), (0, 10), (0, -12)]
     far = [
         (round(d * math.cos(a)), round(d * math.sin(a)))

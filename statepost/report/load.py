@@ -25,13 +25,10 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+import pandas as pd
 
 from statepost import benchmarks as bench_facts
 from statepost.io import ConfigError, DataError, read_jsonl
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 BASE = "base"
 _MODEL_RE = re.compile(r"^(?P<run>[^/]+)/seed(?P<seed>\d+)$")
@@ -143,7 +140,6 @@ def load_scores(scores_dir, models, benchmarks: Iterable[str] | None = None) -> 
     Columns: model, run, seed, benchmark, metric, value, stderr, n, primary (one row per listed metric;
     ``primary`` marks the metric the tables use, the benchmark's ``primary_metric``).
     """
-    import pandas as pd
 
     scores_dir = Path(scores_dir)
     norm = normalize_models(models)
@@ -225,7 +221,6 @@ def load_metrics(metrics_dir, models) -> pd.DataFrame:
     """Read ``metrics_dir/{run}/seed{seed}/metrics.jsonl`` for every trained model (base has none).
 
     Columns: model, run, seed, step, then every logged key (loss, kl, reward, ...)."""
-    import pandas as pd
 
     metrics_dir = Path(metrics_dir)
     frames, missing = [], []

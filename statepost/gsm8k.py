@@ -1,12 +1,38 @@
-"""GSM8K: prompt format, answer extraction, correctness and reward.
+"""GSM8K: prompt format, stop sequences, answer extraction, correctness and reward.
 
 Prompt and target follow lm-eval's ``gsm8k`` task exactly: ``doc_to_text`` is
 ``"Question: {question}\\nAnswer:"`` and the target is ``" " + answer``.
 
-Answer extraction
------------------
-``extract_answer(text, mode)`` returns the answer as a *canonical decimal
-string* (``"-1234.5"``, ``"7"``) or ``None``:
+Stop sequences
+--------------
+lm-eval generates until a stop string of the task (``generation_kwargs.until``:
+``Question:``, ``</s>``, ``<|im_end|>``) or EOS, and scores the text before the
+first stop string (:func:`cut_at_stop`, its exact cut). :func:`task_stop_sequences`
+reads them from the task lm-eval runs (our template ``workflow/tasks/gsm8k.yaml.template``
+and the builtin task file it includes), so training sees the text evaluation sees.
+
+Answer modes
+------------
+``strict`` and ``flexible`` ARE lm-eval's two GSM8K scores, sample by sample
+(``tests/test_gsm8k_lm_eval.py`` runs lm-eval's own filter and metric code over a
+table of completions and compares):
+
+* ``"strict"``: the ``strict-match`` filter, regex ``#### (\\-?[0-9\\.\\,]+)``, first
+  match, stripped (``"[invalid]"`` when none), then ``exact_match`` against the
+  gold ``answer`` text: both sides lose ``,``, ``$``, everything up to the last
+  ``"#### "`` and a final ``.``, are lower-cased and compared as strings
+  (``"#### 18.00"`` is wrong for gold ``18``; ``"The answer is 18."`` scores 0).
+  The claims' primary metric (``exact_match,strict-match``).
+* ``"flexible"``: the ``flexible-extract`` filter, regex
+  ``(-?[$0-9.,]{2,})|(-?[0-9]+)``, LAST match, then the same ``exact_match``.
+
+``extract_answer(text, "strict" | "flexible")`` returns the normalised prediction
+(what ``exact_match`` compares) or ``None`` when the filter finds nothing.
+
+The numeric modes below equal NO reported metric; they are lenient rewards
+(numeric equality, more number formats) for experiments, e.g. a base model that
+never writes ``#### N``. ``extract_answer(text, mode)`` returns the answer as a
+*canonical decimal string* (``"-1234.5"``, ``"7"``) or ``None``:
 
 * ``"hash"``: the number that follows ``####``. Convention of lm-eval's
   ``strict-match`` filter (regex ``#### (\\-?[0-9\\.\\,]+)``, first match): the
@@ -14,7 +40,7 @@ string* (``"-1234.5"``, ``"7"``) or ``None``:
   number is skipped. We are slightly more lenient than lm-eval: any run of
   spaces/tabs (also none) may separate ``####`` from the number, and a sign
   and/or a currency sign may precede it (``#### -$5``, ``#### $ 1,000``).
-* ``"hash_then_last"`` (default): as ``"hash"``; if no ``####`` is followed by a
+* ``"hash_then_last"``: as ``"hash"``; if no ``####`` is followed by a
   number, the LAST number in the text (lm-eval ``flexible-extract`` takes the
   last match too). Only the last ``FALLBACK_WINDOW`` characters are scanned; a
   number cut by the window's left edge is extended to the left over ASCII
@@ -29,8 +55,8 @@ leading zeros and trailing fractional zeros removed (``"007"`` -> ``"7"``,
 counts only when it is not glued to a preceding word or number, so
 ``"3-4"`` reads as ``4``, ``"x = -4"`` as ``-4``.
 
-Correctness is exact decimal equality (``decimal.Decimal`` comparison, which
-never rounds), never float equality.
+In the numeric modes correctness is exact decimal equality (``decimal.Decimal``
+comparison, which never rounds), never float equality.
 
 All regexes are linear (no nested or adjacent overlapping quantifiers);
 extraction is O(len(text)) and fast on megabyte-long adversarial strings.
@@ -38,11 +64,29 @@ extraction is O(len(text)) and fast on megabyte-long adversarial strings.
 
 from __future__ import annotations
 
+import json
 import re
+import string
 import unicodedata
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
-ANSWER_MODES = ("hash", "hash_then_last")
+import yaml
+
+LM_EVAL_MODES = ("strict", "flexible")  # lm-eval's strict-match and flexible-extract, exactly
+NUMERIC_MODES = ("hash", "hash_then_last")  # lenient; equal to no reported metric
+ANSWER_MODES = LM_EVAL_MODES + NUMERIC_MODES
+# The score file metric each lm-eval mode equals.
+MODE_METRICS = {"strict": "exact_match,strict-match", "flexible": "exact_match,flexible-extract"}
+# lm-eval's gsm8k task (filter_list: regex_pattern and group_select per filter, then take_first; metric_list:
+# exact_match with ignore_case true, ignore_punctuation false and these regexes_to_ignore, in order).
+# tests/test_gsm8k_lm_eval.py checks them against the installed task file.
+LM_EVAL_FILTERS = {
+    "strict": (re.compile(r"#### (\-?[0-9\.\,]+)"), 0),
+    "flexible": (re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)"), -1),
+}
+LM_EVAL_FALLBACK = "[invalid]"
+LM_EVAL_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")
 FALLBACK_WINDOW = 10_000
 _MINUS = "-\u2212"
 _CURRENCY = "$€£"
@@ -68,6 +112,90 @@ def format_prompt(question: str) -> str:
 def format_target(answer: str) -> str:
     """lm-eval gsm8k target (without the EOS token the trainer appends)."""
     return " " + answer
+
+
+# -- stop sequences --------------------------------------------------------------------------------
+
+
+class _TaskLoader(yaml.SafeLoader):
+    """Reads lm-eval task YAML; a ``!function`` tag becomes its text (only ``until`` is needed here)."""
+
+
+_TaskLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+def _load_task(path: Path, tasks_dir: Path, depth: int = 0) -> dict:
+    """A task file with its ``include:`` chain resolved as lm-eval does (the including file's keys win)."""
+    if depth > 10:
+        raise ValueError(f"{path}: include chain too deep")
+    text = path.read_text()
+    if path.name.endswith(".template"):
+        text = string.Template(text).safe_substitute(lm_eval_tasks=json.dumps(str(tasks_dir))[1:-1])
+    cfg = yaml.load(text, Loader=_TaskLoader) or {}
+    include = cfg.pop("include", None)
+    if include:
+        inc = Path(include)
+        base = _load_task(inc if inc.is_absolute() else path.parent / inc, tasks_dir, depth + 1)
+        cfg = {**base, **cfg}
+    return cfg
+
+
+def task_stop_sequences(template_dir: str | None = None) -> tuple[str, ...]:
+    """``generation_kwargs.until`` of the GSM8K task lm-eval evaluates: our task template
+    (``workflow/tasks/gsm8k.yaml.template``, or the one in ``template_dir``) with the builtin
+    lm-eval task file it includes. lm-eval also stops at EOS (learner states stop there anyway)."""
+    from statepost.evaluate import TEMPLATE_DIR, lm_eval_tasks_dir
+
+    path = Path(template_dir or TEMPLATE_DIR) / "gsm8k.yaml.template"
+    until = (_load_task(path, lm_eval_tasks_dir()).get("generation_kwargs") or {}).get("until") or []
+    until = [until] if isinstance(until, str) else list(until)
+    if not all(isinstance(u, str) for u in until):
+        raise ValueError(f"{path}: generation_kwargs.until must be strings, got {until!r}")
+    return tuple(u for u in until if u)  # lm-eval ignores empty stop strings
+
+
+def cut_at_stop(text: str, stop) -> str:
+    """The text before the first stop string, cut exactly as lm-eval cuts a generation."""
+    for term in stop:
+        if term:
+            text = text.split(term)[0]
+    return text
+
+
+# -- lm-eval's scores ----------------------------------------------------------------------------
+
+
+def lm_eval_filter(text: str | None, mode: str) -> str:
+    """The output of lm-eval's ``strict-match`` or ``flexible-extract`` filter (``"[invalid]"`` when none)."""
+    regex, select = LM_EVAL_FILTERS[mode]
+    text = text if isinstance(text, str) else ""
+    if select == 0:
+        m = regex.search(text)  # findall(...)[0]
+    else:
+        m = None
+        for m in regex.finditer(text):  # findall(...)[-1]
+            pass
+    if m is None:
+        return LM_EVAL_FALLBACK
+    groups = m.groups()
+    if len(groups) > 1:  # findall gives a tuple: its first non-empty group
+        found = next((g for g in groups if g), None)
+        return LM_EVAL_FALLBACK if found is None else found.strip()
+    return ((groups[0] or "") if groups else m.group(0)).strip()
+
+
+def lm_eval_normalise(s: str) -> str:
+    """``exact_match``'s normalisation of the gsm8k task: its ``regexes_to_ignore`` in order
+    (``,``, ``\\$``, ``(?s).*#### ``, ``\\.$``; written as linear string operations) and ``ignore_case``."""
+    s = s.replace(",", "").replace("$", "")
+    i = s.rfind("#### ")  # (?s).*#### : greedy, so up to the last one
+    if i >= 0:
+        s = s[i + 5 :]
+    if s.endswith("."):  # \.$ : a final period, or one before a final newline
+        s = s[:-1]
+    elif s.endswith(".\n"):
+        s = s[:-2] + "\n"
+    return s.lower()
 
 
 def _ascii_digits(s: str) -> str:
@@ -133,10 +261,14 @@ def _last_number(text: str) -> str | None:
     return canonical_number(text[start:end], _minus_before(text, start))
 
 
-def extract_answer(text: str | None, mode: str = "hash_then_last") -> str | None:
-    """The answer in ``text`` as a canonical decimal string, or ``None`` (see module doc)."""
+def extract_answer(text: str | None, mode: str = "strict") -> str | None:
+    """The answer in ``text``, or ``None``: lm-eval's normalised prediction (strict, flexible) or a
+    canonical decimal string (hash, hash_then_last); see the module doc."""
     if mode not in ANSWER_MODES:
         raise ValueError(f"unknown answer mode {mode!r}; expected one of {ANSWER_MODES}")
+    if mode in LM_EVAL_MODES:
+        pred = lm_eval_filter(text, mode)
+        return None if pred == LM_EVAL_FALLBACK else lm_eval_normalise(pred)
     if not text:
         return None
     m = _HASH_RE.search(text)
@@ -165,12 +297,15 @@ def _same_number(a: str, b: str) -> bool:
         return False
 
 
-def is_correct(completion: str, gold_answer_text: str, mode: str = "hash_then_last") -> bool:
-    """Whether the completion's extracted answer equals the gold answer numerically.
+def is_correct(completion: str, gold_answer_text: str, mode: str = "strict") -> bool:
+    """Whether the completion is right: lm-eval's ``exact_match`` after its filter (strict,
+    flexible), or numeric equality of the extracted answers (hash, hash_then_last).
 
-    ``gold_answer_text`` is the dataset's ``answer`` field (with its ``#### n`` line) or a
-    bare number.
+    ``gold_answer_text`` is the dataset's ``answer`` field (with its ``#### n`` line; lm-eval's
+    reference) or a bare number.
     """
+    if mode in LM_EVAL_MODES:
+        return lm_eval_normalise(lm_eval_filter(completion, mode)) == lm_eval_normalise(gold_answer_text)
     pred = extract_answer(completion, mode)
     if pred is None:
         return False
@@ -188,9 +323,7 @@ def has_answer_line(completion: str) -> bool:
     return bool(completion) and _FORMAT_RE.search(completion) is not None
 
 
-def reward(
-    completion: str, gold: str, mode: str = "hash_then_last", format_reward: float = 0.0
-) -> float:
+def reward(completion: str, gold: str, mode: str = "strict", format_reward: float = 0.0) -> float:
     """1.0 if correct else 0.0, plus ``format_reward`` when a ``#### <number>`` line is present."""
     r = 1.0 if is_correct(completion, gold, mode) else 0.0
     if format_reward and has_answer_line(completion):

@@ -414,3 +414,62 @@ def test_claims_file_reads_without_pandas():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ other metrics
+
+from statepost import benchmarks as bench_facts  # noqa: E402
+from statepost.report.statistics import summarize  # noqa: E402
+from statepost.report.tables import with_other_metrics  # noqa: E402
+
+FLEX = "exact_match,flexible-extract"
+
+
+def scores_frame(values: dict, flexible: dict) -> pd.DataFrame:
+    """Score rows as load_scores gives them: every benchmark's primary metric, and GSM8K's flexible-extract."""
+    rows = []
+    for run, vals in values.items():
+        for b, v in zip(BENCHES, vals):
+            rows.append({"model": run, "run": run, "seed": 0, "benchmark": b, "metric": bench_facts.get(b).primary_metric, "value": v,
+                         "stderr": 0.001, "n": 100, "primary": True})  # fmt: skip
+        rows.append({"model": run, "run": run, "seed": 0, "benchmark": "gsm8k", "metric": FLEX,
+                     "value": flexible[run], "stderr": 0.002, "n": 100, "primary": False})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_claims_table_shows_flexible_extract_next_to_strict_match():
+    flexible = {"base": 0.50, "sft_mild": 0.55, "sft_stress": 0.40, "opd": 0.30, "rl": 0.45}
+    scores = scores_frame(GOOD, flexible)
+    runs = list(GOOD)
+
+    def judge(summary):
+        return verdicts(summary, DEFAULT_ROLES, {})
+
+    primary = judge(summarize(scores, runs=runs))
+    res = {r["claim"]: r for r in with_other_metrics(primary, scores, judge, runs=runs)}
+    # verdicts stay on strict-match (rl loses 0.05 on flexible-extract but gains 0.06 on strict-match)
+    assert [r["verdict"] for r in res.values()] == [r["verdict"] for r in primary] == ["reproduced"] * 3
+    gain = res["claim3"]["checks"][0]
+    assert gain["quantity"] == "rl gsm8k gain" and gain["value"] == pytest.approx(0.06)
+    assert gain["other_metrics"][FLEX]["value"] == pytest.approx(-0.05)
+    assert gain["other_metrics"][FLEX]["uncertainty"] == pytest.approx(math.sqrt(2) * 0.002)
+    assert "other_metrics" not in res["claim3"]["checks"][1]  # the retention drop reads no GSM8K
+    diff = {c["quantity"]: c for c in res["claim2"]["checks"]}
+    assert diff["opd − sft_stress on gsm8k"]["other_metrics"][FLEX]["value"] == pytest.approx(-0.10)
+    assert "other_metrics" not in diff["opd − sft_stress on mmlu"]
+    assert res["claim1"]["quantities"]["sft_stress gsm8k gain"]["other_metrics"][FLEX]["value"] == pytest.approx(-0.1)
+
+    md = claims_markdown(list(res.values()), DEFAULT_ROLES)
+    header = next(x for x in md.splitlines() if x.startswith("| check"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "check", "value", "± (1 se)", "flexible-extract", "requirement", "outcome"]
+    line = next(x for x in md.splitlines() if x.startswith("| rl gsm8k gain"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:4] == ["rl gsm8k gain", "+0.0600", "0.0014", "-0.0500 ± 0.0028"]
+    line = next(x for x in md.splitlines() if x.startswith("| rl retention drop"))
+    assert [c.strip() for c in line.strip("|").split("|")][3] == "–"
+    assert "sft_stress gsm8k gain = +0.1500 ± 0.0014 (flexible-extract: -0.1000 ± 0.0028)" in md
+    assert "primary metric (GSM8K strict-match)" in md
+    # without other metrics in the scores, the table is as before
+    plain = with_other_metrics(primary, scores[scores["primary"]], judge, runs=runs)
+    assert "flexible-extract" not in claims_markdown(plain, DEFAULT_ROLES)

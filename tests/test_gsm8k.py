@@ -1,4 +1,7 @@
-"""GSM8K prompt format, answer extraction, correctness and reward."""
+"""GSM8K prompt format, stop sequences, answer extraction, correctness and reward.
+
+The numeric modes (hash, hash_then_last) are tested here; strict and flexible, which are lm-eval's
+scores, against lm-eval's own code in test_gsm8k_lm_eval.py."""
 
 from __future__ import annotations
 
@@ -55,8 +58,8 @@ CASES = [
     ("so 5,", "hash_then_last", "5"),
     ("The answer is ٣٤", "hash_then_last", "34"),
     ("1 2 3 4 5 6 7 8 9 10", "hash_then_last", "10"),
-    ("Answer: 18\n\nQuestion: What is 2+2?\nAnswer: 4", "hash_then_last", "4"),
-    ("#### 18\n\nQuestion: what is 5?\nAnswer: #### 5", "hash", "18"),
+    ("Answer: 18 and 4", "hash_then_last", "4"),
+    ("#### 18 and #### 5", "hash", "18"),
     ("1" * 100_000 + "x", "hash_then_last", "1" * 100_000),
     ("1" * 100_000 + "x", "hash", None),
     ("#" * 100_000, "hash_then_last", None),
@@ -77,9 +80,25 @@ def test_case_count():
 
 
 def test_none_and_bad_mode():
-    assert extract_answer(None) is None
+    for mode in gsm8k.ANSWER_MODES:
+        assert extract_answer(None, mode) is None
     with pytest.raises(ValueError, match="answer mode"):
-        extract_answer("#### 1", mode="strict")
+        extract_answer("#### 1", mode="exact")
+
+
+# A completion that goes on past its answer into an invented question (a base model does).
+RUN_ON = " 3 + 4 = 7.\nThe answer is 7.\n\nQuestion: What is 2 + 2?\nAnswer: 2 + 2 = 4.\n#### 4"
+
+
+def test_a_completion_is_scored_on_the_text_before_the_stop_string():
+    stop = gsm8k.task_stop_sequences()
+    text = gsm8k.cut_at_stop(RUN_ON, stop)
+    assert text == " 3 + 4 = 7.\nThe answer is 7.\n\n"
+    for mode in gsm8k.ANSWER_MODES:
+        assert not is_correct(text, "#### 4", mode), mode  # the invented answer is gone
+    assert [is_correct(text, "#### 7", m) for m in gsm8k.ANSWER_MODES] == [False, True, False, True]
+    # uncut, every mode read the invented "#### 4"
+    assert all(is_correct(RUN_ON, "#### 4", m) for m in gsm8k.ANSWER_MODES)
 
 
 def test_format_prompt_matches_lm_eval():
@@ -100,20 +119,31 @@ def test_gold_answer_takes_last_hash():
 
 def test_is_correct_numeric_equality():
     gold = "working\n#### 1000"
-    assert is_correct("so #### 1,000.00", gold)
-    assert is_correct("so #### $1000", gold)
-    assert is_correct("the total is 1000.", gold)
+    lenient = "hash_then_last"
+    assert is_correct("so #### 1,000.00", gold, lenient)
+    assert is_correct("so #### $1000", gold, lenient)
+    assert is_correct("the total is 1000.", gold, lenient)
     assert not is_correct("the total is 1000.", gold, mode="hash")
-    assert not is_correct("#### 999", gold)
-    assert not is_correct("no answer", gold)
-    assert is_correct("#### ١٠٠٠", gold)
+    assert not is_correct("#### 999", gold, lenient)
+    assert not is_correct("no answer", gold, lenient)
+    assert is_correct("#### ١٠٠٠", gold, lenient)
     # exact decimal comparison, not float: 0.1+0.2 style pitfalls and huge numbers
-    assert is_correct("#### 0.30", "#### 0.3")
-    assert not is_correct("#### 0.30000000000000004", "#### 0.3")
+    assert is_correct("#### 0.30", "#### 0.3", lenient)
+    assert not is_correct("#### 0.30000000000000004", "#### 0.3", lenient)
     big = "9" * 40
-    assert not is_correct("#### " + big, "#### 1" + "0" * 40)
-    assert is_correct("#### " + big, "#### " + big)
-    assert is_correct("it is 5", "5")  # bare-number gold
+    assert not is_correct("#### " + big, "#### 1" + "0" * 40, lenient)
+    assert is_correct("#### " + big, "#### " + big, lenient)
+    assert is_correct("it is 5", "5", lenient)  # bare-number gold
+
+
+def test_the_default_mode_is_strict_match():
+    gold = "working\n#### 1000"
+    assert is_correct("so\n#### 1,000", gold) and is_correct("#### 1000.", gold)
+    assert not is_correct("so #### 1,000.00", gold)  # strings, not numbers: lm-eval scores it 0
+    assert not is_correct("the total is 1000.", gold)  # no "#### N"
+    assert not is_correct("####1000", gold)  # one space after ####
+    assert is_correct("the total is 1000.", gold, "flexible")
+    assert reward("The answer is 18.", "#### 18") == 0.0  # the issue's example
 
 
 def test_reward_and_format_bonus():
@@ -122,7 +152,8 @@ def test_reward_and_format_bonus():
     assert reward("#### 8", gold) == 0.0
     assert reward("#### 7", gold, format_reward=0.1) == pytest.approx(1.1)
     assert reward("#### 8", gold, format_reward=0.1) == pytest.approx(0.1)
-    assert reward("the answer is 7", gold, format_reward=0.1) == 1.0  # no #### line
+    assert reward("the answer is 7", gold, format_reward=0.1) == 0.0  # strict-match: no #### line
+    assert reward("the answer is 7", gold, mode="hash_then_last", format_reward=0.1) == 1.0
     assert reward("the answer is 7", gold, mode="hash", format_reward=0.1) == 0.0
     assert gsm8k.has_answer_line("work\n#### 7.\n")
     assert gsm8k.has_answer_line("  #### -$1,000")
@@ -165,7 +196,10 @@ def test_adversarial_megabyte_inputs_are_fast(text):
 )
 def test_property_never_raises_and_is_canonical(text, reps):
     text = text * reps
-    for mode in gsm8k.ANSWER_MODES:
+    for mode in gsm8k.LM_EVAL_MODES:
+        extract_answer(text, mode)
+        is_correct(text, text, mode)
+    for mode in gsm8k.NUMERIC_MODES:
         out = extract_answer(text, mode)
         if out is not None:
             assert out.lstrip("-").replace(".", "", 1).isdigit() and out.isascii()
@@ -182,4 +216,5 @@ def test_property_roundtrip_integers(n, prefix):
     s = f"{abs(n):,}" if n % 2 else str(abs(n))
     text = f"blah\n#### {'-' if n < 0 else ''}{prefix}{s}"
     assert extract_answer(text, "hash") == str(n)
-    assert is_correct(text, f"#### {n}")
+    assert is_correct(text, f"#### {n}", "hash_then_last")
+    assert is_correct(text, f"#### {n}") == (prefix == "")  # strict-match: a digit or "-" right after "#### "

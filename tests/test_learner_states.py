@@ -70,11 +70,12 @@ def test_batch_is_valid(tok, model):
     b = src.sample(model, 0)
     assert torch.equal(torch.random.get_rng_state(), before)  # global RNG untouched
     assert model.training  # train mode restored
-    eos = tok.eos_token_id
+    eos, stop_id = tok.eos_token_id, tok.convert_tokens_to_ids("Question:")
+    assert src.stop == gsm8k.task_stop_sequences()  # default: the lm-eval task's
     B, T = b.input_ids.shape
     assert B == 6 and b.extras["group"].tolist() == [0, 0, 1, 1, 2, 2]
     assert b.completion_mask.dtype == torch.float32 and b.attention_mask.dtype == torch.long
-    n_eos = 0
+    n_eos = n_stop = 0
     for r in range(B):
         q = b.prompts[r]
         prompt = tok(gsm8k.format_prompt(q), add_special_tokens=False)["input_ids"]
@@ -86,16 +87,23 @@ def test_batch_is_valid(tok, model):
         comp = b.input_ids[r, len(prompt) : n].tolist()
         assert 1 <= len(comp) <= MAX_NEW
         assert eos not in comp[:-1]  # nothing after the first EOS
+        assert stop_id not in comp[:-1]  # nor after the first stop string ("Question:" is one word here)
         if comp[-1] == eos:
             n_eos += 1
+        elif comp[-1] == stop_id:
+            n_stop += 1
         else:
-            assert len(comp) == MAX_NEW  # no EOS: ran to the limit
+            assert len(comp) == MAX_NEW  # neither: ran to the limit
         assert b.extras["eos"][r].item() == (comp[-1] == eos)
-        assert b.extras["completions"][r] == tok.decode(comp, skip_special_tokens=True)
+        assert b.extras["stopped"][r].item() == (comp[-1] == stop_id)
+        text = tok.decode(comp, skip_special_tokens=True)
+        assert b.extras["completions"][r] == text.split("Question:")[0]  # lm-eval's cut
         assert b.answers[r] == ANSWERS[QUESTIONS.index(q)]
         assert not b.input_ids[r, n:].ne(tok.pad_token_id).any()
-    assert 0 < n_eos < B  # the seed gives both kinds of row
+    assert n_eos and n_stop and n_eos + n_stop < B  # the seed gives all three kinds of row
     assert b.metrics["eos_frac"] == pytest.approx(n_eos / B)
+    assert b.metrics["stop_frac"] == pytest.approx(n_stop / B)
+    assert b.metrics["finished_frac"] == pytest.approx((n_eos + n_stop) / B)
     assert b.metrics["completion_len"] == pytest.approx(b.completion_mask.sum().item() / B)
     for key in ("gen_time_s", "accuracy", "states_age", "n_samples"):
         assert key in b.metrics

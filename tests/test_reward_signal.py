@@ -187,3 +187,16 @@ def test_rewards_recomputed_from_completions_with_format_bonus():
     del batch.extras["group"]
     with pytest.raises(ValueError, match="group"):
         sig(TableLM(V), batch)
+
+
+def test_default_reward_is_lm_evals_strict_match():
+    """The reward the claims read: "The answer is 7." earns nothing, "#### 7.00" neither (a string match)."""
+    batch = make_batch([0.0, 0.0, 0.0, 0.0])
+    batch.extras["completions"] = ["so\n#### 7", "The answer is 7.", "#### 7.00", "#### 7 then 8"]
+    assert reward_cfg()["answer_mode"] == "strict"
+    r, c = RewardSignal(reward_cfg()).rewards(batch)
+    assert r.tolist() == [1.0, 0.0, 0.0, 1.0] and c.tolist() == r.tolist()
+    flexible = RewardSignal(reward_cfg(answer_mode="flexible"))
+    assert flexible.rewards(batch)[0].tolist() == [1.0, 1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="answer_mode"):
+        RewardSignal({**reward_cfg(), "answer_mode": "exact"})

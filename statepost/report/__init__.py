@@ -79,7 +79,10 @@ def make_report(
     tables = T.build_tables(scores, norm, target, retention, summary=summary)
     for t in tables.values():
         T.write_table(t, tables_dir)
-    results = C.verdicts(summary, roles, th, claims=spec, target=target, retention=retention)
+    def judge(summary):
+        return C.verdicts(summary, roles, th, claims=spec, target=target, retention=retention)
+
+    results = T.with_other_metrics(judge(summary), scores, judge, runs=runs, benchmarks=benchmarks)
     T.write_claims(results, tables_dir, roles, retention)
     signals = {run: signal for run, (_, signal) in run_methods(norm).items()}
     figs = {

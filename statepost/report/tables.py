@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,6 +299,48 @@ def _and(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def _metric_name(metric: str) -> str:
+    """``exact_match,flexible-extract`` -> ``flexible-extract``."""
+    return metric.split(",", 1)[-1]
+
+
+def with_other_metrics(results: list[dict], scores: pd.DataFrame, judge: Callable[[pd.DataFrame], list[dict]],
+                       runs=None, benchmarks=None) -> list[dict]:  # fmt: skip
+    """``results`` (verdicts on the primary metrics) with the same quantities on each benchmark's other metrics
+    (``metrics`` in benchmarks.yaml: GSM8K's flexible-extract), for reference; the verdicts stay the primary's.
+
+    ``judge(summary)`` judges the claims on a summary; it is called once per other metric, on the summary with
+    that benchmark read on that metric. Each check and quantity that reads the benchmark (its name names it, as
+    every quantity of :mod:`.claims` that reads a benchmark does) gets ``other_metrics: {metric: {value,
+    uncertainty}}``.
+    """
+    out = copy.deepcopy(results)
+    if "primary" not in scores:
+        return out
+    for bench in dict.fromkeys(scores["benchmark"]):
+        rows = scores["benchmark"] == bench
+        for metric in bench_facts.get(bench).metrics:
+            if not (rows & (scores["metric"] == metric)).any():
+                continue
+            swapped = scores.assign(primary=np.where(rows, scores["metric"] == metric, scores["primary"]))
+            alt = {r["claim"]: r["quantities"] for r in judge(summarize(swapped, runs=runs, benchmarks=benchmarks))}
+            for r in out:
+                other = alt.get(r["claim"], {})
+                for name, q in [*r["quantities"].items(), *((c["quantity"], c) for c in r["checks"])]:
+                    if bench in name.split() and name in other:
+                        q.setdefault("other_metrics", {})[metric] = dict(other[name])
+    return out
+
+
+def _others(q: Mapping, digits: int = 4) -> dict[str, str]:
+    """A check's or quantity's values on other metrics, formatted, by metric name."""
+    return {
+        _metric_name(m): "–" if v["value"] is None or math.isnan(v["value"]) else f"{v['value']:+.{digits}f}"
+        + ("" if v["uncertainty"] is None or math.isnan(v["uncertainty"]) else f" ± {v['uncertainty']:.{digits}f}")
+        for m, v in (q.get("other_metrics") or {}).items()
+    }
+
+
 def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None, retention=None) -> str:
     """Render verdicts: a table of checks per claim and the verdict in bold."""
     retention = list(bench_facts.RETENTION if retention is None else retention)
@@ -312,6 +355,17 @@ def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None,
             "otherwise it is uncertain, and a claim whose outcome hinges on an uncertain check is inconclusive.",
             "",
         ]
+    parts = [q for r in results for q in [*r["checks"], *r["quantities"].values()]]
+    metrics = {m for q in parts for m in q.get("other_metrics", {})}
+    others = sorted({_metric_name(m) for m in metrics})
+    if others:
+        primaries = _and([f"{b.label} {_metric_name(b.primary_metric)}" for b in bench_facts.BENCHMARKS.values()
+                          if set(b.metrics) & metrics])  # fmt: skip
+        lines += [
+            f"Values are on each benchmark's primary metric ({primaries}): the outcomes and verdicts judge those. "
+            f"The {_and(others)} column gives the same quantity on that metric, for reference.",
+            "",
+        ]
     if roles:
         lines += ["Roles: " + ", ".join(f"{k} = `{v}`" for k, v in roles.items()), ""]
     for r in results:
@@ -322,19 +376,22 @@ def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None,
                     "check": c["quantity"],
                     "value": f"{c['value']:+.4f}",
                     "± (1 se)": "–" if c["uncertainty"] is None else f"{c['uncertainty']:.4f}",
+                    **{m: _others(c).get(m, "–") for m in others},
                     "requirement": f"{c['op']} {c['threshold']:g} ({c['threshold_key']})",
                     "outcome": c["outcome"],
                 }
                 for c in r["checks"]
             ]
-            align = ("left", "right", "right", "left", "left")
+            align = ("left", "right", "right", *("right" for _ in others), "left", "left")
             lines += [pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True, colalign=align), ""]
         extra = {k: v for k, v in r["quantities"].items() if k not in {c["quantity"] for c in r["checks"]}}
         if extra:
             lines += [
                 "Also: "
                 + "; ".join(
-                    f"{k} = {v['value']:+.4f}" + ("" if v["uncertainty"] is None else f" ± {v['uncertainty']:.4f}")
+                    f"{k} = {v['value']:+.4f}"
+                    + ("" if v["uncertainty"] is None else f" ± {v['uncertainty']:.4f}")
+                    + "".join(f" ({m}: {t})" for m, t in _others(v).items())
                     for k, v in extra.items()
                 ),
                 "",

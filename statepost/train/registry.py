@@ -97,6 +97,7 @@ def learner_states(cfg: dict, tokenizer, rows: list[dict], accelerator=None) -> 
         accelerator=accelerator,
         keep=reward_filter(states["filter"]),
         record_old_logprobs=record_old_logprobs,
+        stop=states["stop"],
     )
 
 
@@ -124,7 +125,8 @@ def rollout_reuse(states: dict, signal_cfg: dict) -> tuple[int, bool]:
 
 
 def reward_filter(filter_cfg: dict | None) -> Callable[[str, str], bool] | None:
-    """``keep(completion, gold)`` of rejection sampling: the completion's gsm8k reward reaches ``filter.min``."""
+    """``keep(completion, gold)`` of rejection sampling: the completion's gsm8k reward (strict-match, the
+    reported metric) reaches ``filter.min``."""
     if filter_cfg is None:
         return None
     return lambda completion, gold: gsm8k.reward(completion, gold) >= filter_cfg["min"]

@@ -8,17 +8,19 @@ distillation, RL, rejection-sampling SFT). Both produce :class:`~statepost.train
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteriaList
 
 from statepost import gsm8k
 
 from .batch import StateBatch, collate_states
 from .logprobs import completion_logprobs
+from .stopping import StopStrings
 
 
 def encode_sft_example(tokenizer, question: str, answer: str) -> tuple[list[int], int]:
@@ -196,17 +198,29 @@ class LearnerStates:
 
     Sampling: ``generate`` on the unwrapped policy in eval mode, ``temperature`` / ``top_p``,
     ``top_k=0`` and no other logits processor (the model's own generation_config is set aside), up
-    to and including the first EOS; seeded by ``(seed, process_index, cursor)`` in ``fork_rng``, so
-    the global RNG is untouched. Signals score at temperature 1: only 1.0 / 1.0 is exactly on-policy.
+    to and including the first EOS or the token that completes the first ``stop`` string; seeded by
+    ``(seed, process_index, cursor)`` in ``fork_rng``, so the global RNG is untouched. Signals score
+    at temperature 1: only 1.0 / 1.0 is exactly on-policy.
+
+    Stop strings (``stop``; None: the GSM8K lm-eval task's ``generation_kwargs.until``, see
+    :func:`statepost.gsm8k.task_stop_sequences`) end generation as they end it at evaluation. A
+    completion cut at a stop string is finished, like one that ends at EOS. Its text
+    (``extras["completions"]``: what rewards, ``correct`` and ``keep`` read) is lm-eval's: the decoded
+    completion cut before the first stop string (:func:`statepost.gsm8k.cut_at_stop`). Its tokens (the
+    states signals train on) are the sampled tokens up to and including the one that completes the
+    stop string, as EOS is kept: they are the policy's decision to end its answer, which evaluation's
+    generation also samples; nothing after that token is in the batch.
 
     ``keep(completion, gold) -> bool`` (rejection sampling) drops the other samples; when none is
     left the batch keeps its rows with an all-zero ``completion_mask``. ``record_old_logprobs``: the
     policy's log-probs at sampling time go to ``extras["old_logprobs"]`` [B, T] (0 outside the
     completion), for a signal that reuses a rollout batch.
 
-    Extras: ``completions`` (text), ``correct`` (gsm8k), ``group``, ``eos``, ``prompt_index``.
+    Extras: ``completions`` (text, cut at the stop string), ``correct`` (gsm8k strict-match),
+    ``group``, ``eos`` (ended at EOS), ``stopped`` (ended at a stop string), ``prompt_index``.
     Metrics (all B*G samples, before ``keep``): ``gen_time_s``, ``completion_len``, ``eos_frac``,
-    ``accuracy``, ``n_samples``, ``states_age``; with ``keep``: ``filter_keep_frac``, ``filtered_empty``.
+    ``stop_frac``, ``finished_frac`` (EOS or stop string), ``accuracy``, ``n_samples``,
+    ``states_age``; with ``keep``: ``filter_keep_frac``, ``filtered_empty``.
     """
 
     def __init__(
@@ -227,6 +241,7 @@ class LearnerStates:
         accelerator=None,
         keep: Callable[[str, str], bool] | None = None,
         record_old_logprobs: bool = False,
+        stop: Sequence[str] | None = None,
     ):
         if len(questions) != len(answers):
             raise ValueError(f"LearnerStates: {len(questions)} prompts but {len(answers)} answers")
@@ -235,6 +250,9 @@ class LearnerStates:
         if self.eos_token_id is None:
             raise ValueError("LearnerStates: the tokenizer has no eos_token_id (generation stops at EOS)")
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
+        self.stop = tuple(gsm8k.task_stop_sequences() if stop is None else stop)
+        if not all(isinstance(t, str) and t for t in self.stop):
+            raise ValueError(f"LearnerStates: stop strings must be non-empty strings, got {list(self.stop)!r}")
         self.temperature, self.top_p = float(temperature), float(top_p)
         self.max_new_tokens, self.group_size = int(max_new_tokens), int(samples_per_prompt)
         self.refresh_every = int(refresh_every)
@@ -312,8 +330,9 @@ class LearnerStates:
             return torch.device("cpu")
 
     @torch.no_grad()
-    def _generate_tokens(self, model, prompt_ids: list[list[int]], device) -> list[list[int]]:
-        """Sampled completion token lists (up to and including the first EOS) per prompt row."""
+    def _generate_tokens(self, model, prompt_ids: list[list[int]], device) -> tuple[list[list[int]], list[bool]]:
+        """Sampled completion token lists per prompt row, up to and including the first EOS or the
+        token that completes the first stop string, and whether each ended at a stop string."""
         width = max(len(p) for p in prompt_ids)
         n = len(prompt_ids)
         input_ids = torch.full((n, width), int(self.pad_token_id), dtype=torch.long)
@@ -331,6 +350,7 @@ class LearnerStates:
             pad_token_id=int(self.pad_token_id),
             use_cache=True,
         )
+        stops = StopStrings(self.tokenizer, self.stop, width) if self.stop else None
         saved_cfg = getattr(model, "generation_config", None)
         was_training = model.training
         model.eval()
@@ -340,20 +360,21 @@ class LearnerStates:
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 generation_config=gen_cfg,
+                stopping_criteria=StoppingCriteriaList([stops] if stops else []),
             )
         finally:
             if saved_cfg is not None:
                 model.generation_config = saved_cfg
             model.train(was_training)
         gen = out[:, width:].tolist()
-        completions = []
-        for row in gen:
-            try:
-                cut = row.index(int(self.eos_token_id)) + 1
-            except ValueError:
-                cut = len(row)
-            completions.append(row[:cut])
-        return completions
+        completions, stopped = [], []
+        eos = int(self.eos_token_id)
+        for r, row in enumerate(gen):
+            eos_at = row.index(eos) + 1 if eos in row else len(row)
+            at = stops.stopped_at.get(r) if stops else None  # generate pads a stopped row (pad may be EOS)
+            stopped.append(at is not None and at <= len(row) and (at < eos_at or row[eos_at - 1] != eos))
+            completions.append(row[: at if stopped[-1] else eos_at])
+        return completions, stopped
 
     def generate(self, policy) -> StateBatch:
         """Draw a fresh micro-batch of ``B*G`` samples from ``policy`` (advances the prompt cursor)."""
@@ -370,18 +391,20 @@ class LearnerStates:
         fork_devices = [device] if torch.device(device).type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
-            completions = self._generate_tokens(model, [self.prompt_ids[i] for i in rows], device)
+            completions, stopped = self._generate_tokens(model, [self.prompt_ids[i] for i in rows], device)
         gen_time = time.perf_counter() - t0
         self.cursor += 1
 
         eos = [bool(c) and c[-1] == self.eos_token_id for c in completions]
-        texts = [self.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+        texts = [gsm8k.cut_at_stop(self.tokenizer.decode(c, skip_special_tokens=True), self.stop) for c in completions]
         answers = [self.answers[i] for i in rows]
         correct = [1.0 if gsm8k.is_correct(t, a) else 0.0 for t, a in zip(texts, answers)]
         metrics = {
             "gen_time_s": gen_time,
             "completion_len": float(np.mean([len(c) for c in completions])),
             "eos_frac": float(np.mean(eos)),
+            "stop_frac": float(np.mean(stopped)),
+            "finished_frac": float(np.mean([e or s for e, s in zip(eos, stopped)])),
             "accuracy": float(np.mean(correct)),
             "n_samples": float(len(rows)),
         }
@@ -408,6 +431,7 @@ class LearnerStates:
             correct=torch.tensor([correct[k] for k in kept], dtype=torch.float32),
             group=torch.tensor([groups[k] for k in kept], dtype=torch.long),
             eos=torch.tensor([eos[k] for k in kept], dtype=torch.bool),
+            stopped=torch.tensor([stopped[k] for k in kept], dtype=torch.bool),
             prompt_index=torch.tensor([rows[k] for k in kept], dtype=torch.long),
             completions=[texts[k] for k in kept],
         )

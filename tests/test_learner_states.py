@@ -251,3 +251,25 @@ def test_max_rows_keeps_the_first_rows_of_the_split(tok, model, tmp_path, caplog
     with caplog.at_level("WARNING"):
         assert len(make_state_source(cfg, tok, tmp_path)) == len(QUESTIONS)
     assert "has only 13 rows" in caplog.text
+
+
+def test_recorded_logprobs_equal_the_training_forward(tok, model):
+    """The log-probs kept at sampling time (for the clipped ratio of reused rollouts) are those of the
+    training forward on the same states: each row alone, unpadded, in train mode (dropout off)."""
+    from statepost.models import disable_dropout
+
+    cfg = run_cfg(signal={"type": "reward", "updates_per_batch": 2})
+    b = make(tok, cfg=cfg).sample(model, 0)
+    old = b.extras["old_logprobs"]
+    policy = copy.deepcopy(model)
+    disable_dropout(policy)
+    policy.train()
+    for r in range(b.input_ids.shape[0]):
+        n = int(b.attention_mask[r].sum())
+        ids = b.input_ids[r : r + 1, :n]
+        with torch.no_grad():
+            logp = torch.log_softmax(policy(input_ids=ids).logits[0, :-1].float(), -1)
+        target = logp.gather(-1, ids[0, 1:, None])[:, 0]
+        completion = b.completion_mask[r, 1:n] > 0
+        torch.testing.assert_close(old[r, 1:n][completion], target[completion], atol=1e-5, rtol=1e-5)
+        assert completion.any() or b.completion_mask[r].sum() == 0

@@ -200,3 +200,31 @@ def test_default_reward_is_lm_evals_strict_match():
     assert flexible.rewards(batch)[0].tolist() == [1.0, 1.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="answer_mode"):
         RewardSignal({**reward_cfg(), "answer_mode": "exact"})
+
+
+def test_all_equal_groups_leave_the_token_mean():
+    """Group 0 (rewards 1, 1) has no signal: its rows leave the mask and the mean, so the gradient is the
+    REINFORCE gradient of group 1 alone, averaged over group 1's tokens (not over all tokens)."""
+    policy = TableLM(V)
+    sig = RewardSignal(reward_cfg(normalize_std=False))
+    batch = sig.prepare(make_batch([1.0, 1.0, 1.0, 0.0]))
+    assert batch.completion_mask[:2].sum() == 0 and batch.completion_mask[2:].sum() == 2 + 4
+    assert batch.extras["advantages"].tolist() == [0.0, 0.0, 0.5, -0.5]
+    loss, metrics = sig(policy, batch)
+    loss.backward()
+    grad = torch.zeros_like(policy.W)
+    for (p, c), a in list(zip(ROWS, [0.0, 0.0, 0.5, -0.5]))[2:]:
+        seq = p + c
+        for t in range(len(p), len(seq)):
+            probs = torch.softmax(policy.W.detach()[seq[t - 1]], -1)
+            grad[seq[t - 1]] -= a * (torch.nn.functional.one_hot(torch.tensor(seq[t]), V) - probs) / 6
+    torch.testing.assert_close(policy.W.grad, grad, atol=1e-6, rtol=1e-5)
+    assert metrics["completion_tokens"] == 6.0 and metrics["zero_var_frac"] == 0.5
+    assert metrics["reward"] == 0.75 and metrics["completion_len"] == pytest.approx(10 / 4)  # of every sample
+
+
+def test_a_batch_of_only_all_equal_groups_has_no_token_left():
+    """The loop counts the prepared mask: no token left means no update (the empty-step path)."""
+    batch = RewardSignal(reward_cfg()).prepare(make_batch([1.0, 1.0, 0.0, 0.0]))
+    assert batch.num_completion_tokens == 0 and batch.metrics["zero_var_frac"] == 1.0
+    assert make_batch([1.0, 1.0, 0.0, 0.0]).num_completion_tokens == 10  # the sampled batch is untouched

@@ -205,19 +205,30 @@ def test_reference_model_only_with_a_kl_penalty_and_in_the_policys_precision(wor
         "reference",
     )
     # bf16 autocast with fp32 master weights: a reference loaded in bf16 gave kl_to_init != 0 before any update.
-    # (A process holds one accelerate precision: bf16 runs in its own, through the training script.)
+    # A process holds one accelerate precision, so each run has its own; the rewards are made to differ
+    # within every group (a random tiny model earns none), so that the signal runs at step 1.
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import json, sys, torch\n"
+        "from statepost.train import signals\n"
+        "from statepost.train.loop import train\n"
+        "signals.RewardSignal.rewards = lambda self, b: (torch.arange(len(b.answers)).float() % 2,) * 2\n"
+        "cfg, init, data, out = json.loads(sys.argv[1]), *sys.argv[2:]\n"
+        "train(cfg, init_dir=init, data_dir=data, out_dir=out, state_dir=out + '.state', progress=False)\n"
+    )
     signal = {"type": "reward", "reward": "gsm8k", "kl_coef": 0.1}
     for name, cfg in {"rl": _learner_cfg(signal=signal, max_steps=1, precision="bf16"),
                       "rl0": _learner_cfg(signal={**signal, "kl_coef": 0.0}, max_steps=1)}.items():
-        subprocess.run(
-            [sys.executable, "scripts/train.py", "--run-json", json.dumps(cfg), "--init", str(world["init"]),
-             "--data-dir", str(world["data_dir"]), "--out", str(tmp_path / name),
-             "--state-dir", str(tmp_path / f"state-{name}"), "--no-progress"],
-            cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )  # a random tiny model earns no reward, so it may not update (exit 3): the first metrics line is the point
-    def first_step(name):  # the live metrics (no update: the state dir stays) or the finished model's
-        path = next(p for p in (tmp_path / f"state-{name}", tmp_path / name) if (p / "metrics.jsonl").is_file())
-        return json.loads((path / "metrics.jsonl").read_text().splitlines()[0])
+        proc = subprocess.run(
+            [sys.executable, str(script), json.dumps(cfg), str(world["init"]), str(world["data_dir"]),
+             str(tmp_path / name)],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def first_step(name):
+        return json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
 
     assert first_step("rl")["kl_to_init"] == 0.0
     assert "kl_to_init" not in first_step("rl0") and "reward" in first_step("rl0")

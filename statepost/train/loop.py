@@ -51,7 +51,7 @@ from statepost.models import (
 from .checkpoint import Checkpointer
 from .distributed import broadcast, make_accelerator, mean_dicts, mean_over_processes, sum_over_processes
 from .registry import SIGNALS, data_path, make_signal, make_state_source
-from .signals import check_same_tokenizer
+from .signals import Signal, check_same_tokenizer
 from .batch import StateSource, padding_waste
 
 log = logging.getLogger("statepost.train")
@@ -91,7 +91,7 @@ class Run:
     optimizer: Any
     scheduler: Any
     source: StateSource
-    signal: Callable
+    signal: Signal
     checkpointer: Checkpointer
     resume_key: dict  # config_hash, inputs_hash, num_processes: what a checkpoint must match
     total_steps: int
@@ -352,13 +352,15 @@ def train_step(run: Run, step: int, metrics_log: MetricsLog) -> None:
     # sample states: grad_accum micro-batches, from the unwrapped policy
     with torch.no_grad(), accelerator.autocast():
         batches = [run.source.sample(run.policy, step) for _ in range(cfg["optim"]["grad_accum"])]
-    batches = [b.to(device) for b in batches]
+    # the signal's say in which completion tokens carry signal (rewards and advantages for RL)
+    batches = [run.signal.prepare(b.to(device)) for b in batches]
     model.train()
     n_completion = [b.completion_mask[:, 1:].sum().double() for b in batches]
     counts = torch.stack([sum(n_completion), sum(b.attention_mask.sum().double() for b in batches)]).to(device)
     step_completion_tokens, step_tokens = sum_over_processes(accelerator, counts).tolist()
-    # No completion token in the whole step (e.g. every learner sample filtered out): no update (AdamW
-    # would still move the weights through momentum and decay); the step and the schedule go on.
+    # No completion token left in the whole step (every learner sample filtered out, every reward group
+    # all-equal): no update (AdamW would still move the weights through momentum and decay); the step
+    # and the schedule go on.
     skip = step_completion_tokens == 0
 
     # forward / backward per micro-batch, weighted by its share of the step's completion tokens (times
@@ -386,7 +388,7 @@ def train_step(run: Run, step: int, metrics_log: MetricsLog) -> None:
     if skip:
         grad_norm = 0.0
         batch_metrics = [{**b.metrics, "padding_waste": padding_waste(b)} for b in batches]
-        log.warning("step %d: no completion tokens in the step; no update", step)
+        log.warning("step %d: no completion token carries signal (filtered out, or equal rewards); no update", step)
     else:
         grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), float(cfg["optim"]["max_grad_norm"])))
         if not math.isfinite(grad_norm):

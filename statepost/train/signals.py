@@ -1,7 +1,10 @@
 """Signals: what a method applies at each state. ``loss, metrics = signal(policy, batch)``.
 
-Every loss is a mean over the batch's completion tokens (the loop weights micro-batches by their
-token counts, so a step optimises the mean over all its completion tokens). A signal is built
+The loop first calls ``batch = signal.prepare(batch)`` on every sampled batch: the signal's say in
+which completion tokens carry signal (the reward signal computes rewards and advantages there and
+leaves out the rows that have none). Every loss is a mean over the prepared batch's completion
+tokens (the loop weights micro-batches by their token counts, so a step optimises the mean over all
+its completion tokens; a step with none left makes no update). A signal is built
 from its own branch of the config (``signal.type`` and that type's keys, defaults from the schema)
 plus the extra models it declares in :data:`statepost.train.registry.SIGNALS`.
 """
@@ -14,13 +17,22 @@ import torch
 
 from statepost import gsm8k
 
-from .logprobs import completion_token_logits, entropy, masked_mean, token_divergence, token_logprobs
+from dataclasses import replace
+
 from .batch import StateBatch
+from .logprobs import completion_token_logits, entropy, masked_mean, token_divergence, token_logprobs
 
 ADV_EPS = 1e-4  # added to a group's reward std before dividing (not a config key)
 
 
-class NLLSignal:
+class Signal:
+    """What the loop calls on a signal; a signal with nothing to prepare inherits ``prepare``."""
+
+    def prepare(self, batch: StateBatch) -> StateBatch:
+        return batch
+
+
+class NLLSignal(Signal):
     """SFT: mean next-token NLL of the completion tokens. Metrics ``nll``, ``token_acc``."""
 
     def __call__(self, policy, batch: StateBatch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -77,7 +89,7 @@ def check_same_tokenizer(student_tok, teacher_tok, student_dir=None, teacher_dir
         )
 
 
-class TeacherKL:
+class TeacherKL(Signal):
     """Distillation: per-token divergence to a teacher at every completion state.
 
     ``signal_cfg``: ``direction`` (reverse | forward | jsd), ``beta`` (jsd), ``estimator``:
@@ -199,7 +211,7 @@ def group_advantages_by_id(rewards, groups, normalize_std: bool = True, eps: flo
     return adv, zero_var
 
 
-class RewardSignal:
+class RewardSignal(Signal):
     """GRPO-style policy gradient with group-normalised advantages (token-level mean, as DAPO / TRL "dapo").
 
     ``signal_cfg``: ``reward`` (gsm8k), ``answer_mode``, ``format_reward``, ``normalize_std``,
@@ -250,15 +262,39 @@ class RewardSignal:
         c = batch.extras.get("correct")
         return r, (c.detach().float().cpu() if c is not None else (r >= 1.0).float())
 
-    def __call__(self, policy, batch: StateBatch):
-        device = batch.input_ids.device
+    def prepare(self, batch: StateBatch) -> StateBatch:
+        """Rewards and group advantages of a sampled batch (``extras["advantages"]``, per row).
+
+        The rows of a group whose rewards are all equal have advantage 0: they carry no
+        policy-gradient signal, so their tokens leave the completion mask and with it the token
+        mean (the mean runs over the tokens that can learn, and a batch of only such groups has no
+        token left: the loop then makes no update, so AdamW's momentum does not move the weights).
+        """
         t0 = time.perf_counter()
         rewards, correct = self.rewards(batch)
         groups = batch.extras.get("group")
         if groups is None:
             raise ValueError("reward: the batch has no extras['group'] (learner states with samples_per_prompt)")
-        adv, zero_var = group_advantages_by_id(rewards, groups.detach().cpu(), self.normalize_std, ADV_EPS)
-        reward_time = time.perf_counter() - t0
+        groups = groups.detach().cpu()
+        adv, zero_var = group_advantages_by_id(rewards, groups, self.normalize_std, ADV_EPS)
+        row_zero_var = zero_var[torch.unique(groups, return_inverse=True)[1]]
+        mask = batch.completion_mask * (~row_zero_var).to(batch.completion_mask)[:, None]
+        metrics = {
+            "reward": float(rewards.mean()) if rewards.numel() else 0.0,
+            "accuracy": float(correct.mean()) if correct.numel() else 0.0,
+            "zero_var_frac": float(zero_var.float().mean()) if zero_var.numel() else 0.0,
+            "adv_abs_mean": float(adv.abs().mean()) if adv.numel() else 0.0,
+            "completion_len": float((batch.completion_mask[:, 1:] > 0).sum(1).float().mean()),
+            "reward_time_s": time.perf_counter() - t0,
+        }
+        extras = {**batch.extras, "advantages": adv, "rewards": rewards, "correct": correct}
+        return replace(batch, completion_mask=mask, extras=extras, metrics={**batch.metrics, **metrics})
+
+    def __call__(self, policy, batch: StateBatch):
+        device = batch.input_ids.device
+        if "advantages" not in batch.extras:  # called directly, not through the loop
+            batch = self.prepare(batch)
+        adv = batch.extras["advantages"]
 
         keep = batch.completion_mask[:, 1:] > 0  # [B, T-1]: the target of position t is token t+1
         row = keep.nonzero()[:, 0]  # batch row of each completion token
@@ -295,13 +331,9 @@ class RewardSignal:
             low, high = 1.0 - self.clip_eps, 1.0 + self.clip_eps
             is_clipped = ((ratio < low) & (adv_tok < 0)) | ((ratio > high) & (adv_tok > 0))
             metrics.update(
-                reward=float(rewards.mean()) if rewards.numel() else 0.0,
-                accuracy=float(correct.mean()) if correct.numel() else 0.0,
-                zero_var_frac=float(zero_var.float().mean()) if zero_var.numel() else 0.0,
-                completion_len=float(keep.sum(1).float().mean()),
+                {k: batch.metrics[k] for k in ("reward", "accuracy", "zero_var_frac", "adv_abs_mean",
+                                                 "completion_len", "reward_time_s")},
                 entropy=float(entropy(logits.detach()).mean()) if n_tok else 0.0,
                 clip_frac=float(is_clipped.float().mean()) if n_tok else 0.0,
-                reward_time_s=reward_time,
-                adv_abs_mean=float(adv.abs().mean()) if adv.numel() else 0.0,
             )
         return loss, metrics

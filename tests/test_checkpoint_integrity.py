@@ -109,3 +109,19 @@ def test_stale_temporaries_are_cleaned_at_start(world, reference, crashed, tmp_p
     assert "resumed from step 4" in caplog.text
     _assert_same(weights(out), reference[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # state dir removed, no leftovers
+
+
+def test_checkpoint_of_the_format_before_manifests_is_not_set_aside(tmp_path, caplog):
+    """A format-1 checkpoint (no manifest) is an older layout, not a corrupt one: not resumed, not set aside."""
+    from statepost.train.checkpoint import Checkpointer
+
+    class Acc:
+        is_main_process = True
+
+    old = tmp_path / "ckpt-00000004"
+    old.mkdir(parents=True)
+    (old / STATE).write_text(json.dumps({"step": 4, "format_version": 1}))
+    caplog.set_level(logging.INFO, logger="statepost.train")
+    assert Checkpointer(tmp_path, Acc()).find_resumable({"config_hash": "c", "inputs_hash": "i", "num_processes": 1}) is None
+    assert "not resuming: checkpoint format 1 != 2" in caplog.text and "set aside" not in caplog.text
+    assert old.is_dir()

@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import string
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,7 +32,8 @@ from pathlib import Path
 import yaml
 
 from statepost import benchmarks, data
-from statepost.io import DataError, sha256_file, utc_now, write_json, write_jsonl
+from statepost.io import DataError, prepare_output, scratch_dir, sha256_file, utc_now, write_json, write_jsonl
+from statepost.models import verify_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ def evaluate(
     """Score the model in ``model_dir`` on ``benchmark``; write ``out_json`` and the samples log beside it.
 
     eval_cfg: {num_fewshot, max_gen_toks, limit (int|null; per task, so per subject for MMLU),
-    batch_size, split?, fewshot_split?}. ``workdir`` keeps the rendered tasks (default: a temp dir,
+    batch_size, split?, fewshot_split?}. ``workdir`` keeps the rendered tasks (default: ``.{out}.work{rank}``,
     removed afterwards). Returns the score record (also written to ``out_json``) with "timing_s" in
     seconds (import, tasks: build + data load, model: load, evaluate, total); {} on a non-zero rank of
     a multi-process (accelerate) run, where rank 0 writes the files.
@@ -362,14 +363,17 @@ def evaluate(
     model_dir, out_json = Path(model_dir), Path(out_json)
     eval_cfg = dict(eval_cfg or {})
     benchmarks.get(benchmark)  # a ValueError naming the known ones
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a save_pretrained model directory (no config.json)")
+    verify_model_dir(model_dir)  # every file against the sha256 in its run.json, before any compute
     limit = eval_cfg.get("limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"eval.limit must be a positive int or null, got {limit!r}")
     num_fewshot = int(eval_cfg.get("num_fewshot", 0) or 0)
     batch_size = eval_cfg.get("batch_size", 1) or 1
     max_gen_toks = eval_cfg.get("max_gen_toks")
+    samples_path = out_json.with_name(out_json.name.removesuffix(".json") + ".samples.jsonl")
+    rank = int(os.environ.get("RANK", "0"))  # under accelerate launch every process runs this
+    if rank == 0:
+        prepare_output(out_json, samples_path)  # writable, and a killed job's leftovers beside them cleaned
 
     import lm_eval
     import lm_eval.api.registry
@@ -380,9 +384,8 @@ def evaluate(
     device, dtype = resolve_device_dtype(device, dtype)
 
     tmp = None
-    if workdir is None:
-        tmp = tempfile.mkdtemp(prefix=f"statepost-eval-{benchmark}-")
-        workdir = Path(tmp)
+    if workdir is None:  # beside the score file (a killed job's one is removed first)
+        workdir = tmp = scratch_dir(out_json, f"work{rank}")
     try:
         t = time.perf_counter()
         spec = render_tasks(benchmark, data_dir, eval_cfg, workdir, template_dir)
@@ -428,7 +431,6 @@ def evaluate(
                            device, dtype, gen_kwargs)
     timing["total"] = time.perf_counter() - t0
     record["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
-    samples_path = out_json.with_name(out_json.name.removesuffix(".json") + ".samples.jsonl")
     write_jsonl(samples_path, sample_rows(results.get("samples", {})))
     write_json(out_json, record)
     return record

@@ -10,14 +10,17 @@ import json
 import logging
 import os
 import platform
+import re
+import secrets
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 
 import yaml
+
+_log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -28,39 +31,163 @@ class ConfigError(ValueError):
     """Bad configuration; the message names the key path."""
 
 
+_STALE_TMP = r"[A-Za-z0-9_]{8}\.tmp"  # the random part of a temporary name (ours and tempfile's)
+
+
+def _temp_beside(path: Path, is_dir: bool) -> Path:
+    """A new empty file or folder ``.{name}.XXXXXXXX.tmp`` beside ``path``, created with mode 0o666 / 0o777
+    so that the umask (or a default ACL) applies; ``tempfile.mkstemp``/``mkdtemp`` would make it 0600/0700."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            if is_dir:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: no free temporary name beside it")
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename or a new entry in ``path`` durable (a no-op where the filesystem cannot fsync folders)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | os.PathLike) -> None:
+    """fsync every file and folder under ``path`` (deepest first), then ``path`` itself."""
+    for root, _, files in os.walk(path, topdown=False):
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                fsync_file(os.path.join(root, name))
+        fsync_dir(root)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The file gets mode ``0o666 & ~umask``; its data is fsynced before the rename and the folder after it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = _temp_beside(path, is_dir=False)
     try:
         yield tmp
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds."""
+    """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    The folder gets mode ``0o777 & ~umask``. When the block succeeds, everything in it is fsynced and it
+    is renamed to ``.{name}.new`` (complete), the old ``path`` to ``.{name}.old``, ``.{name}.new`` to
+    ``path``; then ``.old`` is removed. A kill at any point leaves state that :func:`recover_dir` (run on
+    entry here, and by :func:`prepare_output` when a job starts) turns back into ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    recover_dir(path)
+    new, old = _sibling(path, "new"), _sibling(path, "old")
+    tmp = _temp_beside(path, is_dir=True)
     try:
         yield tmp
+        fsync_tree(tmp)
+        os.replace(tmp, new)
+        fsync_dir(path.parent)
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        os.replace(new, path)
+        fsync_dir(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    return path.with_name(f".{path.name}.{tag}")
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def recover_dir(path: str | os.PathLike) -> None:
+    """Undo what a kill inside :func:`atomic_file` / :func:`atomic_dir` left beside ``path``.
+
+    If ``path`` is missing (killed between moving the old one aside and moving the new one in), the
+    complete ``.{name}.new`` or else the previous ``.{name}.old`` becomes ``path``. Then the leftover
+    ``.new``/``.old`` and temporary ``.{name}.XXXXXXXX.tmp`` siblings are removed. Only one job writes
+    a given output, so whatever is left beside it when that job starts is stale.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    new, old = _sibling(path, "new"), _sibling(path, "old")
+    if not path.exists():
+        for src in (new, old):
+            if src.is_dir():
+                os.replace(src, path)
+                fsync_dir(path.parent)
+                _log.warning("%s: recovered from %s (a job was killed while replacing it)", path, src.name)
+                break
+    stale = re.compile(rf"^\.{re.escape(path.name)}\.(?:new|old|{_STALE_TMP})$")
+    for p in path.parent.iterdir():
+        if stale.match(p.name):
+            _log.info("%s: removing %s left by an earlier, killed job", path.parent, p.name)
+            _remove(p)
+
+
+def prepare_output(*paths: str | os.PathLike) -> None:
+    """Before a job spends compute: each output's folder exists and is writable (else OSError naming it),
+    and what a killed earlier job left beside each output is recovered or removed (:func:`recover_dir`)."""
+    for path in map(Path, paths):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _temp_beside(path, is_dir=False).unlink()
+        except OSError as e:
+            raise OSError(
+                e.errno, f"{path.parent}: cannot write {path.name} there ({e.strerror}); nothing was computed"
+            ) from None
+        recover_dir(path)
+
+
+def scratch_dir(path: str | os.PathLike, tag: str) -> Path:
+    """A fresh working folder ``.{name}.{tag}`` beside the output ``path`` (one left by a killed job is
+    removed first); the caller removes it when done."""
+    path = Path(path)
+    work = _sibling(path, tag)
+    if work.exists():
+        _log.info("%s: removing %s left by an earlier, killed job", path.parent, work.name)
+        _remove(work)
+    work.mkdir(parents=True)
+    return work
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .config import with_defaults
-from .io import ConfigError, atomic_dir, env_info, sha256_file, utc_now, write_json
+from .io import ConfigError, atomic_dir, env_info, prepare_output, sha256_file, utc_now, write_json
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,7 @@ def make_toy_base(cfg: Mapping, corpus: Sequence[str], out_dir) -> dict:
     from transformers import GenerationConfig
 
     s = toy_settings(cfg)
+    prepare_output(out_dir)  # before the compute: writable, and a killed earlier save recovered or cleaned
     t_all = time.time()
     t0 = time.time()
     tokenizer = build_toy_tokenizer(corpus, s["vocab_size"], s["max_position_embeddings"])
@@ -296,6 +297,7 @@ def download_hub_model(repo: str, revision: str | None, out_dir, cache_dir=None,
     from . import hub
 
     revision = revision or "main"
+    prepare_output(out_dir)  # before the download: writable, and a killed earlier save recovered or cleaned
     t0 = time.time()
     snap, resolved = hub.snapshot(
         repo,
@@ -362,6 +364,8 @@ def verify_model_dir(path, check_hashes: bool = True, weights: bool = True) -> d
         except json.JSONDecodeError as e:
             raise ValueError(f"{run_file}: not valid JSON ({e.msg})") from None
     files = run.get("files") if isinstance(run, dict) else None
+    if check_hashes and not isinstance(files, dict):
+        log.warning("%s: no sha256 recorded (run.json 'files'), so its files are not verified", path)
     if check_hashes and isinstance(files, dict):
         for name, want in sorted(files.items()):
             if not weights and name.endswith(".safetensors"):

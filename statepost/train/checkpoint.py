@@ -11,10 +11,16 @@ Layout of a state directory::
         accelerate.pt            accelerate's own state: its step counter and grad scaler
         rng-rank{r}.pt           python, numpy, torch CPU and CUDA generator states of process r
         source-rank{r}.pt        state source position of process r (data cursor, buffers)
-        trainer_state.json       written LAST: step, config hash, input hashes, process count
+        trainer_state.json       step, config hash, input hashes, process count
+        manifest.json            written LAST: size and sha256 of every other file
+      ckpt-00000040.bad/         a checkpoint that failed its check, set aside (kept for inspection)
 
-A checkpoint is written into ``.ckpt-XXXXXXXX.tmp`` and renamed when complete, so a killed
-job leaves either a complete checkpoint or a temporary directory that is ignored and removed.
+A checkpoint is written into ``.ckpt-XXXXXXXX.tmp``, fsynced and renamed when complete, so a
+killed job leaves either a complete checkpoint or a temporary directory that is removed when the
+next attempt starts. On resume the newest checkpoint is checked against its manifest (every file
+present, of its recorded size and sha256); one that fails (truncated, a flipped byte, a file or the
+manifest missing) is logged by name, renamed to ``ckpt-XXXXXXXX.bad`` and the next older one is
+tried; with none left the run starts from step 0.
 Every file is loaded with ``torch.load(weights_only=True)`` (no pickle code execution); the
 generator states are stored as tensors and plain Python values for that reason.
 
@@ -40,14 +46,16 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from statepost.io import utc_now, write_json, write_jsonl
+from statepost.io import fsync_dir, fsync_file, sha256_file, utc_now, write_json, write_jsonl
 
 log = logging.getLogger("statepost.train")
 
-MARKER = "trainer_state.json"
+STATE = "trainer_state.json"
+MANIFEST = MARKER = "manifest.json"  # written last: a checkpoint without it is not complete
 _CKPT_RE = re.compile(r"^ckpt-(\d{8})$")
 _TMP_RE = re.compile(r"^\.ckpt-\d{8}\.tmp$")
-FORMAT_VERSION = 1
+_SHARED_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "accelerate.pt", STATE)
+FORMAT_VERSION = 2  # 2: manifest.json with sizes and sha256
 
 
 # -- generator states ---------------------------------------------------------------------------
@@ -119,31 +127,56 @@ class Checkpointer:
         return f"ckpt-{step:08d}"
 
     def complete(self) -> list[tuple[int, Path]]:
-        """Complete checkpoints, oldest first."""
+        """Checkpoints (renamed into place when complete; their files are checked by :func:`check`), oldest first."""
         found = []
         if not self.state_dir.is_dir():
             return found
         for p in self.state_dir.iterdir():
             m = _CKPT_RE.match(p.name)
-            if m and p.is_dir() and (p / MARKER).is_file() and (p / "model.safetensors").is_file():
+            if m and p.is_dir():
                 found.append((int(m.group(1)), p))
         return sorted(found)
 
+    def set_aside(self, path: Path, problem: str) -> Path:
+        """Rename a checkpoint that failed its check out of the way (``ckpt-N.bad``), logging why."""
+        dest, n = path.with_name(f"{path.name}.bad"), 1
+        while dest.exists():
+            dest, n = path.with_name(f"{path.name}.bad{n}"), n + 1
+        os.replace(path, dest)
+        log.warning("checkpoint %s fails its check (%s): set aside as %s; trying the next older one", path, problem,
+                    dest.name)
+        return dest
+
+    def clean_stale(self) -> None:
+        """Remove what a killed save left: ``.ckpt-*.tmp`` folders and temporary metrics files (main process)."""
+        if not self.state_dir.is_dir():
+            return
+        for p in self.state_dir.iterdir():
+            if _TMP_RE.match(p.name) or (p.name.startswith(".metrics.jsonl.") and p.name.endswith(".tmp")):
+                log.info("removing %s left by a killed save", p)
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
     # -- decide ------------------------------------------------------------------------------
     def find_resumable(self, key: dict) -> tuple[Path, dict] | None:
-        """The newest complete checkpoint if its stored key equals ``key``; logs why not otherwise.
+        """The newest checkpoint that passes its check, if its stored key equals ``key``; logs why not otherwise.
 
-        ``key`` has ``config_hash``, ``inputs_hash`` and ``num_processes``.
+        ``key`` has ``config_hash``, ``inputs_hash`` and ``num_processes``. Checkpoints that fail their
+        check are set aside (:meth:`set_aside`) and the next older one is tried.
         """
-        done = self.complete()
-        if not done:
-            return None
-        step, path = done[-1]
-        try:
-            info = _read_json(path / MARKER)
-        except (OSError, ValueError) as e:
-            log.warning("not resuming: %s is unreadable (%s)", path / MARKER, e)
-            return None
+        self.clean_stale()
+        for step, path in reversed(self.complete()):
+            if not (path / MANIFEST).is_file() and (path / STATE).is_file():
+                old = _read_json_or_none(path / STATE)
+                if isinstance(old, dict) and old.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+                    log.warning("not resuming: checkpoint format %s != %s", old.get("format_version"), FORMAT_VERSION)
+                    return None
+            problem = check(path, step)
+            if problem is None:
+                return self._matches(path, step, _read_json(path / STATE), key)
+            self.set_aside(path, problem)
+        return None
+
+    def _matches(self, path: Path, step: int, info: dict, key: dict) -> tuple[Path, dict] | None:
         if info.get("format_version") != FORMAT_VERSION:
             log.warning("not resuming: checkpoint format %s != %s", info.get("format_version"), FORMAT_VERSION)
             return None
@@ -161,10 +194,6 @@ class Checkpointer:
                 "not resuming: number of processes changed (%s in %s, %d now)",
                 info.get("num_processes"), path.name, key["num_processes"],
             )
-            return None
-        missing = [f for f in info.get("files", []) if not (path / f).is_file()]
-        if missing:
-            log.warning("not resuming: %s lacks %s", path.name, ", ".join(missing))
             return None
         return path, info
 
@@ -211,7 +240,9 @@ class Checkpointer:
         try:
             self.state_dir.rmdir()
         except OSError:
-            log.warning("state dir %s not removed: it holds files the trainer did not write", self.state_dir)
+            left = sorted(p.name for p in self.state_dir.iterdir())
+            log.warning("state dir %s not removed: it holds %s (set-aside checkpoints that failed their check, "
+                        "or files the trainer did not write)", self.state_dir, ", ".join(left))
 
     # -- save / load ---------------------------------------------------------------------------
     def save(self, step: int, *, model, optimizer, scheduler, source, info: dict) -> Path:
@@ -223,8 +254,9 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
-        torch.save(source.state_dict(), tmp / f"source-rank{rank}.pt")
+        for name, obj in ((f"rng-rank{rank}.pt", rng_state()), (f"source-rank{rank}.pt", source.state_dict())):
+            torch.save(obj, tmp / name)
+            fsync_file(tmp / name)  # each process its own files: the main process hashes them next
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             weights = str(tmp / "model.safetensors")
@@ -236,14 +268,17 @@ class Checkpointer:
                 {"step": int(accelerator.step), "scaler": scaler.state_dict() if scaler is not None else None},
                 tmp / "accelerate.pt",
             )
-            files = sorted(p.name for p in tmp.iterdir())
-            write_json(
-                tmp / MARKER,
-                {**info, "step": step, "files": files, "format_version": FORMAT_VERSION, "saved": utc_now()},
-            )
+            write_json(tmp / STATE, {**info, "step": step, "format_version": FORMAT_VERSION, "saved": utc_now()})
+            files = {}
+            for f in sorted(tmp.iterdir()):
+                if f.name != STATE:  # written (and fsynced) by write_json
+                    fsync_file(f)
+                files[f.name] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
+            write_json(tmp / MANIFEST, {"files": files, "format_version": FORMAT_VERSION})  # last: complete
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
+            fsync_dir(self.state_dir)
             for _, old in self.complete()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
@@ -252,7 +287,7 @@ class Checkpointer:
     def load(self, path: Path, *, model, optimizer, scheduler, source) -> dict:
         accelerator = self.accelerator
         path = Path(path)
-        info = _read_json(path / MARKER)
+        info = _read_json(path / STATE)
         unwrapped = accelerator.unwrap_model(model)
         device = next(unwrapped.parameters()).device
         safetensors.torch.load_model(unwrapped, str(path / "model.safetensors"), strict=True, device=str(device))
@@ -284,3 +319,41 @@ class Checkpointer:
 
 def _read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def _read_json_or_none(path: Path):
+    try:
+        return _read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def check(path: Path, step: int) -> str | None:
+    """Why the checkpoint of ``step`` at ``path`` fails its check, or None: each file its manifest lists is
+    there with its recorded size and sha256, and the manifest lists every file a resume loads."""
+    manifest = _read_json_or_none(path / MANIFEST)
+    if manifest is None:
+        return f"{MANIFEST} missing or unreadable"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+        return f"{MANIFEST} has no file table"
+    unlisted = [n for n in _SHARED_FILES if n not in files]
+    if unlisted:
+        return f"{MANIFEST} does not list {', '.join(unlisted)}"
+    for name, want in sorted(files.items()):  # sizes first: cheap
+        f = path / name
+        if Path(name).name != name or not f.is_file():
+            return f"{f} missing"
+        if f.stat().st_size != want.get("size"):
+            return f"{f} has {f.stat().st_size} bytes, {MANIFEST} records {want.get('size')}"
+    for name, want in sorted(files.items()):
+        got = sha256_file(path / name)
+        if got != want.get("sha256"):
+            return f"{path / name} has sha256 {got}, {MANIFEST} records {want.get('sha256')}"
+    info = _read_json_or_none(path / STATE)
+    if not isinstance(info, dict) or info.get("step") != step:
+        return f"{STATE} does not record step {step}"
+    n = info.get("num_processes")
+    ranks = [f"{kind}-rank{r}.pt" for r in range(n if isinstance(n, int) else 0) for kind in ("rng", "source")]
+    unlisted = [r for r in ranks if r not in files]
+    return f"{MANIFEST} does not list {', '.join(unlisted)}" if unlisted else None

@@ -38,7 +38,9 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from statepost.config import with_defaults
-from statepost.io import ConfigError, atomic_dir, env_info, read_jsonl, sha256_file, utc_now, write_json, write_jsonl
+from statepost.io import (
+    ConfigError, atomic_dir, env_info, prepare_output, read_jsonl, sha256_file, utc_now, write_json, write_jsonl,
+)
 from statepost.models import (
     disable_dropout,
     load_frozen,
@@ -131,6 +133,8 @@ def train(
     teacher_dir = Path(teacher_dir) if teacher_dir else None
     state_dir = Path(state_dir) if state_dir else out_dir.parent / f".{out_dir.name}.state"
     accelerator = accelerator if accelerator is not None else make_accelerator(optim["precision"])
+    if accelerator.is_main_process:  # out_dir's folder writable; what a killed save left beside it recovered
+        prepare_output(out_dir)
     # python, numpy, torch (CPU + every CUDA device), + the process index so that learner sampling
     # differs between processes. The data order has its own generator seeded from (seed, epoch).
     set_seed(int(cfg["seed"]), device_specific=True)

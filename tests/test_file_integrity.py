@@ -1,0 +1,203 @@
+"""Files a team can share and trust: modes that follow the umask, recovery from a kill inside atomic_dir,
+and evaluation that checks the model directory and its output folder before lm-eval runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from _train_toy import build_model, build_tokenizer
+from statepost import evaluate as ev
+from statepost.io import atomic_dir, atomic_file, prepare_output, recover_dir, write_json
+from statepost.models import _hash_dir
+
+
+# -- modes ---------------------------------------------------------------------------------------------
+@pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_file_mode_follows_umask(tmp_path, umask):
+    with atomic_file(tmp_path / "a.txt") as tmp:
+        tmp.write_text("x")
+    write_json(tmp_path / "sub" / "b.json", {"a": 1})
+    for f in (tmp_path / "a.txt", tmp_path / "sub" / "b.json"):
+        assert mode(f) == 0o666 & ~umask, (f, oct(mode(f)))
+    assert mode(tmp_path / "sub") == 0o777 & ~umask
+
+
+@pytest.mark.parametrize("replace", [False, True], ids=["new", "replacing"])
+def test_atomic_dir_mode_follows_umask(tmp_path, umask, replace):
+    out = tmp_path / "model"
+    if replace:
+        with atomic_dir(out) as tmp:
+            (tmp / "old.txt").write_text("old")
+    with atomic_dir(out) as tmp:
+        (tmp / "w.txt").write_text("w")
+        write_json(tmp / "run.json", {})
+    assert mode(out) == 0o777 & ~umask
+    assert mode(out / "w.txt") == mode(out / "run.json") == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no .tmp, .new or .old left
+    assert sorted(p.name for p in out.iterdir()) == ["run.json", "w.txt"]
+
+
+# -- a kill inside atomic_dir ----------------------------------------------------------------------------
+def _folder(path, text):
+    path.mkdir()
+    (path / "model.safetensors").write_text(text)
+    return path
+
+
+def test_killed_between_moving_old_aside_and_new_in_rolls_forward(tmp_path):
+    """The state a kill leaves after ``path -> .path.old`` and before ``.path.new -> path``: no model folder."""
+    out = tmp_path / "model"
+    _folder(tmp_path / ".model.new", "new")  # complete (renamed from the temp only after fsync)
+    _folder(tmp_path / ".model.old", "old")
+    _folder(tmp_path / ".model.a1b2c3d4.tmp", "half")  # another attempt's temp
+    (tmp_path / ".model.json.zz99yy88.tmp").write_text("not ours: another output's temp")
+    prepare_output(out)
+    assert (out / "model.safetensors").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.json.zz99yy88.tmp", "model"]
+
+
+def test_killed_with_only_the_old_folder_rolls_back(tmp_path):
+    """What the former atomic_dir left (``path`` moved to ``.old``, killed before the temp was renamed in)."""
+    out = tmp_path / "model"
+    _folder(tmp_path / ".model.old", "old")
+    _folder(tmp_path / ".model.q7w8e9r0.tmp", "half")
+    recover_dir(out)
+    assert (out / "model.safetensors").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_stale_siblings_of_an_existing_folder_are_removed(tmp_path):
+    out = _folder(tmp_path / "model", "current")
+    _folder(tmp_path / ".model.old", "old")
+    _folder(tmp_path / ".model.new", "unswapped")
+    (tmp_path / ".model.0a0b0c0d.tmp").write_text("")
+    with atomic_dir(out) as tmp:  # the next save starts from a clean slate too
+        (tmp / "model.safetensors").write_text("next")
+    assert (out / "model.safetensors").read_text() == "next"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_failed_block_leaves_the_old_folder(tmp_path):
+    out = _folder(tmp_path / "model", "current")
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "model.safetensors").write_text("half")
+        raise RuntimeError("killed")
+    assert (out / "model.safetensors").read_text() == "current"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+# -- evaluation checks before compute ---------------------------------------------------------------------
+class LmEvalRan(AssertionError):
+    pass
+
+
+@pytest.fixture
+def no_lm_eval(monkeypatch):
+    """lm-eval's model creation and evaluation fail loudly: a check must stop the job before them."""
+    import lm_eval
+    import lm_eval.api.registry
+
+    def ran(*a, **k):
+        raise LmEvalRan("lm-eval ran")
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", ran)
+    monkeypatch.setattr(lm_eval.api.registry, "get_model", ran)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny model folder with run.json recording each file's sha256, as every workflow model has."""
+    out = tmp_path_factory.mktemp("m") / "model"
+    tok = build_tokenizer(["Question: 1+1? Answer: 2"] * 4)
+    build_model(len(tok), layers=1, heads=2, kv_heads=1, eos_id=tok.eos_token_id).save_pretrained(out)
+    tok.save_pretrained(out)
+    write_json(out / "run.json", {"files": _hash_dir(out)})
+    return out
+
+
+def _evaluate(model, out, data=None):
+    return ev.evaluate(model, "gsm8k", data or out.parent / "data", {"num_fewshot": 0, "limit": 1}, out, device="cpu")
+
+
+def test_evaluate_refuses_truncated_weights(model_dir, tmp_path, no_lm_eval):
+    bad = tmp_path / "model"
+    bad.mkdir()
+    for f in model_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=rf"{weights}: sha256 .* does not match"):
+        _evaluate(bad, tmp_path / "scores" / "gsm8k.json")
+    assert not (tmp_path / "scores").exists()
+
+
+def test_evaluate_refuses_changed_config(model_dir, tmp_path, no_lm_eval):
+    bad = tmp_path / "model"
+    bad.mkdir()
+    for f in model_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["num_hidden_layers"] = 2
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=rf"{bad / 'config.json'}: sha256 .* does not match"):
+        _evaluate(bad, tmp_path / "scores" / "gsm8k.json")
+
+
+def test_evaluate_refuses_an_unwritable_output_folder(model_dir, tmp_path, no_lm_eval):
+    (tmp_path / "scores").write_text("a file where the scores folder should be")
+    with pytest.raises(OSError, match=rf"{tmp_path / 'scores' / 'base'}: cannot write gsm8k.json there"):
+        _evaluate(model_dir, tmp_path / "scores" / "base" / "gsm8k.json")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_evaluate_refuses_a_read_only_output_folder(model_dir, tmp_path, no_lm_eval):
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    scores.chmod(0o555)
+    try:
+        with pytest.raises(OSError, match=rf"{scores}: cannot write gsm8k.json there"):
+            _evaluate(model_dir, scores / "gsm8k.json")
+    finally:
+        scores.chmod(0o755)
+
+
+def test_evaluate_cleans_a_killed_jobs_leftovers_before_lm_eval(model_dir, tmp_path, monkeypatch):
+    """A killed evaluation leaves its task folder and temporary score files beside the outputs; the next
+    one removes them before lm-eval runs, and its own task folder when it is done."""
+    import lm_eval
+
+    from test_evaluate import make_data
+
+    data = make_data(tmp_path)
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    (scores / ".gsm8k.json.work0" / "tasks").mkdir(parents=True)
+    (scores / ".gsm8k.json.work0" / "tasks" / "stale.yaml").write_text("task: stale")
+    (scores / ".gsm8k.json.k3j4h5g6.tmp").write_text("{")
+    (scores / ".gsm8k.samples.jsonl.p0o9i8u7.tmp").write_text("{")
+    seen = {}
+
+    def spy(*a, **k):
+        seen["left"] = sorted(p.relative_to(scores).as_posix() for p in scores.rglob("*") if p.is_file())
+        raise LmEvalRan("stop here")
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", spy)
+    with pytest.raises(LmEvalRan):
+        _evaluate(model_dir, scores / "gsm8k.json", data)
+    assert seen["left"] and not [f for f in seen["left"] if "stale" in f or f.endswith(".tmp")]
+    assert ".gsm8k.json.work0/tasks/statepost_gsm8k.yaml" in seen["left"]  # its own task folder, beside the output
+    assert list(scores.iterdir()) == []  # removed afterwards

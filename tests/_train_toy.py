@@ -40,6 +40,18 @@ def build_tokenizer(corpus: list[str]):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
 
 
+def word_tokenizer(words: list[str]):
+    """A whitespace word-level tokenizer over ``words`` (ids 0 and 1: ``<unk>``, ``<eos>``); eos is also the pad
+    token, as in Qwen3 base: padding must be found from lengths, never from the pad id."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>"] + list(words))}
+    t = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
+
+
 def build_model(vocab_size: int, hidden: int = 32, layers: int = 2, seed: int = 0, eos_id: int = 0,
                 heads: int = 4, kv_heads: int = 2, max_positions: int = 512):
     """A tiny random Qwen3 (fp32, tied embeddings, eos = pad = ``eos_id``), seeded: the tests' model."""

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from _train_toy import build_model
+from _train_toy import build_model, word_tokenizer
 
 from statepost import gsm8k
 from statepost.config import with_defaults
@@ -22,14 +22,7 @@ MAX_NEW = 10
 
 @pytest.fixture(scope="module")
 def tok():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>"] + WORDS)}
-    t = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    # pad == eos, as in Qwen3 base: padding must be found from lengths, never from the pad id
-    return PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
+    return word_tokenizer(WORDS)
 
 
 @pytest.fixture(scope="module")

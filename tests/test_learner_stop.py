@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from _train_toy import build_tokenizer
+from _train_toy import build_tokenizer, word_tokenizer
 
 from statepost import config as cfglib
 from statepost import gsm8k
@@ -36,13 +36,7 @@ SCRIPTS = {
 
 @pytest.fixture(scope="module")
 def tok():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>"] + WORDS)}
-    t = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
+    return word_tokenizer(WORDS)
 
 
 def scripted_model(tok, script: list[str]):

@@ -14,7 +14,7 @@ import torch
 
 from statepost import gsm8k
 
-from .logprobs import completion_token_logits, entropy, masked_mean, token_divergence, token_logprobs
+from .logprobs import completion_states, completion_token_logprobs, entropy, masked_mean, token_divergence, token_logprobs
 from .batch import StateBatch
 
 ADV_EPS = 1e-4  # added to a group's reward std before dividing (not a config key)
@@ -24,13 +24,16 @@ class NLLSignal:
     """SFT: mean next-token NLL of the completion tokens. Metrics ``nll``, ``token_acc``."""
 
     def __call__(self, policy, batch: StateBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        logits, targets = completion_token_logits(policy, batch)
-        if targets.numel() == 0:  # e.g. every learner sample filtered out: zero loss, zero gradient
-            return logits.sum() * 0.0, {"nll": 0.0, "token_acc": 0.0}
-        nll = torch.nn.functional.cross_entropy(logits, targets, reduction="mean")
-        with torch.no_grad():
-            token_acc = (logits.argmax(-1) == targets).float().mean()
-        return nll, {"nll": float(nll.detach()), "token_acc": float(token_acc)}
+        def per_state(logits, y):
+            with torch.no_grad():
+                hit = (logits.argmax(-1) == y).float()
+            return torch.nn.functional.cross_entropy(logits, y, reduction="none"), hit
+
+        nll, hit = completion_states(policy, batch).map(per_state)  # [N] each, in chunks of states
+        if nll.numel() == 0:  # e.g. every learner sample filtered out: zero loss, zero gradient
+            return nll.sum() * 0.0, {"nll": 0.0, "token_acc": 0.0}
+        nll = nll.mean()
+        return nll, {"nll": float(nll.detach()), "token_acc": float(hit.mean())}
 
 
 def _sync(device) -> None:
@@ -90,8 +93,8 @@ class TeacherKL:
 
     ``teacher`` is put in eval mode and frozen; it scores the same states under no grad. Metrics:
     ``kl`` (exact, per completion token; reverse for ``sampled``), ``kl_sampled`` (sampled only),
-    ``entropy`` (student), ``teacher_nll`` (of the realised tokens), ``teacher_time_s``,
-    ``completion_tokens``.
+    ``entropy`` (student), ``teacher_nll`` (of the realised tokens), ``teacher_time_s`` (the teacher's
+    trunk; its head runs with the student's, chunk by chunk), ``completion_tokens``.
     """
 
     def __init__(self, signal_cfg: dict, teacher):
@@ -112,7 +115,7 @@ class TeacherKL:
         self.teacher.eval()
         self.teacher.requires_grad_(False)
 
-    def _teacher_logits(self, batch: StateBatch) -> torch.Tensor:
+    def _teacher_states(self, batch: StateBatch):
         device = batch.input_ids.device
         try:
             tdev = next(self.teacher.parameters()).device
@@ -122,47 +125,51 @@ class TeacherKL:
             self.teacher.to(device)
         self.teacher.eval()
         with torch.no_grad():
-            logits, _ = completion_token_logits(self.teacher, batch)
-        return logits
+            return completion_states(self.teacher, batch)
 
     def __call__(self, policy, batch: StateBatch):
         device = batch.input_ids.device
-        # only the N completion states are kept: [N, V] instead of [B, T-1, V]
-        s, y = completion_token_logits(policy, batch)
+        # the N completion states' hidden states [N, H]; logits only chunk by chunk, in per_state
+        s = completion_states(policy, batch)
         _sync(device)
         t0 = time.perf_counter()
-        t = self._teacher_logits(batch)
+        t = self._teacher_states(batch)
         _sync(device)
         teacher_time = time.perf_counter() - t0
-        if t.shape != s.shape:
+        n_tok = int(s.targets.numel())
+        if t.vocab_size != s.vocab_size:
             raise ValueError(
-                f"teacher_kl: teacher logits {tuple(t.shape)} and student logits {tuple(s.shape)} "
+                f"teacher_kl: teacher logits {(n_tok, t.vocab_size)} and student logits {(n_tok, s.vocab_size)} "
                 "differ (different vocabulary sizes?)"
             )
-        n_tok = int(y.numel())
+        full = self.estimator == "full"
+
+        def per_state(logits, y, teacher_hidden):  # [n, V] student logits -> [n] terms and metrics
+            tl = t.logits(teacher_hidden)
+            with torch.no_grad():
+                ent, lt_y = entropy(logits.detach()), token_logprobs(tl, y)
+                kl = None if full else token_divergence(logits.detach(), tl, "reverse")
+            if full:
+                return token_divergence(logits, tl, self.direction, self.beta), ent, lt_y
+            return token_logprobs(logits, y), ent, lt_y, kl
+
+        out = s.map(per_state, t.hidden)
         metrics = {"teacher_time_s": teacher_time, "completion_tokens": float(n_tok)}
         if n_tok == 0:  # e.g. a filtered-empty batch: zero loss, zero gradient
             metrics.update(kl=0.0, entropy=0.0, teacher_nll=0.0)
-            return s.sum() * 0.0, metrics
-        ones = torch.ones(n_tok, device=s.device, dtype=s.dtype)
-        lt_y = token_logprobs(t, y)
-        if self.estimator == "full":
-            div = token_divergence(s, t, self.direction, self.beta)
-            loss = masked_mean(div, ones)
+            return out[0].sum() * 0.0, metrics
+        ones = torch.ones(n_tok, device=out[0].device, dtype=out[0].dtype)
+        ent, lt_y = out[1], out[2]
+        if full:
+            loss = masked_mean(out[0], ones)
             kl_value = float(loss.detach())
         else:
-            ls_y = token_logprobs(s, y)
+            ls_y = out[0]
             logratio = (ls_y - lt_y).detach()
             loss = masked_mean(logratio * ls_y, ones)
-            with torch.no_grad():
-                kl_value = float(token_divergence(s.detach(), t, "reverse").mean())
+            kl_value = float(out[3].mean())
             metrics["kl_sampled"] = float(logratio.mean())
-        with torch.no_grad():
-            metrics.update(
-                kl=kl_value,
-                entropy=float(entropy(s.detach()).mean()),
-                teacher_nll=float(-lt_y.mean()),
-            )
+        metrics.update(kl=kl_value, entropy=float(ent.mean()), teacher_nll=float(-lt_y.mean()))
         return loss, metrics
 
 
@@ -262,9 +269,14 @@ class RewardSignal:
 
         keep = batch.completion_mask[:, 1:] > 0  # [B, T-1]: the target of position t is token t+1
         row = keep.nonzero()[:, 0]  # batch row of each completion token
-        logits, y = completion_token_logits(policy, batch)  # [N, V], [N]
-        logp = token_logprobs(logits, y)  # [N]
-        n_tok = int(y.numel())
+
+        def per_state(logits, y):  # [n, V] -> log-prob of the sampled token, entropy
+            with torch.no_grad():
+                ent = entropy(logits.detach())
+            return token_logprobs(logits, y), ent
+
+        logp, ent = completion_states(policy, batch).map(per_state)  # [N] each, in chunks of states
+        n_tok = int(logp.numel())
         ones = torch.ones(n_tok, device=logp.device, dtype=logp.dtype)
         adv_tok = adv.to(logp.device)[row]
         old = batch.extras.get("old_logprobs")
@@ -282,9 +294,7 @@ class RewardSignal:
             if rdev != device:
                 self.reference.to(device)
             with torch.no_grad():
-                ref_logits, _ = completion_token_logits(self.reference, batch)
-                ref_logp = token_logprobs(ref_logits, y)
-                del ref_logits
+                ref_logp = completion_token_logprobs(self.reference, batch)
             delta = ref_logp - (logp if self.kl_coef > 0 else logp.detach())
             k3 = torch.exp(delta) - delta - 1.0
             kl = masked_mean(k3, ones)
@@ -299,7 +309,7 @@ class RewardSignal:
                 accuracy=float(correct.mean()) if correct.numel() else 0.0,
                 zero_var_frac=float(zero_var.float().mean()) if zero_var.numel() else 0.0,
                 completion_len=float(keep.sum(1).float().mean()),
-                entropy=float(entropy(logits.detach()).mean()) if n_tok else 0.0,
+                entropy=float(ent.mean()) if n_tok else 0.0,
                 clip_frac=float(is_clipped.float().mean()) if n_tok else 0.0,
                 reward_time_s=reward_time,
                 adv_abs_mean=float(adv.abs().mean()) if adv.numel() else 0.0,

@@ -24,10 +24,10 @@ class NLLSignal:
     """SFT: mean next-token NLL of the completion tokens. Metrics ``nll``, ``token_acc``."""
 
     def __call__(self, policy, batch: StateBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        def per_state(logits, y):
+        def per_state(logits, y):  # the differentiated term first: the backward's recompute stops after it
+            nll = torch.nn.functional.cross_entropy(logits, y, reduction="none")
             with torch.no_grad():
-                hit = (logits.argmax(-1) == y).float()
-            return torch.nn.functional.cross_entropy(logits, y, reduction="none"), hit
+                return nll, (logits.argmax(-1) == y).float()
 
         nll, hit = completion_states(policy, batch).map(per_state)  # [N] each, in chunks of states
         if nll.numel() == 0:  # e.g. every learner sample filtered out: zero loss, zero gradient
@@ -146,12 +146,13 @@ class TeacherKL:
 
         def per_state(logits, y, teacher_hidden):  # [n, V] student logits -> [n] terms and metrics
             tl = t.logits(teacher_hidden)
+            # the differentiated term first: the backward's recompute of a chunk stops after it
+            term = token_divergence(logits, tl, self.direction, self.beta) if full else token_logprobs(logits, y)
             with torch.no_grad():
-                ent, lt_y = entropy(logits.detach()), token_logprobs(tl, y)
-                kl = None if full else token_divergence(logits.detach(), tl, "reverse")
-            if full:
-                return token_divergence(logits, tl, self.direction, self.beta), ent, lt_y
-            return token_logprobs(logits, y), ent, lt_y, kl
+                ent, lt_y = entropy(logits), token_logprobs(tl, y)
+                if full:
+                    return term, ent, lt_y
+                return term, ent, lt_y, token_divergence(logits, tl, "reverse")
 
         out = s.map(per_state, t.hidden)
         metrics = {"teacher_time_s": teacher_time, "completion_tokens": float(n_tok)}
@@ -270,10 +271,10 @@ class RewardSignal:
         keep = batch.completion_mask[:, 1:] > 0  # [B, T-1]: the target of position t is token t+1
         row = keep.nonzero()[:, 0]  # batch row of each completion token
 
-        def per_state(logits, y):  # [n, V] -> log-prob of the sampled token, entropy
+        def per_state(logits, y):  # [n, V] -> log-prob of the sampled token, entropy (recomputed only up to logp)
+            logp = token_logprobs(logits, y)
             with torch.no_grad():
-                ent = entropy(logits.detach())
-            return token_logprobs(logits, y), ent
+                return logp, entropy(logits)
 
         logp, ent = completion_states(policy, batch).map(per_state)  # [N] each, in chunks of states
         n_tok = int(logp.numel())

@@ -10,7 +10,8 @@ head_dim 128, intermediate 3072, vocabulary 151,936, tied embeddings; nothing is
 on CPU, as the loop runs there. A batch of ``--prompts`` x ``--samples`` rows of ``--prompt-len`` prompt
 tokens and ``--new-tokens`` completion tokens (random ids: the cost does not depend on them). The policy
 is in train mode, the teacher / reference frozen, as the loop loads them. One call of the signal and
-its backward are measured: wall time, and the growth of the process's peak resident set (``VmHWM``,
+its backward are measured: wall time, CPU time of the process (all threads; steadier than wall
+time on a shared machine), and the growth of the process's peak resident set (``VmHWM``,
 reset through ``/proc/self/clear_refs`` just before; glibc is told to unmap every large block on free
 so that the resident set follows the live tensors). The AdamW step is not included (it is unchanged).
 Prints one JSON line.
@@ -83,16 +84,16 @@ def main(argv=None) -> dict:
     libc.malloc_trim(0)
     base = status_mb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     loss, metrics = signal(policy, batch)
     loss.backward()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     hwm = status_mb("VmHWM")
     params_mb = sum(q.numel() * q.element_size() for q in policy.parameters()) / 2**20
     result = {
         "signal": args.signal, "root": str(args.root), "rows": rows, "tokens": rows * width,
         "completion_states": int(cm[:, 1:].sum()), "threads": torch.get_num_threads(),
-        "seconds": round(seconds, 2), "peak_growth_mb": round(hwm - base), "peak_rss_mb": round(hwm),
+        "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "peak_growth_mb": round(hwm - base), "peak_rss_mb": round(hwm),
         "before_mb": round(base), "param_grads_mb": round(params_mb), "loss": float(loss.detach()),
     }
     print(json.dumps(result))

@@ -45,6 +45,7 @@ def main(argv=None) -> dict:
     p.add_argument("--prompt-len", type=int, default=96)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--layers", type=int, default=28, help="decoder layers (28: Qwen3-0.6B)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--repeat", type=int, default=1, help="computations in a row (times: the fastest; memory: the peak)")
     args = p.parse_args(argv)
 
@@ -57,6 +58,9 @@ def main(argv=None) -> dict:
     from statepost.config import with_defaults
     from statepost.train.batch import StateBatch
     from statepost.train.signals import RewardSignal, TeacherKL
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cfg = Qwen3Config(
         vocab_size=151_936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=args.layers,

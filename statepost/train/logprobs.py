@@ -34,9 +34,11 @@ before any log-softmax. Here no ``[B, T, V]`` (nor ``[N, V]``) tensor exists:
    with bf16 mixed precision the logits are bf16 ``head(hidden)`` cast to float32, exactly what the
    model's own forward would have returned at those positions.
 
-Values and gradients equal those of the full-logits computation up to float summation order (the
-head's weight gradient is summed over chunks; ``tests/test_bounded_logprobs.py`` keeps the
-full-logits reference and compares). A model without a separable head (no
+Values and gradients equal those of the full-logits computation up to float summation order: the
+head's weight gradient is summed over the completion states only, chunk by chunk, where the model's
+own backward summed over every position (``tests/test_bounded_logprobs.py`` compares with the
+full-logits reference kept in ``tests/_fulllogits.py``: float32 within 1e-5, bf16 autocast within
+bf16 rounding of the per-chunk weight gradients). A model without a separable head (no
 ``get_output_embeddings`` / ``get_decoder``, e.g. the tests' fixed-logit fakes) falls back to its
 own logits at the completion states, ``[N, V]``; the per-state functions are the same.
 """

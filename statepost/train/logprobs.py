@@ -29,7 +29,9 @@ before any log-softmax. Here no ``[B, T, V]`` (nor ``[N, V]``) tensor exists:
    out of per-state vectors ``[N]``. Under grad each chunk is *checkpointed*
    (``torch.utils.checkpoint``, non-reentrant): the forward keeps only the chunk's hidden states
    and the backward recomputes that chunk's logits, so at most one chunk's ``[n, V]`` temporaries
-   are alive at any time, forward or backward. The price is one more head matmul per state.
+   are alive at any time, forward or backward. The price is one more head matmul per state, and
+   a fixed ``V x H`` one: each chunk's weight gradient exists next to the running sum before
+   autograd adds them (a fused linear + loss kernel would avoid both).
 3. The head runs under the autocast state the model's forward ran under (recorded by the hook), so
    with bf16 mixed precision the logits are bf16 ``head(hidden)`` cast to float32, exactly what the
    model's own forward would have returned at those positions.

@@ -11,7 +11,7 @@ from _train_toy import build_model, word_tokenizer
 
 from statepost import gsm8k
 from statepost.config import with_defaults
-from statepost.train.logprobs import completion_logprobs
+from statepost.train.logprobs import completion_token_logprobs
 from statepost.train.signals import RewardSignal, TeacherKL
 from statepost.train.registry import learner_states, make_state_source
 from statepost.train.states import LearnerStates
@@ -200,8 +200,8 @@ def test_accelerate_wrapper_and_signals_on_learner_batch(tok, model):
     old = b.extras["old_logprobs"]
     assert old.shape == b.input_ids.shape
     assert not bool(old[b.completion_mask == 0].ne(0).any())
-    _, token_logp, mask = completion_logprobs(policy, b)
-    torch.testing.assert_close(old[:, 1:], (token_logp * mask).detach(), atol=1e-5, rtol=1e-5)
+    token_logp = completion_token_logprobs(policy, b)
+    torch.testing.assert_close(old[:, 1:][b.completion_mask[:, 1:] > 0], token_logp.detach(), atol=1e-5, rtol=1e-5)
 
     loss, metrics = RewardSignal(cfg["signal"])(policy, b)
     loss.backward()

@@ -10,7 +10,7 @@ import torch
 
 from _train_toy import build_tokenizer, toy_rows
 from statepost.gsm8k import format_prompt
-from statepost.train.logprobs import completion_logprobs, masked_mean
+from statepost.train.logprobs import completion_token_logprobs
 from statepost.train.signals import NLLSignal
 from statepost.train.batch import StateBatch, collate_states, padding_waste
 from statepost.train.states import DatasetStates, encode_sft_example
@@ -79,12 +79,12 @@ def test_nll_matches_hand_computed_values():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert metrics["nll"] == pytest.approx(expected, rel=1e-6)
     # the shared helper path gives the same number
-    _, token_logp, mask = completion_logprobs(model, b)
-    assert masked_mean(-token_logp, mask).item() == pytest.approx(expected, rel=1e-6)
+    token_logp = completion_token_logprobs(model, b)  # [N]: the completion states only
+    assert (-token_logp).mean().item() == pytest.approx(expected, rel=1e-6)
     # padding never contributes: change the logits at padded positions of row 1 only (t=3, 4)
     # by changing the table rows the padded positions would use for row 1 alone is impossible
     # with a position table, so instead check the mask count
-    assert int(mask.sum()) == len(terms)
+    assert token_logp.numel() == len(terms)
     # gradient flows to the bias
     loss.backward()
     assert model.bias.grad is not None and model.bias.grad.abs().sum() > 0

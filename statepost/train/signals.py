@@ -12,15 +12,14 @@ plus the extra models it declares in :data:`statepost.train.registry.SIGNALS`.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 
 from statepost import gsm8k
 
-from dataclasses import replace
-
 from .batch import StateBatch
-from .logprobs import completion_token_logits, entropy, masked_mean, token_divergence, token_logprobs
+from .logprobs import completion_states, completion_token_logprobs, entropy, masked_mean, token_divergence, token_logprobs
 
 ADV_EPS = 1e-4  # added to a group's reward std before dividing (not a config key)
 
@@ -36,13 +35,16 @@ class NLLSignal(Signal):
     """SFT: mean next-token NLL of the completion tokens. Metrics ``nll``, ``token_acc``."""
 
     def __call__(self, policy, batch: StateBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        logits, targets = completion_token_logits(policy, batch)
-        if targets.numel() == 0:  # e.g. every learner sample filtered out: zero loss, zero gradient
-            return logits.sum() * 0.0, {"nll": 0.0, "token_acc": 0.0}
-        nll = torch.nn.functional.cross_entropy(logits, targets, reduction="mean")
-        with torch.no_grad():
-            token_acc = (logits.argmax(-1) == targets).float().mean()
-        return nll, {"nll": float(nll.detach()), "token_acc": float(token_acc)}
+        def per_state(logits, y):  # the differentiated term first: the backward's recompute stops after it
+            nll = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+            with torch.no_grad():
+                return nll, (logits.argmax(-1) == y).float()
+
+        nll, hit = completion_states(policy, batch).map(per_state)  # [N] each, in chunks of states
+        if nll.numel() == 0:  # e.g. every learner sample filtered out: zero loss, zero gradient
+            return nll.sum() * 0.0, {"nll": 0.0, "token_acc": 0.0}
+        nll = nll.mean()
+        return nll, {"nll": float(nll.detach()), "token_acc": float(hit.mean())}
 
 
 def _sync(device) -> None:
@@ -102,8 +104,8 @@ class TeacherKL(Signal):
 
     ``teacher`` is put in eval mode and frozen; it scores the same states under no grad. Metrics:
     ``kl`` (exact, per completion token; reverse for ``sampled``), ``kl_sampled`` (sampled only),
-    ``entropy`` (student), ``teacher_nll`` (of the realised tokens), ``teacher_time_s``,
-    ``completion_tokens``.
+    ``entropy`` (student), ``teacher_nll`` (of the realised tokens), ``teacher_time_s`` (the teacher's
+    trunk; its head runs with the student's, chunk by chunk), ``completion_tokens``.
     """
 
     def __init__(self, signal_cfg: dict, teacher):
@@ -124,7 +126,7 @@ class TeacherKL(Signal):
         self.teacher.eval()
         self.teacher.requires_grad_(False)
 
-    def _teacher_logits(self, batch: StateBatch) -> torch.Tensor:
+    def _teacher_states(self, batch: StateBatch):
         device = batch.input_ids.device
         try:
             tdev = next(self.teacher.parameters()).device
@@ -134,47 +136,52 @@ class TeacherKL(Signal):
             self.teacher.to(device)
         self.teacher.eval()
         with torch.no_grad():
-            logits, _ = completion_token_logits(self.teacher, batch)
-        return logits
+            return completion_states(self.teacher, batch)
 
     def __call__(self, policy, batch: StateBatch):
         device = batch.input_ids.device
-        # only the N completion states are kept: [N, V] instead of [B, T-1, V]
-        s, y = completion_token_logits(policy, batch)
+        # the N completion states' hidden states [N, H]; logits only chunk by chunk, in per_state
+        s = completion_states(policy, batch)
         _sync(device)
         t0 = time.perf_counter()
-        t = self._teacher_logits(batch)
+        t = self._teacher_states(batch)
         _sync(device)
         teacher_time = time.perf_counter() - t0
-        if t.shape != s.shape:
+        n_tok = int(s.targets.numel())
+        if t.vocab_size != s.vocab_size:
             raise ValueError(
-                f"teacher_kl: teacher logits {tuple(t.shape)} and student logits {tuple(s.shape)} "
+                f"teacher_kl: teacher logits {(n_tok, t.vocab_size)} and student logits {(n_tok, s.vocab_size)} "
                 "differ (different vocabulary sizes?)"
             )
-        n_tok = int(y.numel())
+        full = self.estimator == "full"
+
+        def per_state(logits, y, teacher_hidden):  # [n, V] student logits -> [n] terms and metrics
+            tl = t.logits(teacher_hidden)
+            # the differentiated term first: the backward's recompute of a chunk stops after it
+            term = token_divergence(logits, tl, self.direction, self.beta) if full else token_logprobs(logits, y)
+            with torch.no_grad():
+                ent, lt_y = entropy(logits), token_logprobs(tl, y)
+                if full:
+                    return term, ent, lt_y
+                return term, ent, lt_y, token_divergence(logits, tl, "reverse")
+
+        out = s.map(per_state, t.hidden)
         metrics = {"teacher_time_s": teacher_time, "completion_tokens": float(n_tok)}
         if n_tok == 0:  # e.g. a filtered-empty batch: zero loss, zero gradient
             metrics.update(kl=0.0, entropy=0.0, teacher_nll=0.0)
-            return s.sum() * 0.0, metrics
-        ones = torch.ones(n_tok, device=s.device, dtype=s.dtype)
-        lt_y = token_logprobs(t, y)
-        if self.estimator == "full":
-            div = token_divergence(s, t, self.direction, self.beta)
-            loss = masked_mean(div, ones)
+            return out[0].sum() * 0.0, metrics
+        ones = torch.ones(n_tok, device=out[0].device, dtype=out[0].dtype)
+        ent, lt_y = out[1], out[2]
+        if full:
+            loss = masked_mean(out[0], ones)
             kl_value = float(loss.detach())
         else:
-            ls_y = token_logprobs(s, y)
+            ls_y = out[0]
             logratio = (ls_y - lt_y).detach()
             loss = masked_mean(logratio * ls_y, ones)
-            with torch.no_grad():
-                kl_value = float(token_divergence(s.detach(), t, "reverse").mean())
+            kl_value = float(out[3].mean())
             metrics["kl_sampled"] = float(logratio.mean())
-        with torch.no_grad():
-            metrics.update(
-                kl=kl_value,
-                entropy=float(entropy(s.detach()).mean()),
-                teacher_nll=float(-lt_y.mean()),
-            )
+        metrics.update(kl=kl_value, entropy=float(ent.mean()), teacher_nll=float(-lt_y.mean()))
         return loss, metrics
 
 
@@ -298,9 +305,14 @@ class RewardSignal(Signal):
 
         keep = batch.completion_mask[:, 1:] > 0  # [B, T-1]: the target of position t is token t+1
         row = keep.nonzero()[:, 0]  # batch row of each completion token
-        logits, y = completion_token_logits(policy, batch)  # [N, V], [N]
-        logp = token_logprobs(logits, y)  # [N]
-        n_tok = int(y.numel())
+
+        def per_state(logits, y):  # [n, V] -> log-prob of the sampled token, entropy (recomputed only up to logp)
+            logp = token_logprobs(logits, y)
+            with torch.no_grad():
+                return logp, entropy(logits)
+
+        logp, ent = completion_states(policy, batch).map(per_state)  # [N] each, in chunks of states
+        n_tok = int(logp.numel())
         ones = torch.ones(n_tok, device=logp.device, dtype=logp.dtype)
         adv_tok = adv.to(logp.device)[row]
         old = batch.extras.get("old_logprobs")
@@ -318,9 +330,7 @@ class RewardSignal(Signal):
             if rdev != device:
                 self.reference.to(device)
             with torch.no_grad():
-                ref_logits, _ = completion_token_logits(self.reference, batch)
-                ref_logp = token_logprobs(ref_logits, y)
-                del ref_logits
+                ref_logp = completion_token_logprobs(self.reference, batch)
             delta = ref_logp - (logp if self.kl_coef > 0 else logp.detach())
             k3 = torch.exp(delta) - delta - 1.0
             kl = masked_mean(k3, ones)
@@ -333,7 +343,7 @@ class RewardSignal(Signal):
             metrics.update(
                 {k: batch.metrics[k] for k in ("reward", "accuracy", "zero_var_frac", "adv_abs_mean",
                                                  "completion_len", "reward_time_s")},
-                entropy=float(entropy(logits.detach()).mean()) if n_tok else 0.0,
+                entropy=float(ent.mean()) if n_tok else 0.0,
                 clip_frac=float(is_clipped.float().mean()) if n_tok else 0.0,
             )
         return loss, metrics

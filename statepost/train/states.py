@@ -19,7 +19,7 @@ from transformers import GenerationConfig, StoppingCriteriaList
 from statepost import gsm8k
 
 from .batch import StateBatch, collate_states
-from .logprobs import completion_logprobs
+from .logprobs import completion_token_logprobs
 from .stopping import StopStrings
 
 
@@ -442,9 +442,9 @@ class LearnerStates:
 
     @torch.no_grad()
     def _old_logprobs(self, policy, batch: StateBatch, device) -> torch.Tensor:
-        _, token_logp, mask = completion_logprobs(policy, batch.to(device))
+        token_logp = completion_token_logprobs(policy, batch.to(device))  # [N], the completion states in order
         old = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
-        old[:, 1:] = (token_logp * mask).float().cpu()
+        old[:, 1:][batch.completion_mask[:, 1:].cpu() > 0] = token_logp.float().cpu()
         return old
 
     def state_dict(self) -> dict:

@@ -84,7 +84,8 @@ def main(argv=None) -> int:
         s = toy_settings(base)
         t = time.time()
         corpus = toy_corpus(benches, seed=int(s["seed"]), n_docs=int(s["pretrain"]["corpus_docs"]),
-                            data_dir=args.data_dir)
+                            data_dir=args.data_dir,
+                            answer_line_frac=float(s["pretrain"]["answer_line_frac"]))
         digest = hashlib.sha256("\x00".join(corpus).encode()).hexdigest()
         log.info("toy corpus: %d documents, %d characters (sha256 %s) in %.1fs",
                  len(corpus), sum(map(len, corpus)), digest[:12], time.time() - t)

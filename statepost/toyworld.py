@@ -393,7 +393,8 @@ def _eval_rows(cfg_all: Mapping | None, data_dir) -> dict[str, list[dict]]:
     return out
 
 
-def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000, data_dir=None) -> list[str]:
+def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000, data_dir=None,
+               answer_line_frac: float = 0.0) -> list[str]:
     """Pretraining text for the toy base model, from the toy world with its own random stream.
 
     ``cfg_all`` is the whole config or its ``benchmarks`` section. The evaluation rows (gsm8k
@@ -404,9 +405,12 @@ def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000
 
     The mix (by document count):
     * 35% worked gsm8k-style problems ``"Question: ...\nAnswer: 3 + 4 = 7.\nThe answer is 7."``:
-      the language and the arithmetic of the problems, but *not* the ``#### N`` line. So the
-      base model can solve some problems (flexible-extract) but strict-match needs SFT on gsm8k
-      train, which is the phenomenon the toy world must show.
+      the language and the arithmetic of the problems. A fraction ``answer_line_frac`` of them
+      (default 0: none) ends with GSM8K's own answer line instead, ``"...\n#### 7"`` exactly as
+      a gsm8k ``answer`` (and an SFT target) ends, so the base model writes the strict-match
+      format on some problems and SFT teaches it on all. Which documents get it is drawn from
+      a separate stream (``corpus-answer-line:{seed}``), so every other document, and the
+      problems themselves, are the same for every fraction.
     * 15% arithmetic facts (``"7 + 5 = 12."``, small sums, differences and products).
     * 30% knowledge: geography, astronomy, computer science statements, and mmlu-style
       multiple-choice practice (lm-eval's prompt shape, new shuffles, never an evaluation row),
@@ -414,7 +418,10 @@ def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000
     * 20% truths: the true answers to the misconceptions as plain statements and Q/A practice on
       facts that are not truthfulqa questions, so the base model prefers true answers.
     """
+    if not 0.0 <= answer_line_frac <= 1.0:
+        raise ValueError(f"answer_line_frac must be in [0, 1], got {answer_line_frac}")
     rng = random.Random(f"corpus:{seed}")
+    line_rng = random.Random(f"corpus-answer-line:{seed}")
     held = _eval_rows(cfg_all, data_dir)
     gsm_excluded = {r["question"] for r in held["gsm8k"]}
     mmlu_excluded = {(r["question"], tuple(r["choices"])) for r in held["mmlu"]}
@@ -446,7 +453,11 @@ def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000
             q, steps = _gsm8k_problem(rng)
             if q in gsm_excluded:
                 continue
-            docs.append(f"Question: {q}\nAnswer: {_working(steps)}\nThe answer is {steps[-1][3]}.")
+            if answer_line_frac > 0 and line_rng.random() < answer_line_frac:
+                last = f"#### {steps[-1][3]}"  # the gsm8k answer line (_gsm8k_row)
+            else:
+                last = f"The answer is {steps[-1][3]}."
+            docs.append(f"Question: {q}\nAnswer: {_working(steps)}\n{last}")
         elif u < 0.50:
             a, b = rng.randint(0, 18), rng.randint(0, 9)
             op = rng.choice("+-*")

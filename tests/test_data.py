@@ -217,6 +217,31 @@ def test_toy_corpus_deterministic_and_excludes_eval_rows():
         assert f"Q: {r['question']}" not in text
 
 
+def test_toy_corpus_answer_line_frac():
+    """A fraction of the worked problems end with gsm8k's '#### N' line; nothing else changes."""
+    cfg = {"benchmarks": {b: {"source": "toy", "seed": 0} for b in data.BENCHMARKS}}
+    plain = toyworld.toy_corpus(cfg, seed=0, n_docs=1500)
+    assert plain == toyworld.toy_corpus(cfg, seed=0, n_docs=1500, answer_line_frac=0.0)
+    mixed = toyworld.toy_corpus(cfg, seed=0, n_docs=1500, answer_line_frac=0.3)
+    assert len(mixed) == len(plain)
+    problems = [(a, b) for a, b in zip(plain, mixed) if a.startswith("Question: ")]
+    assert all(a == b for a, b in zip(plain, mixed) if not a.startswith("Question: "))
+    with_line = 0
+    for a, b in problems:
+        head, last = a.rsplit("\n", 1)
+        n = last[len("The answer is "):-1]
+        assert last == f"The answer is {n}." and b in (a, f"{head}\n#### {n}")
+        with_line += b != a
+    assert 0.2 < with_line / len(problems) < 0.4
+    # the line is exactly how a gsm8k answer (and an SFT target) ends
+    row = toyworld.generate_toy("gsm8k", {"seed": 0})["train"][0]
+    assert row["answer"].rsplit("\n", 1)[1].startswith("#### ")
+    every = toyworld.toy_corpus(cfg, seed=0, n_docs=1500, answer_line_frac=1.0)
+    assert all("\n#### " in d and "The answer is" not in d for d in every if d.startswith("Question: "))
+    with pytest.raises(ValueError, match="answer_line_frac"):
+        toyworld.toy_corpus(cfg, seed=0, n_docs=10, answer_line_frac=1.5)
+
+
 def test_toy_corpus_leaves_out_rows_found_in_data_dir(tmp_path):
     """Rows on disk are held out even when the config does not generate them (e.g. hub data)."""
     cfg = {"gsm8k": {"source": "hub", "repo": "openai/gsm8k", "config_name": "main"}}

@@ -82,7 +82,7 @@ CASES = [
     ("stress SFT epochs", setting("runs.sft_stress.optim.epochs", 6), run_and_evals("sft_stress", "opd")),
     ("OPD direction", setting("runs.opd.signal.direction", "forward"), run_and_evals("opd")),
     ("RL clip range", setting("runs.rl.signal.clip_eps", 0.3), run_and_evals("rl")),
-    ("RL sampling temperature", setting("runs.rl.states.temperature", 0.9), run_and_evals("rl")),
+    ("RL completion length", setting("runs.rl.states.max_new_tokens", 40), run_and_evals("rl")),
     ("toy pretraining steps", setting("base_model.pretrain.steps", 500), EVERYTHING_TRAINED),
     ("gsm8k test rows", setting("benchmarks.gsm8k.rows.test", 50), {"data_gsm8k": 1, **EVERYTHING_TRAINED}),
     ("a second seed", setting("seeds", [0, 1]), {**{r: 1 for r in RUNS}, "evaluate": len(RUNS) * len(BENCHES),

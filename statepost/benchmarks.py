@@ -6,12 +6,22 @@ describe); this module reads them once. Every other module asks here instead of 
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-PATH = Path(__file__).resolve().parent.parent / "workflow" / "tasks" / "benchmarks.yaml"
+TASKS_DIR = Path(__file__).resolve().parent.parent / "workflow" / "tasks"  # our lm-eval task templates
+PATH = TASKS_DIR / "benchmarks.yaml"
+
+
+def lm_eval_tasks_dir() -> Path:
+    """lm-eval's builtin task folder, found without importing lm-eval (a training job only reads it)."""
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("lm_eval is not installed: its task files define how benchmarks are scored")
+    return Path(spec.submodule_search_locations[0]).resolve() / "tasks"
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,6 @@ MMLU_CATEGORIES = ("stem", "other", "social_sciences", "humanities")
 # lm-eval's own defaults for simple_evaluate, passed explicitly so every job is seeded the same way.
 SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "workflow" / "tasks"
 
 
 class TaskRegistrationError(RuntimeError):
@@ -60,12 +59,6 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[str
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     return device, dtype
-
-
-def lm_eval_tasks_dir() -> Path:
-    import lm_eval
-
-    return Path(lm_eval.__file__).resolve().parent / "tasks"
 
 
 def _yaml_str(s: str | Path) -> str:
@@ -130,11 +123,11 @@ def render_tasks(
     """Check the data and render the local task YAMLs for ``benchmark`` into ``workdir/tasks``."""
     facts = benchmarks.get(benchmark)
     eval_cfg = eval_cfg or {}
-    template_dir = Path(template_dir) if template_dir else TEMPLATE_DIR
+    template_dir = Path(template_dir) if template_dir else benchmarks.TASKS_DIR
     workdir = Path(workdir)
     tasks_out = workdir / "tasks"
     tasks_out.mkdir(parents=True, exist_ok=True)
-    builtin = lm_eval_tasks_dir()
+    builtin = benchmarks.lm_eval_tasks_dir()
     common = {"lm_eval_tasks": _yaml_str(builtin), "cache_dir": _yaml_str(workdir / "hf_datasets_cache")}
     bench_dir = _bench_dir(data_dir, benchmark)
     split = eval_cfg.get("split") or facts.eval_split

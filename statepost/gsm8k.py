@@ -73,6 +73,8 @@ from pathlib import Path
 
 import yaml
 
+from statepost import benchmarks
+
 LM_EVAL_MODES = ("strict", "flexible")  # lm-eval's strict-match and flexible-extract, exactly
 NUMERIC_MODES = ("hash", "hash_then_last")  # lenient; equal to no reported metric
 ANSWER_MODES = LM_EVAL_MODES + NUMERIC_MODES
@@ -144,10 +146,8 @@ def task_stop_sequences(template_dir: str | None = None) -> tuple[str, ...]:
     """``generation_kwargs.until`` of the GSM8K task lm-eval evaluates: our task template
     (``workflow/tasks/gsm8k.yaml.template``, or the one in ``template_dir``) with the builtin
     lm-eval task file it includes. lm-eval also stops at EOS (learner states stop there anyway)."""
-    from statepost.evaluate import TEMPLATE_DIR, lm_eval_tasks_dir
-
-    path = Path(template_dir or TEMPLATE_DIR) / "gsm8k.yaml.template"
-    until = (_load_task(path, lm_eval_tasks_dir()).get("generation_kwargs") or {}).get("until") or []
+    path = Path(template_dir or benchmarks.TASKS_DIR) / "gsm8k.yaml.template"
+    until = (_load_task(path, benchmarks.lm_eval_tasks_dir()).get("generation_kwargs") or {}).get("until") or []
     until = [until] if isinstance(until, str) else list(until)
     if not all(isinstance(u, str) for u in until):
         raise ValueError(f"{path}: generation_kwargs.until must be strings, got {until!r}")

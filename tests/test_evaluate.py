@@ -213,7 +213,7 @@ def test_truthfulqa_mc2_uses_mc2_choices(scored):
 
 @pytest.mark.slow
 def test_rendered_yaml_includes_builtin_and_overrides_only_data(scored, world):
-    builtin = ev.lm_eval_tasks_dir()
+    builtin = benchmarks.lm_eval_tasks_dir()
     task_keys = {"include", "task", "task_alias", "tag", "dataset_path", "dataset_name", "dataset_kwargs"}
     includes = {}
     for b in benchmarks.NAMES:
@@ -293,7 +293,7 @@ def test_too_few_mmlu_dev_rows_for_the_shots(world, tmp_path):
 
 def test_broken_template_is_reported_as_not_registered(world, tmp_path):
     templates = tmp_path / "templates"
-    shutil.copytree(ev.TEMPLATE_DIR, templates)
+    shutil.copytree(benchmarks.TASKS_DIR, templates)
     t = templates / "gsm8k.yaml.template"
     t.write_text(t.read_text().replace("task_alias: gsm8k", "task_alias: [gsm8k"))  # unclosed flow sequence
     spec = ev.render_tasks("gsm8k", world["data"], _cfg("gsm8k"), tmp_path / "w", template_dir=templates)

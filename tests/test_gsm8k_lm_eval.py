@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from statepost import gsm8k
-from statepost.evaluate import lm_eval_tasks_dir
+from statepost.benchmarks import lm_eval_tasks_dir
 
 TASK = yaml.safe_load((lm_eval_tasks_dir() / "gsm8k" / "gsm8k.yaml").read_text())
 MODE_OF_FILTER = {"strict-match": "strict", "flexible-extract": "flexible"}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from statepost import gsm8k
+from statepost.config import check_on_policy
 from statepost.io import ConfigError, DataError, read_jsonl
 
 from .signals import NLLSignal, RewardSignal, TeacherKL
@@ -80,6 +81,8 @@ def dataset_states(cfg: dict, tokenizer, rows: list[dict], accelerator=None) -> 
 
 def learner_states(cfg: dict, tokenizer, rows: list[dict], accelerator=None) -> LearnerStates:
     states, optim = cfg["states"], cfg["optim"]
+    # the DAG ran these checks already; a run started by hand gets them here
+    check_on_policy(f"runs.{cfg['name']}" if "name" in cfg else "run", states, cfg["signal"])
     refresh_every, record_old_logprobs = rollout_reuse(states, cfg["signal"])
     return LearnerStates(
         tokenizer,
@@ -108,19 +111,13 @@ def rollout_reuse(states: dict, signal_cfg: dict) -> tuple[int, bool]:
     """``(refresh_every, record_old_logprobs)`` of learner states under ``signal_cfg``.
 
     ``states.refresh_every`` and the reward signal's ``updates_per_batch`` both say how many
-    optimiser steps reuse one rollout batch: set either, or both alike. A signal that reuses
-    rollouts needs their sampling-time log-probs once a batch is reused.
+    optimiser steps reuse one rollout batch: set either, or both alike (:func:`check_on_policy` refuses
+    two different counts). A signal that reuses rollouts needs their sampling-time log-probs once a
+    batch is reused.
     """
     spec = SIGNALS[signal_cfg["type"]]
-    period = states["refresh_every"]
     updates = signal_cfg["updates_per_batch"] if spec.reuses_rollouts else 1
-    if updates > 1 and period == 1:
-        period = updates
-    elif updates > 1 and period != updates:
-        raise ConfigError(
-            f"config key signal.updates_per_batch: states.refresh_every={period} and signal.updates_per_batch="
-            f"{updates} disagree (both say how many optimiser steps reuse one rollout batch)"
-        )
+    period = max(states["refresh_every"], updates)
     return period, spec.reuses_rollouts and period > 1
 
 

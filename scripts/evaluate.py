@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-name", default=None,
                    help="name recorded in the score file (default: the path under results/scores/)")
     p.add_argument("--workdir", type=Path, default=None,
-                   help="keep the rendered task YAMLs and split data here (default: a temp dir, removed)")
+                   help="keep the rendered task YAMLs and split data here (default: a work folder beside --out, removed)")
     p.add_argument("--verbose", action="store_true", help="lm-eval's INFO logging")
     return p.parse_args(argv)
 

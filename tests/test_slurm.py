@@ -121,7 +121,8 @@ def _slurm_jobs(workdir: Path) -> dict[str, list[dict]]:
     by_rule: dict[str, list[str]] = {}
     root = workdir / ".snakemake" / "slurm_logs"
     # rule_<name>/<jobid>.log, or rule_<name>/<wildcards>/<jobid>.log for rules with wildcards
-    for log in sorted(root.glob("rule_*/**/*.log")):
+    # in submission order: job ids are numbers, and "103" sorts before "99" as text
+    for log in sorted(root.glob("rule_*/**/*.log"), key=lambda p: int(p.stem)):
         rule = log.relative_to(root).parts[0].removeprefix("rule_")
         by_rule.setdefault(rule, []).append(log.stem)
     ids = [i for v in by_rule.values() for i in v]

@@ -1,0 +1,118 @@
+"""State-distribution diagnostics: the per-token KL, NLL and entropy reductions against hand-computed values on
+hand-made distributions, the masking, the chunked (bounded-memory) path, and zero drift of a model against itself."""
+
+from __future__ import annotations
+
+import copy
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from _train_toy import build_model
+
+from statepost import diagnostics as D
+from statepost.train import logprobs
+from statepost.train.batch import StateBatch
+
+# model p and base q over a 2-token vocabulary: KL(p||q) and KL(q||p) differ
+P = [0.5, 0.5]
+Q = [0.9, 0.1]
+KL_PQ = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)  # 0.510826
+KL_QP = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)  # 0.368064
+
+
+def logits_of(p, shift=0.0):
+    return torch.log(torch.tensor(p, dtype=torch.float64)).float() + shift  # softmax-invariant shift
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose next-token logits are the same vector at every position (no separable head)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.as_tensor(logits, dtype=torch.float32).clone())
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        b, t = input_ids.shape
+        return SimpleNamespace(logits=self.logits.expand(b, t, -1))
+
+
+def test_token_stats_hand_computed():
+    m, b = logits_of(P, 1.3)[None], logits_of(Q, -0.4)[None]
+    for y, nll_q in ((0, -math.log(0.9)), (1, -math.log(0.1))):
+        kl_mb, kl_bm, nll_m, nll_b, ent = (float(x) for x in D.token_stats(m, b, torch.tensor([y])))
+        assert kl_mb == pytest.approx(KL_PQ, rel=1e-6)
+        assert kl_bm == pytest.approx(KL_QP, rel=1e-6)
+        assert nll_m == pytest.approx(math.log(2), rel=1e-6)
+        assert nll_b == pytest.approx(nll_q, rel=1e-6)
+        assert ent == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_means_over_completion_tokens_only():
+    """Rows of different lengths: prompt tokens and right padding are no states; the means run over the 3
+    completion tokens (targets 0, 1 and 1), whatever the batch splits."""
+    ids = torch.tensor([[1, 1, 0, 1], [1, 1, 1, 0]])
+    am = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    cm = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
+    model, base = FixedLogits(logits_of(P)), FixedLogits(logits_of(Q))
+    totals = D.Totals()
+    totals.add(D.state_stats(model, base, StateBatch(input_ids=ids, attention_mask=am, completion_mask=cm)))
+    out = totals.means()
+    assert out["tokens"] == 3
+    assert out["kl_model_base"] == pytest.approx(KL_PQ, rel=1e-6)
+    assert out["kl_base_model"] == pytest.approx(KL_QP, rel=1e-6)
+    assert out["nll_model"] == pytest.approx(math.log(2), rel=1e-6)
+    assert out["nll_base"] == pytest.approx((-math.log(0.9) - 2 * math.log(0.1)) / 3, rel=1e-6)
+    assert out["entropy_model"] == pytest.approx(math.log(2), rel=1e-6)
+    # the same states in two batches of one row each: the same token means
+    split = D.Totals()
+    for r in range(2):
+        split.add(D.state_stats(model, base, StateBatch(input_ids=ids[r : r + 1], attention_mask=am[r : r + 1],
+                                                        completion_mask=cm[r : r + 1])))  # fmt: skip
+    assert split.means() == pytest.approx(out, rel=1e-12)
+
+
+def test_no_tokens_gives_none():
+    out = D.Totals().means()
+    assert out["tokens"] == 0 and all(out[k] is None for k in D.STATS)
+
+
+def random_batch(vocab=40, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (3, 9), generator=g)
+    cm = torch.zeros(3, 9)
+    cm[:, 4:] = 1.0
+    cm[2, 7:] = 0.0
+    am = torch.ones(3, 9, dtype=torch.long)
+    am[2, 7:] = 0
+    return StateBatch(input_ids=ids, attention_mask=am, completion_mask=cm)
+
+
+@pytest.mark.parametrize("same_object", [True, False], ids=["itself", "a copy"])
+def test_a_model_against_itself_has_exactly_zero_drift(same_object):
+    model = build_model(40, layers=1, heads=2, kv_heads=1, max_positions=64, seed=0).eval()
+    base = model if same_object else copy.deepcopy(model)
+    stats = D.state_stats(model, base, random_batch())
+    assert stats["kl_model_base"].numel() == 13  # 5 + 5 + 3 completion tokens
+    assert torch.equal(stats["kl_model_base"], torch.zeros(13))
+    assert torch.equal(stats["kl_base_model"], torch.zeros(13))
+    assert torch.equal(stats["nll_model"], stats["nll_base"])
+    assert (stats["entropy_model"] > 0).all()
+
+
+def test_chunked_states_equal_full_logits(monkeypatch):
+    """Chunks of 2 states (the bounded-memory path) give the values of the full [B, T, V] logits."""
+    model = build_model(40, layers=1, heads=2, kv_heads=1, max_positions=64, seed=0).eval()
+    base = build_model(40, layers=1, heads=2, kv_heads=1, max_positions=64, seed=3).eval()
+    batch = random_batch()
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 2 * 40)
+    chunked = D.state_stats(model, base, batch)
+    keep = batch.completion_mask[:, 1:] > 0
+    with torch.no_grad():
+        m = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1][keep]
+        b = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1][keep]
+    full = D.token_stats(m, b, batch.input_ids[:, 1:][keep])
+    for name, ref in zip(D.STATS, full):
+        assert torch.allclose(chunked[name], ref, atol=1e-5), name
+    assert float(chunked["kl_model_base"].min()) > 0

@@ -6,6 +6,8 @@ Reads   {scores-dir}/{model}/{benchmark}.json       for every model in --models-
 Judges  every claim of --claims (config/claims.yaml)
 Writes  {tables-dir}/{scores,delta_vs_base,delta_vs_teacher,retention}.{csv,md,tex}, claims.md, claims.json
         {figures-dir}/{scores,retention_vs_gain,training_curves}.{png,pdf}
+        with --diagnostics-dir (reading {diagnostics-dir}/{model}.json for every model):
+        {tables-dir}/diagnostics.{csv,md,tex}, {figures-dir}/{drift_vs_retention,state_nll}.{png,pdf}
 and prints the scores table (Markdown) to stdout.
 
 Each *-json option takes the JSON text itself or @FILE (a JSON or YAML file).
@@ -54,6 +56,8 @@ def parse_args(argv=None):
     )  # fmt: skip
     g.add_argument("--benchmarks-json", type=json_arg, help="the same as a JSON list (JSON text or @FILE)")
     p.add_argument("--claims", default=None, help="claims file (default: config/claims.yaml)")
+    p.add_argument("--diagnostics-dir", default=None,
+                   help="results/diagnostics: add the diagnostics table and figures (default: none)")
     p.add_argument("--tables-dir", default="results/tables", help="(default: %(default)s)")
     p.add_argument("--figures-dir", default="results/figures", help="(default: %(default)s)")
     return p.parse_args(argv)
@@ -83,6 +87,7 @@ def main(argv=None) -> int:
             roles=roles,
             benchmarks=benchmarks,
             claims=args.claims,
+            diagnostics_dir=args.diagnostics_dir,
         )
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

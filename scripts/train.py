@@ -36,6 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint-keep", type=int, help="resumable states kept (wins over checkpoint.keep)")
     p.add_argument("--log-every", type=int, help="steps between log lines (wins over log_every)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar; log a line per log_every steps")
+    p.add_argument(
+        "--state-nll-every", type=int, default=0,
+        help="log state_nll, the init model's NLL of the step's states, every N steps (0, the default: never)",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -76,6 +80,7 @@ def main(argv=None) -> int:
                 teacher_dir=args.teacher,
                 metrics_path=args.metrics,
                 progress=not args.no_progress,
+                state_nll_every=args.state_nll_every,
             )
         except TrainingError as e:
             logging.getLogger("statepost.train").error("%s", e)

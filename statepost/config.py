@@ -291,6 +291,12 @@ def run_runtime(config: dict, run: str) -> dict:
     }
 
 
+def state_nll_every(config: dict) -> int:
+    """Steps between the training runs' ``state_nll`` measurements (0: off): a runtime setting, passed as a resource."""
+    switch = config["diagnostics"]["state_nll"]
+    return switch["every"] if switch["enabled"] else 0
+
+
 def config_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 

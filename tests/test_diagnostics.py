@@ -4,7 +4,9 @@ hand-made distributions, the masking, the chunked (bounded-memory) path, and zer
 from __future__ import annotations
 
 import copy
+import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -116,3 +118,73 @@ def test_chunked_states_equal_full_logits(monkeypatch):
     for name, ref in zip(D.STATS, full):
         assert torch.allclose(chunked[name], ref, atol=1e-5), name
     assert float(chunked["kl_model_base"].min()) > 0
+
+
+# --------------------------------------------------------------------------------------------- on the toy DAG
+
+
+def _toy():
+    from statepost import config as cfglib
+
+    return cfglib.load(Path(__file__).resolve().parent.parent / "config" / "toy.yaml")
+
+
+SET_KEYS = {*D.STATS, "tokens", "sequences", "skipped", "time_s"}
+
+
+@pytest.mark.slow
+def test_every_model_has_a_diagnostics_file_of_the_documented_schema(toy_run):
+    from statepost import config as cfglib
+
+    work, toy = toy_run[0], _toy()
+    for model in cfglib.model_names(toy):
+        rec = json.loads((work / "results" / "diagnostics" / f"{model}.json").read_text())
+        assert {"model", "model_dir", "base_dir", "settings", "stop", "sets", "time_s", "env", "created"} <= set(rec)
+        assert rec["model"] == model and set(rec["sets"]) == {"dataset", "own", "off_task"}
+        assert rec["settings"]["prompts"] == toy["diagnostics"]["prompts"]
+        for name, s in rec["sets"].items():
+            assert SET_KEYS <= set(s), (model, name, SET_KEYS - set(s))
+            assert s["tokens"] > 0 and s["sequences"] > 0, (model, name)
+            assert all(math.isfinite(s[k]) and s[k] >= 0 for k in D.STATS), (model, name, s)
+        assert {"accuracy", "completion_len", "finished_frac"} <= set(rec["sets"]["own"])
+        assert set(rec["sets"]["off_task"]["benchmarks"]) == {"truthfulqa_mc2", "mmlu"}
+
+
+@pytest.mark.slow
+def test_base_against_itself_has_zero_drift(toy_run):
+    rec = json.loads((toy_run[0] / "results" / "diagnostics" / "base.json").read_text())
+    for name, s in rec["sets"].items():
+        assert s["kl_model_base"] == 0.0 and s["kl_base_model"] == 0.0, (name, s)
+        assert s["nll_model"] == s["nll_base"], (name, s)
+
+
+@pytest.mark.slow
+def test_every_run_logs_state_nll(toy_run):
+    from statepost.io import read_jsonl
+
+    work, toy = toy_run[0], _toy()
+    every = toy["diagnostics"]["state_nll"]["every"]
+    for run in toy["runs"]:
+        rows = list(read_jsonl(work / "results" / "models" / run / "seed0" / "metrics.jsonl"))
+        logged = [r["step"] for r in rows if "state_nll" in r]
+        assert logged == [r["step"] for r in rows if r["step"] == 1 or r["step"] % every == 0], run
+        assert all(r["state_nll"] is None or r["state_nll"] > 0 for r in rows if "state_nll" in r), run
+
+
+@pytest.mark.slow
+def test_diagnostics_table_figures_and_report_page(toy_run, tmp_path):
+    from conftest import snakemake
+
+    work, toy = toy_run[0], _toy()
+    tables, figures = work / "results" / "tables", work / "results" / "figures"
+    csv = (tables / "diagnostics.csv").read_text().splitlines()
+    assert len(csv) == 1 + 1 + len(toy["runs"]) * len(toy["seeds"])  # header, base, every run x seed
+    assert "Spearman" in (tables / "diagnostics.md").read_text() and (tables / "diagnostics.tex").stat().st_size
+    for name in ("drift_vs_retention", "state_nll"):
+        assert (figures / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (figures / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    page = tmp_path / "report.html"
+    snakemake(work, "--configfile", "config/toy.yaml", "--report", str(page))
+    html = page.read_text(errors="replace")
+    for name in ("diagnostics.md", "drift_vs_retention.png", "state_nll.png"):
+        assert name in html, name

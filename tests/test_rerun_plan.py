@@ -19,7 +19,8 @@ TOY = yaml.safe_load((ROOT / "config" / "toy.yaml").read_text())
 BENCHES = list(TOY["benchmarks"])
 RUNS = list(TOY["runs"])
 MODELS = 1 + len(RUNS)  # base and one seed of every run
-EVERYTHING_TRAINED = {"base_model": 1, **{r: 1 for r in RUNS}, "evaluate": MODELS * len(BENCHES), "report": 1}
+EVERYTHING_TRAINED = {"base_model": 1, **{r: 1 for r in RUNS}, "evaluate": MODELS * len(BENCHES), "diagnose": MODELS,
+                      "report": 1}
 
 
 def setting(path: str, value):
@@ -45,6 +46,7 @@ def reorder(obj):
 def run_and_evals(*runs, report=True):
     out = {r: 1 for r in runs}
     out["evaluate"] = len(runs) * len(BENCHES)
+    out["diagnose"] = len(runs)
     return out | ({"report": 1} if report else {})
 
 
@@ -76,6 +78,11 @@ CASES = [
     ("mmlu shots", setting("benchmarks.mmlu.eval.num_fewshot", 1), {"evaluate": MODELS, "report": 1}),
     ("evaluation dtype", setting("evaluation.dtype", "auto"), {"evaluate": MODELS * len(BENCHES), "report": 1}),
     ("a verdict threshold", setting("claims.thresholds.z", 2.5), {"report": 1}),
+    ("diagnostics rows", setting("diagnostics.prompts", 16), {"diagnose": MODELS, "report": 1}),
+    ("diagnostics batch size", setting("diagnostics.batch_size", 8), {"diagnose": MODELS, "report": 1}),
+    ("diagnostics memory", setting("resources.diagnose.mem_mb", 3000), {}),
+    ("state_nll interval", setting("diagnostics.state_nll.every", 2), {}),
+    ("state_nll off", setting("diagnostics.state_nll.enabled", False), {}),
     ("a claim role", setting("claims.roles.mild", "sft_stress"), {"report": 1}),
     ("a claim's wording", "claims_edit", {"report": 1}),
     ("mild SFT learning rate", setting("runs.sft_mild.optim.lr", 2.0e-3), run_and_evals("sft_mild")),
@@ -86,7 +93,7 @@ CASES = [
     ("toy pretraining steps", setting("base_model.pretrain.steps", 500), EVERYTHING_TRAINED),
     ("gsm8k test rows", setting("benchmarks.gsm8k.rows.test", 50), {"data_gsm8k": 1, **EVERYTHING_TRAINED}),
     ("a second seed", setting("seeds", [0, 1]), {**{r: 1 for r in RUNS}, "evaluate": len(RUNS) * len(BENCHES),
-                                                  "report": 1}),
+                                                  "diagnose": len(RUNS), "report": 1}),
 ]  # fmt: skip
 
 

@@ -5,7 +5,9 @@ Everything here reads the files other rules write (``results/scores/{model}/{ben
 
 * tables (``results/tables/{name}.csv|.md|.tex``): ``scores``, ``delta_vs_base``, ``delta_vs_teacher``,
   ``retention``, plus ``claims.md`` / ``claims.json``;
-* figures (``results/figures/{name}.png|.pdf``): ``scores``, ``retention_vs_gain``, ``training_curves``.
+* figures (``results/figures/{name}.png|.pdf``): ``scores``, ``retention_vs_gain``, ``training_curves``;
+* with the diagnostics (``results/diagnostics/{model}.json``): the ``diagnostics`` table and the
+  ``drift_vs_retention`` and ``state_nll`` figures (:mod:`.diagnostics`).
 
 Modules: :mod:`.load` (model list, score files, metrics), :mod:`.statistics` (summaries and the uncertainty
 convention), :mod:`.tables`, :mod:`.figures`, :mod:`.claims` (the interpreter of the claims file, which
@@ -21,6 +23,7 @@ from statepost import benchmarks as bench_facts
 from statepost.config import load_claims
 
 from . import claims as C
+from . import diagnostics as DG
 from . import figures as F
 from . import tables as T
 from .claims import QUANTITIES, check_thresholds, resolve_roles, verdicts
@@ -37,13 +40,16 @@ __all__ = [
 ]  # fmt: skip
 
 
-def output_paths(tables_dir, figures_dir) -> list[Path]:
-    """Every file ``make_report`` writes (for a Snakemake rule's output list)."""
+def output_paths(tables_dir, figures_dir, diagnostics: bool = False) -> list[Path]:
+    """Every file ``make_report`` writes (for a Snakemake rule's output list); ``diagnostics``: with a
+    diagnostics_dir."""
     t, f = Path(tables_dir), Path(figures_dir)
+    tables = list(TABLES) + ([DG.TABLE] if diagnostics else [])
+    figures = list(FIGURES) + (list(DG.FIGURES) if diagnostics else [])
     return (
-        [t / f"{n}.{e}" for n in TABLES for e in TABLE_FORMATS]
+        [t / f"{n}.{e}" for n in tables for e in TABLE_FORMATS]
         + [t / "claims.md", t / "claims.json"]
-        + [f / f"{n}.{e}" for n in FIGURES for e in FIGURE_FORMATS]
+        + [f / f"{n}.{e}" for n in figures for e in FIGURE_FORMATS]
     )
 
 
@@ -57,13 +63,15 @@ def make_report(
     roles: Mapping | None = None,
     benchmarks: Iterable[str] | None = None,
     claims=None,
+    diagnostics_dir=None,
 ) -> dict:
     """Load scores and metrics, write every table, figure and the claim verdicts. Returns the Table objects,
     verdicts and summary (``{"tables": {...}, "claims": [...], "summary": DataFrame}``).
 
     ``benchmarks``: in table order (the config's; default every known benchmark); which is the target and which
     measure retention comes from ``statepost.benchmarks``. ``claims``: the claims file (default: the schema's
-    ``claims.definitions``), read and validated before anything else.
+    ``claims.definitions``), read and validated before anything else. ``diagnostics_dir``: where
+    ``{model}.json`` diagnostics are (None: no diagnostics table and figures).
     """
     spec = load_claims(claims)
     norm = normalize_models(models)
@@ -92,4 +100,8 @@ def make_report(
     }
     for name, fig in figs.items():
         F.save_figure(fig, figures_dir, name)
+    if diagnostics_dir is not None:
+        tables[DG.TABLE] = DG.write_diagnostics(
+            diagnostics_dir, scores, metrics, norm, benchmarks, retention, tables_dir, figures_dir
+        )
     return {"tables": tables, "claims": results, "summary": summary}

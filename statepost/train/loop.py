@@ -54,6 +54,7 @@ from .checkpoint import Checkpointer
 from .distributed import broadcast, make_accelerator, mean_dicts, mean_over_processes, sum_over_processes
 from .registry import SIGNALS, data_path, make_signal, make_state_source
 from .signals import Signal, check_same_tokenizer
+from .state_nll import StateNLL
 from .batch import StateSource, padding_waste
 
 log = logging.getLogger("statepost.train")
@@ -99,6 +100,7 @@ class Run:
     total_steps: int
     t_start: float
     prior_time: float = 0.0  # training time before the resumed checkpoint
+    state_nll: StateNLL | None = None  # the init model's NLL of each step's states (diagnostics.state_nll)
 
 
 def _info(accelerator, msg: str, *args) -> None:
@@ -118,13 +120,15 @@ def train(
     accelerator=None,
     hooks: dict[str, Callable] | None = None,
     progress: bool = True,
+    state_nll_every: int = 0,
 ) -> dict:
     """Train one (run, seed) and write the final model to ``out_dir``; return the run record (run.json).
 
     ``state_dir`` (default ``{out_dir.parent}/.{out_dir.name}.state``) holds the resumable states and
     the live metrics; it is locked while a run uses it and removed after the final model is written.
     ``hooks["after_step"](step, model)`` runs after each optimiser step and its checkpoint (tests use
-    it to simulate a crash or to poison the weights).
+    it to simulate a crash or to poison the weights). ``state_nll_every``: log the init model's NLL of the step's
+    states every N steps (0: never; :mod:`statepost.train.state_nll`).
     """
     t_start, started = time.time(), utc_now()
     cfg, hooks = run_config(run_cfg), hooks or {}
@@ -213,6 +217,7 @@ def train(
         optimizer=optimizer, scheduler=scheduler, source=source, signal=signal,
         checkpointer=Checkpointer(state_dir, accelerator, keep=cfg["checkpoint"]["keep"]),
         resume_key=resume_key, total_steps=total_steps, t_start=t_start,
+        state_nll=StateNLL.build(state_nll_every, init_dir, models, accelerator.device),
     )
 
     run.checkpointer.lock()
@@ -358,6 +363,7 @@ def train_step(run: Run, step: int, metrics_log: MetricsLog) -> None:
         batches = [run.source.sample(run.policy, step) for _ in range(cfg["optim"]["grad_accum"])]
     # the signal's say in which completion tokens carry signal (rewards and advantages for RL)
     batches = [run.signal.prepare(b.to(device)) for b in batches]
+    state_nll = run.state_nll.measure(accelerator, batches, step) if run.state_nll else {}
     model.train()
     n_completion = [b.completion_mask[:, 1:].sum().double() for b in batches]
     counts = torch.stack([sum(n_completion), sum(b.attention_mask.sum().double() for b in batches)]).to(device)
@@ -408,7 +414,7 @@ def train_step(run: Run, step: int, metrics_log: MetricsLog) -> None:
         **metrics, "step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens": step_tokens,
         "completion_tokens": step_completion_tokens, "tokens_per_s": step_tokens / dt if dt > 0 else 0.0,
         "padding_waste": metrics.get("padding_waste", 0.0), "time_s": dt,
-        "elapsed_s": run.prior_time + time.time() - run.t_start, "skipped_update": float(skip),
+        "elapsed_s": run.prior_time + time.time() - run.t_start, "skipped_update": float(skip), **state_nll,
     })
 
     # resumable state

@@ -141,3 +141,19 @@ def report_models():
                 }
             )
     return models
+
+
+def diagnostics_path(model):
+    return f"results/diagnostics/{model}.json"
+
+
+def diagnostics_data():
+    """The evaluation split of every configured benchmark: where the diagnostics' state sets come from."""
+    return [
+        f"results/data/{b}/{bench_facts.get(b).eval_split}.jsonl" for b in BENCHMARKS
+    ]
+
+
+def diagnostics_settings():
+    """The diagnostics settings that change a diagnostics file: not state_nll (the training rules' resource)."""
+    return {k: v for k, v in config["diagnostics"].items() if k != "state_nll"}

@@ -15,6 +15,7 @@ rule report:
         scores=all_scores(),
         models=[model_path(m) for m in MODELS if m != "base"],
         claims=CLAIMS_FILE,
+        diagnostics=[diagnostics_path(m) for m in MODELS],
     output:
         tables=multiext("results/tables/scores", ".csv", ".md", ".tex"),
         deltas=expand(
@@ -33,6 +34,22 @@ rule report:
             caption="../report/figures.rst",
             category="Figures",
         ),
+        diagnostics_table=report(
+            "results/tables/diagnostics.md",
+            caption="../report/diagnostics_table.rst",
+            category="Diagnostics",
+        ),
+        diagnostics_numbers=multiext("results/tables/diagnostics", ".csv", ".tex"),
+        drift_figure=report(
+            multiext("results/figures/drift_vs_retention", ".png", ".pdf"),
+            caption="../report/drift_vs_retention.rst",
+            category="Diagnostics",
+        ),
+        state_nll_figure=report(
+            multiext("results/figures/state_nll", ".png", ".pdf"),
+            caption="../report/state_nll.rst",
+            category="Diagnostics",
+        ),
     log:
         "results/logs/report.log",
     conda:
@@ -49,4 +66,5 @@ rule report:
         "python scripts/report.py --scores-dir results/scores --metrics-dir results/models "
         "--models-json {params.models:q} --roles-json {params.roles:q} "
         "--thresholds-json {params.thresholds:q} --benchmarks-json {params.benchmarks:q} "
-        "--claims {input.claims:q} --tables-dir results/tables --figures-dir results/figures > {log} 2>&1"
+        "--claims {input.claims:q} --diagnostics-dir results/diagnostics "
+        "--tables-dir results/tables --figures-dir results/figures > {log} 2>&1"

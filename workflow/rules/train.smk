@@ -22,6 +22,7 @@ for _run in RUNS:
         resources:
             **_res,
             **cfglib.run_runtime(config, _run),
+            state_nll_every=cfglib.state_nll_every(config),
         params:
             run_json=lambda wc, r=_run: json_arg(
                 cfglib.resolve_run(config, r, int(wc.seed))
@@ -32,5 +33,6 @@ for _run in RUNS:
             "python -m statepost.gpus --gpus {resources.gpu} --launch -- scripts/train.py "
             "--run-json {params.run_json:q} --init {input.init} {params.teacher} "
             "--checkpoint-every {resources.checkpoint_every} --checkpoint-keep {resources.checkpoint_keep} "
-            "--log-every {resources.log_every} --data-dir results/data --out {output} "
+            "--log-every {resources.log_every} --state-nll-every {resources.state_nll_every} "
+            "--data-dir results/data --out {output} "
             "--state-dir {params.state_dir} > {log} 2>&1"

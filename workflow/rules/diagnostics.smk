@@ -1,0 +1,28 @@
+# One job per model (base and every run x seed): the model against the base model on the diagnostics' three
+# fixed state sets. Its params are the diagnostics settings that change the file (not state_nll, which is the
+# training rules' runtime setting).
+DIAG_RES, DIAG_CPUS = resources_for("diagnose")
+
+
+rule diagnose:
+    input:
+        model=lambda wc: model_path(wc.model),
+        base=model_path("base"),
+        data=diagnostics_data(),
+    output:
+        "results/diagnostics/{model}.json",
+    log:
+        "results/logs/diagnostics/{model}.log",
+    conda:
+        "../../envs/train.yaml"
+    threads: DIAG_CPUS
+    resources:
+        **DIAG_RES,
+    params:
+        settings=json_arg(diagnostics_settings()),
+        benchmarks=json_arg(BENCHMARKS),
+    shell:
+        "python -m statepost.gpus --gpus {resources.gpu} -- python scripts/diagnose.py "
+        "--model-dir {input.model} --base-dir {input.base} --model-name {wildcards.model} "
+        "--data-dir results/data --benchmarks-json {params.benchmarks:q} "
+        "--settings-json {params.settings:q} --out {output} > {log} 2>&1"

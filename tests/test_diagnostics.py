@@ -120,6 +120,41 @@ def test_chunked_states_equal_full_logits(monkeypatch):
     assert float(chunked["kl_model_base"].min()) > 0
 
 
+def test_report_table_correlation_and_figures(tmp_path):
+    """The diagnostics table and figures from hand-made files: off-task drift that falls exactly as retention
+    rises has Spearman rho = -1 (pandas' rank correlation), over every run and seed (base left out)."""
+    from test_report import BENCHES, METHODS, SCORES, models_list, write_metrics, write_score
+
+    from statepost import report as R
+
+    scores, metrics, diag = tmp_path / "scores", tmp_path / "models", tmp_path / "diagnostics"
+    for (run, seed), values in SCORES.items():
+        model = "base" if run == "base" else f"{run}/seed{seed}"
+        for bench, value in zip(BENCHES, values):
+            write_score(scores, model, bench, value, 0.01)
+        if run != "base":
+            write_metrics(metrics, run, seed)
+            path = metrics / run / f"seed{seed}" / "metrics.jsonl"
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            level = 1.5 if METHODS[run][0] == "dataset" else 0.5
+            path.write_text("".join(json.dumps({**r, "state_nll": level + 0.01 * r["step"]}) + "\n" for r in rows))
+        retention = ((values[1] - SCORES["base", None][1]) + (values[2] - SCORES["base", None][2])) / 2
+        drift = 0.0 if run == "base" else 0.01 - 10 * retention
+        one = {"kl_model_base": drift, "kl_base_model": math.exp(drift), "nll_model": 1.0, "nll_base": 1.0,
+               "entropy_model": 1.0, "tokens": 10, "sequences": 2, "skipped": 0, "time_s": 0.1}  # fmt: skip
+        path = diag / f"{model}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"model": model, "sets": {"dataset": one, "own": one, "off_task": one}}))
+    out = R.make_report(scores, metrics, models_list(methods=True), tmp_path / "t", tmp_path / "f", benchmarks=BENCHES,
+                        diagnostics_dir=diag)  # fmt: skip
+    table = out["tables"]["diagnostics"]
+    assert len(table.data) == len(SCORES)
+    assert table.data["retention_change"].iloc[0] == 0.0  # base against itself
+    assert "KL(model‖base): ρ = -1.000 (n = 7)" in table.note and "KL(base‖model): ρ = -1.000 (n = 7)" in table.note
+    for p in R.output_paths(tmp_path / "t", tmp_path / "f", diagnostics=True):
+        assert p.is_file() and p.stat().st_size > 0, p
+
+
 # --------------------------------------------------------------------------------------------- on the toy DAG
 
 

@@ -113,7 +113,7 @@ def drift_vs_retention_figure(data: pd.DataFrame, colors: Mapping[str, str], run
     """Two panels (KL(model||base), KL(base||model) on off-task states): x = drift, y = mean retention change."""
     markers = F.run_markers(runs)
     with F._rc():
-        fig = F._figure((9.0, 3.8))
+        fig = F._figure((10.0, 4.0))
         axes = fig.subplots(1, 2, sharey=True)
         for ax, (key, name) in zip(axes, DRIFT.items()):
             col = f"off_task_{key}"
@@ -126,8 +126,8 @@ def drift_vs_retention_figure(data: pd.DataFrame, colors: Mapping[str, str], run
                            color=colors[run], edgecolor="black", linewidth=0.5, zorder=3, label=run)  # fmt: skip
             rho, n = spearman(data, col) if col in data else (float("nan"), 0)
             rho_text = "n/a" if math.isnan(rho) else f"{rho:+.2f}"
-            ax.set_title(f"{name}: Spearman ρ = {rho_text} (n = {n})")
-            ax.set_xlabel(f"mean {name} on off-task states (nats/token)")
+            ax.set_title(f"{name}: Spearman ρ = {rho_text} (n = {n})", fontsize=10)
+            ax.set_xlabel(f"off-task {name} (nats/token)")
             ax.grid(alpha=0.25)
             ax.set_axisbelow(True)
         axes[0].set_ylabel("mean retention change vs base\n(↑ less forgetting)")
@@ -142,7 +142,7 @@ def state_nll_figure(metrics: pd.DataFrame, diag: pd.DataFrame, colors: Mapping[
     """The init model's NLL of each run's training states per optimiser step, every run and seed on one axis."""
     styles = ["-", "--", ":", "-."]
     with F._rc():
-        fig = F._figure((6.4, 4.0))
+        fig = F._figure((8.0, 4.0))
         ax = fig.add_subplot()
         drawn = False
         for run in [r for r in runs if r != BASE]:
@@ -168,7 +168,8 @@ def state_nll_figure(metrics: pd.DataFrame, diag: pd.DataFrame, colors: Mapping[
         ax.set_ylabel("init model's NLL of the step's states\n(nats per completion token)")
         ax.set_title("How off-policy are the training states? (thin: raw; thick: moving average)")
         ax.grid(alpha=0.25)
-        ax.legend(frameon=False, fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            fig.legend(loc="outside right center", frameon=False, fontsize=8)
     return fig
 
 

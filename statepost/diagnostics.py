@@ -17,11 +17,13 @@ completion states only, and the heads are applied to chunks of at most ``CHUNK_E
 (:class:`~statepost.train.logprobs.CompletionStates`), so no ``[B, T, V]`` logits (nor a pair of them) exist.
 :class:`Totals` turns the per-state values into token means over many batches. A model compared with itself gives
 exactly zero drift: its two log-softmaxes are the same numbers.
-
-torch is imported where it is used, so the report (no torch) reads :data:`STATS` from here.
 """
 
 from __future__ import annotations
+
+import torch
+
+from statepost.train.logprobs import completion_states, entropy, token_divergence, token_logprobs
 
 STATS = ("kl_model_base", "kl_base_model", "nll_model", "nll_base", "entropy_model")
 
@@ -29,8 +31,6 @@ STATS = ("kl_model_base", "kl_base_model", "nll_model", "nll_base", "entropy_mod
 def token_stats(model_logits, base_logits, targets) -> tuple:
     """``[n, V]`` logits of the model and of the base at ``n`` states and their next tokens ``[n]`` -> the
     :data:`STATS` at each state, ``[n]`` float32 tensors, in that order."""
-    from statepost.train.logprobs import entropy, token_divergence, token_logprobs
-
     return (
         token_divergence(model_logits, base_logits, "reverse"),
         token_divergence(model_logits, base_logits, "forward"),
@@ -40,20 +40,12 @@ def token_stats(model_logits, base_logits, targets) -> tuple:
     )
 
 
+@torch.no_grad()
 def state_stats(model, base, batch) -> dict:
     """The :data:`STATS` at every completion state of ``batch`` (the states in row-major order, ``[N]`` each).
 
     ``base`` may be ``model`` itself (then its trunk runs once). Both models must be on the batch's device.
     """
-    import torch
-
-    from statepost.train.logprobs import completion_states
-
-    with torch.no_grad():
-        return _state_stats(model, base, batch, completion_states)
-
-
-def _state_stats(model, base, batch, completion_states) -> dict:
     ms = completion_states(model, batch)
     bs = ms if base is model else completion_states(base, batch)
     if bs.vocab_size != ms.vocab_size:

@@ -75,6 +75,22 @@ def test_means_over_completion_tokens_only():
     assert split.means() == pytest.approx(out, rel=1e-12)
 
 
+def test_the_report_reads_the_fields_the_diagnostics_write():
+    from statepost.report import diagnostics as report_diagnostics
+
+    assert report_diagnostics.STATS == D.STATS
+
+
+def test_state_nll_switch_is_a_step_interval():
+    from statepost import config as cfglib
+
+    cfg = _toy()
+    assert cfglib.state_nll_every(cfg) == cfg["diagnostics"]["state_nll"]["every"] >= 1
+    cfg["diagnostics"]["state_nll"]["enabled"] = False
+    assert cfglib.state_nll_every(cfg) == 0
+    assert cfglib.with_defaults({}, "diagnostics")["state_nll"] == {"enabled": True, "every": 5}
+
+
 def test_no_tokens_gives_none():
     out = D.Totals().means()
     assert out["tokens"] == 0 and all(out[k] is None for k in D.STATS)

@@ -16,7 +16,7 @@ def test_paper_dag_plans_offline(clean_repo):
     counts = job_counts(out.stdout)
     assert counts == {
         "data_gsm8k": 1, "data_truthfulqa_mc2": 1, "data_mmlu": 1, "base_model": 1,
-        "sft_mild": 1, "sft_stress": 1, "opd": 1, "rl": 1, "evaluate": 15, "report": 1, "all": 1,
+        "sft_mild": 1, "sft_stress": 1, "opd": 1, "rl": 1, "evaluate": 15, "diagnose": 5, "report": 1, "all": 1,
     }
 
 
@@ -33,6 +33,7 @@ def test_two_seeds_plan_two_of_every_training_and_evaluation(clean_repo):
     for run in ("sft_mild", "sft_stress", "opd", "rl"):
         assert counts[run] == 2
     assert counts["evaluate"] == 3 * (1 + 4 * 2)  # base once, every (run, seed) on every benchmark
+    assert counts["diagnose"] == 1 + 4 * 2  # every model
     assert counts["base_model"] == 1
 
 

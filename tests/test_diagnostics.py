@@ -171,6 +171,31 @@ def test_report_table_correlation_and_figures(tmp_path):
         assert p.is_file() and p.stat().st_size > 0, p
 
 
+def test_state_nll_changes_no_weight(tmp_path):
+    """A learner-state run (sampling draws random numbers) with state_nll every 2 steps ends with the weights of the
+    same run without it, bit for bit, and logs the init model's NLL at steps 1, 2 and 4."""
+    from _train_toy import make_world, run_cfg, weights
+
+    from statepost.io import read_jsonl
+    from statepost.train.loop import train
+
+    world = make_world(tmp_path / "world", n_rows=16)
+    cfg = run_cfg(max_steps=4, batch_size=2)
+    cfg["states"] = {"source": "learner", "data": "gsm8k", "split": "train", "temperature": 1.0, "max_new_tokens": 8,
+                     "samples_per_prompt": 2}  # fmt: skip
+    outs = {}
+    for every in (0, 2):
+        outs[every] = tmp_path / f"every{every}"
+        train(cfg, init_dir=world["init"], out_dir=outs[every], data_dir=world["data_dir"],
+              state_dir=tmp_path / f"state{every}", progress=False, state_nll_every=every)  # fmt: skip
+    off, on = weights(outs[0]), weights(outs[2])
+    assert off.keys() == on.keys() and all(torch.equal(off[k], on[k]) for k in off)
+    rows = {r["step"]: r for r in read_jsonl(outs[2] / "metrics.jsonl")}
+    assert [s for s, r in rows.items() if "state_nll" in r] == [1, 2, 4]
+    assert all(rows[s]["state_nll"] > 0 for s in (1, 2, 4))
+    assert not any("state_nll" in r for r in read_jsonl(outs[0] / "metrics.jsonl"))
+
+
 # --------------------------------------------------------------------------------------------- on the toy DAG
 
 

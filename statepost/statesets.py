@@ -172,7 +172,8 @@ def diagnose(model_dir, base_dir, data_dir, settings: dict, benchmarks: list[str
 def _pooled(per: dict[str, dict]) -> dict:
     """Token means over several benchmarks' states (each benchmark's means weighted by its tokens)."""
     tokens = sum(p["tokens"] for p in per.values())
-    out = {k: (sum(p[k] * p["tokens"] for p in per.values() if p["tokens"]) / tokens if tokens else None) for k in STATS}
+    out = {k: sum(p[k] * p["tokens"] for p in per.values() if p["tokens"]) / tokens if tokens else None
+           for k in STATS}  # fmt: skip
     return {**out, "tokens": tokens, "sequences": sum(p["sequences"] for p in per.values()),
             "time_s": round(sum(p["time_s"] for p in per.values()), 3)}  # fmt: skip
 

@@ -107,5 +107,6 @@ def test_paper_dag_dry_run_on_slurm_profile():
         assert int(res["mem_mb"]) == want["mem_mb"], (name, res)  # attempt 1: the base value
         assert int(res["runtime"]) == want["runtime"], (name, res)
     # the paper config asks for GPUs exactly where the heavy work is
-    assert all(int(r.get("gpu", 0)) >= 1 for n, r in jobs if n in train_rules or n == "evaluate")
+    assert all(int(r.get("gpu", 0)) >= 1 for n, r in jobs if n in train_rules or n in ("evaluate", "diagnose"))
+    assert "diagnose" in rules
     assert all(int(r.get("gpu", 0)) == 0 for n, r in jobs if n.startswith("data_") or n == "report")

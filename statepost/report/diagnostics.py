@@ -108,7 +108,8 @@ def diagnostics_table(diag: pd.DataFrame, changes: pd.DataFrame, models, benchma
         "and its mean over the retention benchmarks (negative = forgetting). Spearman rank correlation between "
         "off-task drift and mean retention change over every run and seed: " + "; ".join(notes) + "."
     )
-    return Table(TABLE, _data_with_method(data, methods), pd.DataFrame(disp), note, "Drift from the base and forgetting")
+    caption = "Drift from the base and forgetting"
+    return Table(TABLE, _data_with_method(data, methods), pd.DataFrame(disp), note, caption)
 
 
 def drift_vs_retention_figure(data: pd.DataFrame, colors: Mapping[str, str], runs):

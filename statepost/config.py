@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 
 from . import benchmarks as bench_facts
+from . import checks
 from .io import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +69,9 @@ def validate(config: dict) -> dict:
         config["seeds"] = [int(s) for s in seeds]
     for run in (config.get("runs") or {}).values():
         expand_shorthand(run)
+    claims = config.get("claims")
+    roles = claims.get("roles") if isinstance(claims, dict) else None
+    explicit_roles = set(roles) if isinstance(roles, dict) else set()  # before the schema fills the defaults
     plain = Draft202012Validator(schema)
     errors = sorted(plain.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -83,6 +87,7 @@ def validate(config: dict) -> dict:
     for name, bench in config["benchmarks"].items():
         bench["eval"].setdefault("num_fewshot", bench_facts.get(name).num_fewshot)
     check(config)
+    checks.check_all(config, explicit_roles)
     return config
 
 
@@ -304,18 +309,83 @@ def run_resources(config: dict, group: str, run: str | None = None) -> dict:
 
 
 def load(path: str | Path) -> dict:
-    """Read and validate a config file outside Snakemake (scripts, tests)."""
-    path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    """Read (strictly, :func:`read_config_file`) and validate a config file outside Snakemake (scripts, tests)."""
+    config = read_config_file(path)
     try:
         return validate(config)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------ the strict reader
+def _where(path, mark) -> str:
+    return f"{path}:{mark.line + 1}:{mark.column + 1}"
+
+
+def _no_duplicate_keys(node, path, keys: list[str], seen_nodes: set) -> None:
+    """Raise ConfigError at the second occurrence of a key in any mapping (YAML and JSON keep the last silently)."""
+    if id(node) in seen_nodes:  # an alias met again
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if (key.tag, name) in first:
+                    raise ConfigError(
+                        f"{_where(path, key.start_mark)}: config key {'.'.join([*keys, name])}: duplicate key (first at "
+                        f"line {first[key.tag, name]}); YAML would keep only the last one"
+                    )
+                first[key.tag, name] = key.start_mark.line + 1
+            _no_duplicate_keys(value, path, [*keys, name], seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _no_duplicate_keys(item, path, [*keys, str(i)], seen_nodes)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The mapping in one config file, read strictly: UTF-8, one YAML document (JSON is YAML) of plain
+    types, no key twice in a mapping. Every error starts with ``file:line:column``.
+
+    Snakemake reads config files with a lenient loader (a duplicate key silently keeps its last value, a
+    syntax error is reported without file or line); the workflow reads every config file with this one
+    first (workflow/rules/common.smk)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, line_start = raw.count(b"\n", 0, e.start) + 1, raw.rfind(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            f"{path}:{line}:{e.start - line_start + 1}: not UTF-8 "
+            f"(byte 0x{raw[e.start]:02x}); save the file as UTF-8"
+        ) from None
+    loader = yaml.SafeLoader(text)
+    loader.name = str(path)
+    try:
+        node = loader.get_single_node()
+        if not isinstance(node, yaml.MappingNode):
+            raise ConfigError(f"{path}:1:1: expected a mapping of config keys at the top level")
+        _no_duplicate_keys(node, path, [], set())
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        context = f" ({e.context} at line {e.context_mark.line + 1})" if e.context and e.context_mark else ""
+        raise ConfigError(f"{_where(path, mark)}: not valid YAML: {e.problem}{context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
+def read_config_files(paths) -> None:
+    """Read every config file strictly (:func:`read_config_file`); the first error is raised."""
+    for path in paths:
+        read_config_file(path)
 
 
 # --------------------------------------------------------------------------------------------- the claims file

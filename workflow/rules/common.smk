@@ -8,6 +8,24 @@ from statepost import benchmarks as bench_facts
 from statepost import config as cfglib
 from statepost.io import ConfigError
 
+# Every config file (config/config.yaml, or each --configfile) is first read by the one strict
+# reader: a duplicate key, a non-UTF-8 byte or a YAML error is named with file:line:column before
+# any job. Snakemake's own reader keeps the last of two equal keys silently and reports a syntax
+# error without file or line; it reads a --configfile before the workflow starts, so for those the
+# strict reader runs second (README, "Checking a config file").
+DEFAULT_CONFIGFILE = "config/config.yaml"
+try:
+    cfglib.read_config_files(workflow.overwrite_configfiles or [DEFAULT_CONFIGFILE])
+except ConfigError as e:
+    raise WorkflowError(str(e)) from None
+
+# A --configfile replaces the paper config instead of merging over it, so a toy run never
+# inherits a paper-only key; --config KEY=VALUE still overrides either.
+if not workflow.overwrite_configfiles:
+
+    configfile: DEFAULT_CONFIGFILE
+
+
 try:
     cfglib.validate(config)
 except ConfigError as e:

@@ -29,8 +29,8 @@ from .toyworld import toy_rows
 # A learner prompt is "Question: {question}\nAnswer:" (statepost.gsm8k.format_prompt). Both tokenizers the
 # workflow uses (Qwen3's and the toy's, which copies its pre-tokenizer) split text into pre-tokens by Qwen's
 # regex before any BPE merge, and merges never cross a pre-token boundary. That regex keeps "Question", ":",
-# the question (at least one pre-token, beginning with its space), "\nAnswer" and ":" apart, so every
-# prompt is at least 5 tokens, whatever the question (tests/test_config.py checks this on the toy tokenizer).
+# the question (at least one pre-token, which may take the newline), "Answer" and ":" apart, so every prompt
+# is at least 5 tokens, whatever the question (tests/test_config.py checks this with the toy's pre-tokenizer).
 MIN_PROMPT_TOKENS = 5
 
 

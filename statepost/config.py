@@ -20,12 +20,15 @@ from jsonschema.exceptions import best_match
 
 from . import benchmarks as bench_facts
 from . import checks
+from .configfile import read_config_file, read_config_files  # noqa: F401  (the one strict reader of config files)
 from .io import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
 CLAIMS_SCHEMA_PATH = REPO / "workflow" / "schemas" / "claims.schema.yaml"
 CLAIM_BENCHMARKS = ("each", "target", "retention")  # a claim's `benchmark:` keywords besides a benchmark name
+
+FLOAT_WITHOUT_POINT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")  # 1e-4: a string to YAML 1.1, which PyYAML reads
 
 # Model names the DAG uses for things that are not runs, and rule names a run must not shadow.
 RESERVED = {"base", "all", "base_model", "evaluate", "report", "data", "teacher", "init"}
@@ -45,6 +48,13 @@ def _key_path(error) -> str:
         if len(names) == 1:
             parts.append(names[0])
     return ".".join(parts) if parts else "(top level)"
+
+
+def _number_hint(error) -> str:
+    """PyYAML follows YAML 1.1, where ``1e-4`` (no decimal point) is a string, not a number."""
+    if error.validator == "type" and isinstance(error.instance, str) and FLOAT_WITHOUT_POINT.fullmatch(error.instance):
+        return f" (YAML reads {error.instance} as text: write the number with a decimal point, e.g. 1.0e-4)"
+    return ""
 
 
 def _validator_with_defaults():
@@ -79,7 +89,7 @@ def validate(config: dict) -> dict:
         for err in errors[:10]:
             # oneOf/if-then errors wrap the useful one; best_match digs it out.
             inner = best_match([err]) if err.context else err
-            lines.append(f"  config key {_key_path(inner)}: {inner.message}")
+            lines.append(f"  config key {_key_path(inner)}: {inner.message}{_number_hint(inner)}")
         more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
         raise ConfigError("invalid configuration:\n" + "\n".join(lines) + more)
     _validator_with_defaults()(schema).validate(config)
@@ -317,75 +327,21 @@ def load(path: str | Path) -> dict:
         raise ConfigError(f"{path}: {e}") from None
 
 
-# ------------------------------------------------------------------------------------ the strict reader
-def _where(path, mark) -> str:
-    return f"{path}:{mark.line + 1}:{mark.column + 1}"
+def main(argv=None) -> int:
+    """``python -m statepost.config FILE...``: check config files (those given to --configfile) without Snakemake."""
+    import argparse
+    import sys
 
-
-def _no_duplicate_keys(node, path, keys: list[str], seen_nodes: set) -> None:
-    """Raise ConfigError at the second occurrence of a key in any mapping (YAML and JSON keep the last silently)."""
-    if id(node) in seen_nodes:  # an alias met again
-        return
-    seen_nodes.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        first: dict = {}
-        for key, value in node.value:
-            name = key.value if isinstance(key, yaml.ScalarNode) else "?"
-            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
-                if (key.tag, name) in first:
-                    raise ConfigError(
-                        f"{_where(path, key.start_mark)}: config key {'.'.join([*keys, name])}: duplicate key (first at "
-                        f"line {first[key.tag, name]}); YAML would keep only the last one"
-                    )
-                first[key.tag, name] = key.start_mark.line + 1
-            _no_duplicate_keys(value, path, [*keys, name], seen_nodes)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _no_duplicate_keys(item, path, [*keys, str(i)], seen_nodes)
-
-
-def read_config_file(path: str | Path) -> dict:
-    """The mapping in one config file, read strictly: UTF-8, one YAML document (JSON is YAML) of plain
-    types, no key twice in a mapping. Every error starts with ``file:line:column``.
-
-    Snakemake reads config files with a lenient loader (a duplicate key silently keeps its last value, a
-    syntax error is reported without file or line); the workflow reads every config file with this one
-    first (workflow/rules/common.smk)."""
-    path = Path(path)
+    p = argparse.ArgumentParser(prog="python -m statepost.config", description=main.__doc__)
+    p.add_argument("files", nargs="+", type=Path, help="config files, merged in order as --configfile merges them")
+    args = p.parse_args(argv)
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line, line_start = raw.count(b"\n", 0, e.start) + 1, raw.rfind(b"\n", 0, e.start) + 1
-        raise ConfigError(
-            f"{path}:{line}:{e.start - line_start + 1}: not UTF-8 "
-            f"(byte 0x{raw[e.start]:02x}); save the file as UTF-8"
-        ) from None
-    loader = yaml.SafeLoader(text)
-    loader.name = str(path)
-    try:
-        node = loader.get_single_node()
-        if not isinstance(node, yaml.MappingNode):
-            raise ConfigError(f"{path}:1:1: expected a mapping of config keys at the top level")
-        _no_duplicate_keys(node, path, [], set())
-        return loader.construct_document(node)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        context = f" ({e.context} at line {e.context_mark.line + 1})" if e.context and e.context_mark else ""
-        raise ConfigError(f"{_where(path, mark)}: not valid YAML: {e.problem}{context}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    finally:
-        loader.dispose()
-
-
-def read_config_files(paths) -> None:
-    """Read every config file strictly (:func:`read_config_file`); the first error is raised."""
-    for path in paths:
-        read_config_file(path)
+        validate(read_config_files(args.files))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{', '.join(map(str, args.files))}: valid")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------- the claims file
@@ -466,3 +422,7 @@ def _validate_claims(raw, where: str) -> dict:
                          f"has {', '.join(thresholds)})")  # fmt: skip
         spec["claims"].append({"reports": [], **claim})
     return spec
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -298,3 +298,19 @@ def test_evaluate_refuses_a_flipped_weight_byte(model_dir, tmp_path, no_lm_eval)
     weights.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=rf"{weights}: sha256 .* does not match"):
         _evaluate(bad, tmp_path / "scores" / "gsm8k.json")
+
+
+def test_a_rerun_keeps_every_attempts_log(tmp_path):
+    """Snakemake deletes a job's log when the job starts again; each attempt also goes to {log}.attempts, which a
+    rerun (a retry, the next Snakemake after a kill) never wipes."""
+    from conftest import copy_repo, snakemake
+
+    work = copy_repo(tmp_path / "repo")
+    for _ in range(2):
+        snakemake(work, "--configfile", "config/toy.yaml", "--forcerun", "data_truthfulqa_mc2", "--",
+                  "results/data/truthfulqa_mc2/manifest.json")
+    log = work / "results" / "logs" / "data" / "truthfulqa_mc2.log"
+    attempts = (log.parent / "truthfulqa_mc2.log.attempts").read_text()
+    assert attempts.count("===== data_truthfulqa_mc2: attempt started") == 2, attempts
+    assert attempts.count("truthfulqa_mc2/validation: 60 rows") == 2, attempts  # each attempt's own output
+    assert log.read_text().count("attempt started") == 1 and "validation: 60 rows" in log.read_text()

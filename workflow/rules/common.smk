@@ -72,6 +72,17 @@ def resources_for(group, run=None):
     return out, res["cpus"]
 
 
+# Snakemake deletes a job's log when the job starts (a retry, or the next Snakemake after a kill reruns
+# it), so every attempt also goes, under a dated header, to {log}.attempts, which Snakemake never
+# touches: the log holds the latest attempt, {log}.attempts all of them (README, "After a kill").
+# (The header starts on a new line: a killed attempt may end in the middle of one.)
+LOG_START = (
+    "printf '\\n===== %s: attempt started %s on %s =====\\n' {rule} \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" "
+    '"$(hostname)" | tee -a {log}.attempts > {log}; '
+)
+TO_LOG = " 2>&1 | tee -a {log}.attempts >> {log}"
+
+
 def json_arg(obj):
     return json.dumps(obj, sort_keys=True)
 

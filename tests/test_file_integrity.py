@@ -311,6 +311,6 @@ def test_a_rerun_keeps_every_attempts_log(tmp_path):
                   "results/data/truthfulqa_mc2/manifest.json")
     log = work / "results" / "logs" / "data" / "truthfulqa_mc2.log"
     attempts = (log.parent / "truthfulqa_mc2.log.attempts").read_text()
-    assert attempts.count("===== data_truthfulqa_mc2: attempt started") == 2, attempts
+    assert attempts.count("===== attempt started ") == 2, attempts
     assert attempts.count("truthfulqa_mc2/validation: 60 rows") == 2, attempts  # each attempt's own output
     assert log.read_text().count("attempt started") == 1 and "validation: 60 rows" in log.read_text()

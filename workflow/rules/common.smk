@@ -77,7 +77,7 @@ def resources_for(group, run=None):
 # touches: the log holds the latest attempt, {log}.attempts all of them (README, "After a kill").
 # (The header starts on a new line: a killed attempt may end in the middle of one.)
 LOG_START = (
-    "printf '\\n===== %s: attempt started %s on %s =====\\n' {rule} \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" "
+    "printf '\\n===== attempt started %s on %s =====\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" "
     '"$(hostname)" | tee -a {log}.attempts > {log}; '
 )
 TO_LOG = " 2>&1 | tee -a {log}.attempts >> {log}"

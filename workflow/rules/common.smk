@@ -11,8 +11,8 @@ from statepost.io import ConfigError
 # Every config file (config/config.yaml, or each --configfile) is first read by the one strict
 # reader: a duplicate key, a non-UTF-8 byte or a YAML error is named with file:line:column before
 # any job. Snakemake's own reader keeps the last of two equal keys silently and reports a syntax
-# error without file or line; it reads a --configfile before the workflow starts, so for those the
-# strict reader runs second (README, "Checking a config file").
+# error without file or line; it reads a --configfile before the workflow starts, so there a syntax
+# error stops Snakemake first (`python -m statepost.config FILE` names its place; config/README.md).
 DEFAULT_CONFIGFILE = "config/config.yaml"
 try:
     cfglib.read_config_files(workflow.overwrite_configfiles or [DEFAULT_CONFIGFILE])

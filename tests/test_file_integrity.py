@@ -286,18 +286,34 @@ def test_evaluate_names_a_byte_that_is_not_utf8(model_dir, tmp_path, no_lm_eval)
         _evaluate(model_dir, tmp_path / "scores" / "gsm8k.json", tmp_path / "data")
 
 
-def test_evaluate_refuses_a_flipped_weight_byte(model_dir, tmp_path, no_lm_eval):
-    """Same size, one bit changed: only the sha256 can tell."""
-    bad = tmp_path / "model"
-    bad.mkdir()
+def _flipped_copy(model_dir, dest):
+    """A copy of the model folder with one bit changed in its weights: same size, only the sha256 can tell."""
+    dest.mkdir()
     for f in model_dir.iterdir():
-        (bad / f.name).write_bytes(f.read_bytes())
-    weights = bad / "model.safetensors"
+        (dest / f.name).write_bytes(f.read_bytes())
+    weights = dest / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0x01
     weights.write_bytes(bytes(data))
+    return weights
+
+
+def test_evaluate_refuses_a_flipped_weight_byte(model_dir, tmp_path, no_lm_eval):
+    weights = _flipped_copy(model_dir, tmp_path / "model")
     with pytest.raises(ValueError, match=rf"{weights}: sha256 .* does not match"):
-        _evaluate(bad, tmp_path / "scores" / "gsm8k.json")
+        _evaluate(weights.parent, tmp_path / "scores" / "gsm8k.json")
+
+
+def test_training_refuses_an_init_model_with_a_flipped_weight_byte(model_dir, tmp_path):
+    from statepost.train.loop import train
+
+    weights = _flipped_copy(model_dir, tmp_path / "model")
+    _toy_data(tmp_path)
+    run = {"init": "base", "states": "dataset", "signal": "nll", "optim": {"max_steps": 1, "batch_size": 2},
+           "name": "sft", "seed": 0}
+    with pytest.raises(ValueError, match=rf"{weights}: sha256 .* does not match"):
+        train(run, init_dir=weights.parent, out_dir=tmp_path / "out", data_dir=tmp_path / "data", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_rerun_keeps_every_attempts_log(tmp_path):

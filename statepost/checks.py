@@ -130,6 +130,8 @@ def processes(config: dict, run: str) -> int:
 
 def run_checks(config: dict, run: str, cfg: dict) -> None:
     where, states, signal, optim = f"runs.{run}", cfg["states"], cfg["signal"], cfg["optim"]
+    if run.startswith("data_") and run[len("data_"):] in bench_facts.NAMES:
+        fail(where, f"'{run}' is the name of the rule that prepares benchmark {run[len('data_'):]}; choose another run name")
     _lr(f"{where}.optim.lr", optim["lr"])
     data, split = states["data"], states["split"]
     if data != "gsm8k":

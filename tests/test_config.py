@@ -184,6 +184,8 @@ BAD = [
     ("opd role on an SFT run", [(("claims",), {"roles": {"opd": "sft_stress"}})], "claims.roles.opd: 'sft_stress' is not on-policy distillation"),
     ("contradictory forgetting thresholds", [(("claims",), {"thresholds": {"little_forgetting": 0.05, "substantial_loss": 0.02}})],
      "claims.thresholds.substantial_loss: 0.02 is below little_forgetting"),
+    ("run named like a data rule", [(("runs", "data_mmlu"), {"init": "base", "states": "dataset", "signal": "nll"})],
+     "runs.data_mmlu: 'data_mmlu' is the name of the rule that prepares benchmark mmlu"),
     ("cuda evaluation without a GPU", [(("evaluation", "device"), "cuda")], "evaluation.device: cuda, but resources.evaluate.gpu is 0"),
 ]
 

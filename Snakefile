@@ -9,13 +9,6 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# A --configfile replaces the paper config instead of merging over it, so a toy run never
-# inherits a paper-only key; --config KEY=VALUE still overrides either.
-if not workflow.overwrite_configfiles:
-
-    configfile: "config/config.yaml"
-
-
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"

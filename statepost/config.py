@@ -19,12 +19,16 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 
 from . import benchmarks as bench_facts
+from . import checks
+from .configfile import read_config_file, read_config_files  # noqa: F401  (the one strict reader of config files)
 from .io import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
 CLAIMS_SCHEMA_PATH = REPO / "workflow" / "schemas" / "claims.schema.yaml"
 CLAIM_BENCHMARKS = ("each", "target", "retention")  # a claim's `benchmark:` keywords besides a benchmark name
+
+FLOAT_WITHOUT_POINT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")  # 1e-4: a string to YAML 1.1, which PyYAML reads
 
 # Model names the DAG uses for things that are not runs, and rule names a run must not shadow.
 RESERVED = {"base", "all", "base_model", "evaluate", "report", "data", "teacher", "init"}
@@ -44,6 +48,13 @@ def _key_path(error) -> str:
         if len(names) == 1:
             parts.append(names[0])
     return ".".join(parts) if parts else "(top level)"
+
+
+def _number_hint(error) -> str:
+    """PyYAML follows YAML 1.1, where ``1e-4`` (no decimal point) is a string, not a number."""
+    if error.validator == "type" and isinstance(error.instance, str) and FLOAT_WITHOUT_POINT.fullmatch(error.instance):
+        return f" (YAML reads {error.instance} as text: write the number with a decimal point, e.g. 1.0e-4)"
+    return ""
 
 
 def _validator_with_defaults():
@@ -68,6 +79,9 @@ def validate(config: dict) -> dict:
         config["seeds"] = [int(s) for s in seeds]
     for run in (config.get("runs") or {}).values():
         expand_shorthand(run)
+    claims = config.get("claims")
+    roles = claims.get("roles") if isinstance(claims, dict) else None
+    explicit_roles = set(roles) if isinstance(roles, dict) else set()  # before the schema fills the defaults
     plain = Draft202012Validator(schema)
     errors = sorted(plain.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -75,7 +89,7 @@ def validate(config: dict) -> dict:
         for err in errors[:10]:
             # oneOf/if-then errors wrap the useful one; best_match digs it out.
             inner = best_match([err]) if err.context else err
-            lines.append(f"  config key {_key_path(inner)}: {inner.message}")
+            lines.append(f"  config key {_key_path(inner)}: {inner.message}{_number_hint(inner)}")
         more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
         raise ConfigError("invalid configuration:\n" + "\n".join(lines) + more)
     _validator_with_defaults()(schema).validate(config)
@@ -83,6 +97,7 @@ def validate(config: dict) -> dict:
     for name, bench in config["benchmarks"].items():
         bench["eval"].setdefault("num_fewshot", bench_facts.get(name).num_fewshot)
     check(config)
+    checks.check_all(config, explicit_roles)
     return config
 
 
@@ -310,18 +325,29 @@ def run_resources(config: dict, group: str, run: str | None = None) -> dict:
 
 
 def load(path: str | Path) -> dict:
-    """Read and validate a config file outside Snakemake (scripts, tests)."""
-    path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    """Read (strictly, :func:`read_config_file`) and validate a config file outside Snakemake (scripts, tests)."""
+    config = read_config_file(path)
     try:
         return validate(config)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def main(argv=None) -> int:
+    """``python -m statepost.config FILE...``: check config files (those given to --configfile) without Snakemake."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m statepost.config", description=main.__doc__)
+    p.add_argument("files", nargs="+", type=Path, help="config files, merged in order as --configfile merges them")
+    args = p.parse_args(argv)
+    try:
+        validate(read_config_files(args.files))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{', '.join(map(str, args.files))}: valid")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------- the claims file
@@ -402,3 +428,7 @@ def _validate_claims(raw, where: str) -> dict:
                          f"has {', '.join(thresholds)})")  # fmt: skip
         spec["claims"].append({"reports": [], **claim})
     return spec
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -18,6 +18,7 @@ and then at least one false one (lm-eval's mc2 splits at the first 0 label).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -347,12 +348,43 @@ def prepare(benchmark: str, bench_cfg: Mapping, out_dir, cache_dir=None, expecte
     raise DataError(f"benchmarks.{benchmark}.source: expected 'hub' or 'toy', got {source!r}")
 
 
+def verify_file(path) -> None:
+    """Check a prepared ``{split}.jsonl`` against the sha256 the data rule recorded for it in the
+    ``manifest.json`` beside it; a DataError names the file. Without a manifest (data written by hand) only a
+    warning: its rows are still validated by :func:`load_split`."""
+    path = Path(path)
+    manifest_path = path.parent / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"{path}:0: {path.stem}: file not found")
+    if not manifest_path.is_file():
+        log.warning("%s: no manifest.json beside it, so its sha256 is not checked (its rows are validated)", path)
+        return
+    try:
+        manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{manifest_path}: not a valid manifest ({e})") from None
+    outputs = manifest.get("outputs") if isinstance(manifest, dict) else None
+    want = (outputs.get(path.stem) or {}).get("sha256") if isinstance(outputs, dict) else None
+    if want is None:
+        raise DataError(f"{path}: {manifest_path} records no sha256 for split '{path.stem}'")
+    got = sha256_file(path)
+    if got != want:
+        raise DataError(
+            f"{path}: sha256 {got} does not match {want} recorded in {manifest_path}; the file changed after the "
+            f"data rule wrote it (rerun it: snakemake --forcerun data_{manifest.get('benchmark', path.parent.name)})"
+        )
+
+
 def load_split(data_dir, benchmark: str, split: str) -> list[dict]:
-    """Read and validate ``{data_dir}/{split}.jsonl`` (data_dir is results/data/{benchmark})."""
-    return read_valid(benchmark, split, Path(data_dir) / f"{split}.jsonl")
+    """The rows of ``{data_dir}/{split}.jsonl`` (data_dir is results/data/{benchmark}) for a consumer (training,
+    evaluation): the file checked against its manifest's sha256 (:func:`verify_file`), then every row validated.
+    Errors name the file (and ``path:line`` for a row, bad JSON or bytes that are not UTF-8)."""
+    path = Path(data_dir) / f"{split}.jsonl"
+    verify_file(path)
+    return read_valid(benchmark, split, path)
 
 
 __all__ = [
     "BENCHMARKS", "convert_row", "fetch_hub_dataset", "load_split", "prepare", "validate_file", "validate_row",
-    "validate_rows", "write_toy",
+    "validate_rows", "verify_file", "write_toy",
 ]

@@ -136,6 +136,57 @@ BAD = [
     ("rollout reuse counts disagree",
      [(("runs", "rl", "signal", "updates_per_batch"), 2), (("runs", "rl", "states", "refresh_every"), 3)],
      "runs.rl.signal.updates_per_batch"),
+    # -- cross-key checks (statepost/checks.py) and number hints ------------------------------------------------
+    ("nan learning rate", [(("runs", "sft_mild", "optim", "lr"), float("nan"))], "runs.sft_mild.optim.lr: nan is not a finite number"),
+    ("infinite temperature", [(("runs", "opd", "states", "temperature"), float("inf"))], "runs.opd.states.temperature: inf is not a finite"),
+    ("infinite kl coefficient", [(("runs", "rl", "signal", "kl_coef"), float("inf"))], "runs.rl.signal.kl_coef: inf"),
+    ("learning rate of 1", [(("runs", "rl", "optim", "lr"), 1.0)], "runs.rl.optim.lr: 1.0 is not a learning rate"),
+    ("pretraining learning rate of 5", [(("base_model", "pretrain", "lr"), 5.0)], "base_model.pretrain.lr"),
+    ("1e-4 read as text by YAML", [(("runs", "sft_mild", "optim", "lr"), "1e-4")],
+     "runs.sft_mild.optim.lr: '1e-4' is not of type 'number' (YAML reads 1e-4 as text"),
+    ("heads do not divide hidden", [(("base_model", "num_heads"), 3)], "base_model.num_heads: 3 heads do not divide hidden_size 128"),
+    ("kv heads do not divide heads", [(("base_model", "num_kv_heads"), 3)], "base_model.num_kv_heads: 3 key/value heads"),
+    ("more kv heads than heads", [(("base_model", "num_kv_heads"), 8)], "base_model.num_kv_heads"),
+    ("odd head size", [(("base_model", "hidden_size"), 120), (("base_model", "num_heads"), 8),
+                       (("base_model", "num_kv_heads"), 4)], "base_model.num_heads: head size hidden_size / num_heads = 15 is odd"),
+    ("sequences beyond the toy's positions", [(("base_model", "max_position_embeddings"), 128)], "runs.sft_mild.optim.max_length: 256 tokens"),
+    ("pretraining beyond the toy's positions", [(("base_model", "max_position_embeddings"), 100)], "base_model.pretrain.max_length"),
+    ("generation fills the toy's positions", [(("benchmarks", "gsm8k", "eval", "max_gen_toks"), 1024)],
+     "benchmarks.gsm8k.eval.max_gen_toks: 1024 generated tokens leave no room"),
+    ("batch beyond the prompt pool", [(("runs", "rl", "optim", "batch_size"), 64)],
+     "runs.rl.optim.batch_size: one optimiser step takes batch_size 64 x grad_accum 1 x 1 process(es) = 64 prompts, but the run has 32"),
+    ("accumulation beyond the rows", [(("runs", "sft_mild", "optim", "grad_accum"), 30)], "runs.sft_mild.optim.batch_size: one optimiser step"),
+    ("GPUs multiply the step beyond the pool", [(("runs", "rl", "resources"), {"gpu": 8})], "runs.rl.optim.batch_size: one optimiser step takes batch_size 8 x grad_accum 1 x 8"),
+    ("toy split too small for one step", [(("benchmarks", "gsm8k", "rows", "train"), 10)], "runs.sft_mild.optim.batch_size"),
+    ("max_rows beyond the split", [(("runs", "rl", "states", "max_rows"), 500)], "runs.rl.states.max_rows: 500, but benchmarks.gsm8k.rows.train is 400"),
+    ("completions fill max_length", [(("runs", "opd", "states", "max_new_tokens"), 252)], "runs.opd.states.max_new_tokens: 252 new tokens"),
+    ("training on the scored split", [(("runs", "sft_mild", "states", "split"), "test")],
+     "runs.sft_mild.states.split: 'test' is the split every model is scored on"),
+    ("dataset states from mmlu rows", [(("runs", "sft_mild", "states", "data"), "mmlu"), (("runs", "sft_mild", "states", "split"), "dev")],
+     "runs.sft_mild.states.data: states are built from rows with a text question"),
+    ("more shots than dev rows", [(("benchmarks", "mmlu", "eval", "num_fewshot"), 6)],
+     "benchmarks.mmlu.eval.num_fewshot: 6 examples, but the 'dev' split has 5 rows per subject"),
+    ("gsm8k shots beyond its train rows", [(("benchmarks", "gsm8k", "rows", "train"), 20), (("benchmarks", "gsm8k", "eval", "num_fewshot"), 25),
+                                           (("runs", "rl", "states", "max_rows"), 16)], "benchmarks.gsm8k.eval.num_fewshot: 25 examples"),
+    ("shots on a benchmark without a few-shot split", [(("benchmarks", "truthfulqa_mc2", "eval", "num_fewshot"), 3)],
+     "benchmarks.truthfulqa_mc2.eval.num_fewshot: truthfulqa_mc2 has no few-shot split"),
+    ("rows for a split that is not prepared", [(("benchmarks", "mmlu", "rows", "validation"), 5)], "benchmarks.mmlu.rows.validation"),
+    ("the teacher is the init", [(("runs", "opd", "signal", "teacher"), "base")], "runs.opd.signal.teacher: 'base' is also the run's init"),
+    ("sampled estimator of a forward KL", [(("runs", "opd", "signal", "estimator"), "sampled"), (("runs", "opd", "signal", "direction"), "forward")],
+     "runs.opd.signal.estimator: the sampled estimator estimates the reverse KL only"),
+    ("sampled estimator on dataset states",
+     [(("runs", "kd"), {"init": "base", "states": "dataset", "signal": {"type": "teacher_kl", "teacher": "sft_stress", "estimator": "sampled"}})],
+     "runs.kd.signal.estimator: the sampled estimator needs the policy's own samples"),
+    ("a filter that keeps no sample", [(("runs", "opd", "states", "filter"), {"reward": "gsm8k", "min": 1.5})], "runs.opd.states.filter.min: the gsm8k reward"),
+    ("a filter that keeps every sample", [(("runs", "opd", "states", "filter"), {"reward": "gsm8k", "min": 0.0})], "keeps every sample"),
+    ("a strict reward the toy base never earns", [(("base_model", "pretrain", "answer_line_frac"), 0.0)], "runs.rl.signal.answer_mode: 'strict' rewards only"),
+    ("claim role names no run", [(("claims",), {"roles": {"mild": "sft_mlid"}})], "claims.roles.mild: 'sft_mlid' names no run"),
+    ("opd role on an SFT run", [(("claims",), {"roles": {"opd": "sft_stress"}})], "claims.roles.opd: 'sft_stress' is not on-policy distillation"),
+    ("contradictory forgetting thresholds", [(("claims",), {"thresholds": {"little_forgetting": 0.05, "substantial_loss": 0.02}})],
+     "claims.thresholds.substantial_loss: 0.02 is below little_forgetting"),
+    ("run named like a data rule", [(("runs", "data_mmlu"), {"init": "base", "states": "dataset", "signal": "nll"})],
+     "runs.data_mmlu: 'data_mmlu' is the name of the rule that prepares benchmark mmlu"),
+    ("cuda evaluation without a GPU", [(("evaluation", "device"), "cuda")], "evaluation.device: cuda, but resources.evaluate.gpu is 0"),
 ]
 
 
@@ -226,3 +277,109 @@ def test_bare_names_are_short_for_states_and_signal():
     cfg["runs"]["opd"]["signal"] = "teacher_kl"  # a bare teacher_kl lacks its teacher: named
     with pytest.raises(ConfigError, match=r"runs\.opd\.signal\.teacher: 'teacher' is a required property"):
         cfglib.validate(cfg)
+
+
+# -- config files: the one strict reader (statepost/configfile.py) -------------------------------------------
+TOY_TEXT = (ROOT / "config" / "toy.yaml").read_text()
+
+
+def _toy_text(old, new):
+    assert old in TOY_TEXT, old
+    return TOY_TEXT.replace(old, new, 1).encode()
+
+
+def _line_of(text: str) -> int:
+    return TOY_TEXT.splitlines().index(text) + 1
+
+
+# (case id, file bytes, text the error must contain after "{file}:")
+BAD_FILES = [
+    ("unclosed flow list", _toy_text("seeds: [0]", "seeds: [0"), "7:11: not valid YAML: expected ',' or ']'"),
+    ("tab indentation", _toy_text("  seed: 0\n", "\tseed: 0\n"), f"{_line_of('  seed: 0')}:1: not valid YAML: found character '\\t'"),
+    ("duplicate top-level key", _toy_text("seeds: [0]\n", "seeds: [0]\nseeds: [1]\n"), "6:1: config key seeds: duplicate key (first at line 5)"),
+    ("duplicate nested key", _toy_text("  num_layers: 2\n", "  num_layers: 2\n  num_layers: 4\n"),
+     f"{_line_of('  num_layers: 2') + 1}:3: config key base_model.num_layers: duplicate key"),
+    ("duplicate key in a flow mapping", _toy_text("signal: {type: nll}", "signal: {type: nll, type: teacher_kl}"),
+     "config key runs.sft_mild.signal.type: duplicate key"),
+    ("not UTF-8", TOY_TEXT.encode().replace(b"experiment: toy", b"experiment: caf\xe9", 1), "4:16: not UTF-8 (byte 0xe9)"),
+    ("two documents", TOY_TEXT.encode() + b"---\nseeds: [1]\n", "not valid YAML: but found another document"),
+    ("a python tag", _toy_text("seeds: [0]", "seeds: !!python/tuple [0]"), "5:8: not valid YAML: could not determine a constructor"),
+    ("a list at the top level", b"- experiment: toy\n", "1:1: expected a mapping of config keys at the top level"),
+    ("an empty file", b"", "1:1: expected a mapping"),
+]
+
+
+@pytest.mark.parametrize("text,expect", [(t, x) for _, t, x in BAD_FILES], ids=[i for i, _, _ in BAD_FILES])
+def test_malformed_config_file_names_file_line_and_column(tmp_path, text, expect):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text)
+    with pytest.raises(ConfigError) as err:
+        cfglib.load(path)
+    assert str(err.value).startswith(f"{path}:") and expect in str(err.value), str(err.value)
+
+
+def test_strict_reader_reads_what_yaml_reads():
+    for name in ("toy.yaml", "config.yaml"):
+        path = ROOT / "config" / name
+        assert cfglib.read_config_file(path) == yaml.safe_load(path.read_text())
+
+
+def test_config_check_command(tmp_path):
+    """python -m statepost.config checks config files without Snakemake, merged in order as --configfile merges."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(BAD_FILES[0][1])
+    out = subprocess.run([sys.executable, "-m", "statepost.config", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and f"{bad}:7:11: not valid YAML" in out.stderr
+    more = tmp_path / "more.yaml"
+    more.write_text("runs: {rl: {optim: {lr: .nan}}}\n")  # merged over the toy config: one key changed
+    out = subprocess.run([sys.executable, "-m", "statepost.config", "config/toy.yaml", str(more)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "runs.rl.optim.lr: nan is not a finite number" in out.stderr, out.stderr
+    ok = subprocess.run([sys.executable, "-m", "statepost.config", "config/toy.yaml"], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+
+
+def _no_job(out):
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "Job stats" not in text and "Building DAG" not in text, text[-3000:]
+    return text
+
+
+def test_snakemake_names_file_line_column_of_the_default_config(tmp_path):
+    """config/config.yaml (no --configfile) is read by the strict reader before Snakemake's own."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(
+        (ROOT / "config" / "config.yaml").read_text().replace("seeds: [0]", "seeds: [0]\nseeds: [1]", 1))
+    text = _no_job(_snakemake("-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path)))
+    assert "config/config.yaml:7:1: config key seeds: duplicate key (first at line 6)" in text
+    assert not (tmp_path / "results").exists()
+
+
+def test_snakemake_names_a_duplicate_key_of_a_configfile(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_bytes(BAD_FILES[3][1])
+    text = _no_job(_snakemake("-n", "--configfile", str(path)))
+    assert f"{path}:{_line_of('  num_layers: 2') + 1}:3: config key base_model.num_layers: duplicate key" in text
+
+
+def test_a_configfile_with_a_syntax_error_stops_before_any_job(tmp_path):
+    """Snakemake parses a --configfile before the workflow's code runs and reports a syntax error without file or
+    line (a limitation of Snakemake); it still stops before any job, and `python -m statepost.config` names the place."""
+    path = tmp_path / "syntax.yaml"
+    path.write_bytes(BAD_FILES[0][1])
+    text = _no_job(_snakemake("-n", "--configfile", str(path)))
+    assert "not valid JSON or YAML" in text
+
+
+def test_min_prompt_tokens_is_a_lower_bound():
+    """Every learner prompt is at least MIN_PROMPT_TOKENS tokens under Qwen's pre-tokenizer (the toy copies it):
+    BPE merges never cross its pre-token boundaries."""
+    from tokenizers import Regex, pre_tokenizers
+
+    from statepost.checks import MIN_PROMPT_TOKENS
+    from statepost.gsm8k import format_prompt
+    from statepost.models import QWEN_SPLIT
+
+    split = pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False)
+    counts = {q: len(split.pre_tokenize_str(format_prompt(q))) for q in ("x", "?", "7", "What is 2+2?", "A  b\nc", " ")}
+    assert min(counts.values()) == MIN_PROMPT_TOKENS, counts  # "?" joins the newline: Question, :, " ?\n", Answer, :

@@ -11,7 +11,7 @@ import pytest
 
 from _train_toy import build_model, build_tokenizer
 from statepost import evaluate as ev
-from statepost.io import atomic_dir, atomic_file, prepare_output, recover_dir, write_json
+from statepost.io import DataError, atomic_dir, atomic_file, prepare_output, recover_dir, write_json
 from statepost.models import _hash_dir
 
 
@@ -201,3 +201,132 @@ def test_evaluate_cleans_a_killed_jobs_leftovers_before_lm_eval(model_dir, tmp_p
     assert seen["left"] and not [f for f in seen["left"] if "stale" in f or f.endswith(".tmp")]
     assert ".gsm8k.json.work0/tasks/statepost_gsm8k.yaml" in seen["left"]  # its own task folder, beside the output
     assert list(scores.iterdir()) == []  # removed afterwards
+
+
+# -- corrupted data files: every consumer checks what it reads, naming the file (and line) -------------------------
+def _toy_data(root):
+    """results/data/gsm8k as the data rule writes it: train.jsonl, test.jsonl and manifest.json with their sha256."""
+    from statepost.data import write_toy
+
+    out = root / "data" / "gsm8k"
+    write_toy("gsm8k", {"seed": 1, "splits": ["train", "test"], "rows": {"train": 20, "test": 5}}, out)
+    return out
+
+
+def _edit_line(path, lineno, edit):
+    lines = path.read_bytes().split(b"\n")
+    lines[lineno - 1] = edit(lines[lineno - 1])
+    path.write_bytes(b"\n".join(lines))
+
+
+def _drop_manifest(path):
+    (path.parent / "manifest.json").unlink()
+
+
+def _manifest_without_split(path):
+    m = json.loads((path.parent / "manifest.json").read_text())
+    del m["outputs"][path.stem]
+    (path.parent / "manifest.json").write_text(json.dumps(m))
+
+
+def _truncate_last_line(path):
+    data = path.read_bytes().rstrip(b"\n")
+    path.write_bytes(data[: len(data) - 25])
+
+
+# (case id, corruption of the split file, regex the error must match after the file's path)
+DATA_CORRUPTIONS = {
+    "bad UTF-8 byte (no manifest)": (lambda p: (_drop_manifest(p), _edit_line(p, 3, lambda b: b.replace(b"a", b"\xff", 1))),
+                                     r":3: not UTF-8 \(byte 0xff at column \d+\)"),
+    "truncated JSONL (no manifest)": (lambda p: (_drop_manifest(p), _truncate_last_line(p)), r":\d+: json: not valid JSON"),
+    "a row changed after the data rule": (lambda p: _edit_line(p, 2, lambda b: b.replace(b"?", b"??", 1)),
+                                          r": sha256 [0-9a-f]{64} does not match [0-9a-f]{64} recorded in .*manifest\.json"),
+    "truncated JSONL (with manifest)": (_truncate_last_line, r": sha256 [0-9a-f]{64} does not match"),
+    "the manifest lacks the split": (_manifest_without_split, r": .*manifest\.json records no sha256 for split"),
+    "answer without its #### line (no manifest)": (lambda p: (_drop_manifest(p), _edit_line(p, 4, lambda b: b.replace(b"####", b"=>"))),
+                                                   r":4: answer: last line must be '#### <number>'"),
+    "a row that is a list (no manifest)": (lambda p: (_drop_manifest(p), _edit_line(p, 1, lambda b: b"[1, 2]")),
+                                           r":1: row: expected a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATA_CORRUPTIONS))
+def test_training_refuses_corrupt_data_before_loading_a_model(tmp_path, case):
+    """scripts/train.py's loop reads the data first: the init folder does not even exist, so an error about the data
+    (and not about the model) shows the file was checked before any model was loaded."""
+    import re
+
+    from statepost.io import DataError
+    from statepost.train.loop import train
+
+    corrupt, pattern = DATA_CORRUPTIONS[case]
+    path = _toy_data(tmp_path) / "train.jsonl"
+    corrupt(path)
+    run = {"init": "base", "states": "dataset", "signal": "nll", "optim": {"max_steps": 1, "batch_size": 2},
+           "name": "sft", "seed": 0}
+    with pytest.raises(DataError) as err:
+        train(run, init_dir=tmp_path / "no-model-here", out_dir=tmp_path / "out", data_dir=tmp_path / "data",
+              progress=False)
+    assert re.match(re.escape(str(path)) + pattern, str(err.value)), str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_refuses_data_changed_after_the_data_rule(model_dir, tmp_path, no_lm_eval):
+    path = _toy_data(tmp_path) / "test.jsonl"
+    _edit_line(path, 1, lambda b: b.replace(b"?", b"!", 1))
+    with pytest.raises(DataError, match=rf"{path}: sha256 [0-9a-f]{{64}} does not match"):
+        _evaluate(model_dir, tmp_path / "scores" / "gsm8k.json", tmp_path / "data")
+
+
+def test_evaluate_names_a_byte_that_is_not_utf8(model_dir, tmp_path, no_lm_eval):
+    path = _toy_data(tmp_path) / "test.jsonl"
+    _drop_manifest(path)
+    _edit_line(path, 2, lambda b: b.replace(b"a", b"\xc3(", 1))
+    with pytest.raises(DataError, match=rf"{path}:2: not UTF-8 \(byte 0xc3"):
+        _evaluate(model_dir, tmp_path / "scores" / "gsm8k.json", tmp_path / "data")
+
+
+def _flipped_copy(model_dir, dest):
+    """A copy of the model folder with one bit changed in its weights: same size, only the sha256 can tell."""
+    dest.mkdir()
+    for f in model_dir.iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+    weights = dest / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01
+    weights.write_bytes(bytes(data))
+    return weights
+
+
+def test_evaluate_refuses_a_flipped_weight_byte(model_dir, tmp_path, no_lm_eval):
+    weights = _flipped_copy(model_dir, tmp_path / "model")
+    with pytest.raises(ValueError, match=rf"{weights}: sha256 .* does not match"):
+        _evaluate(weights.parent, tmp_path / "scores" / "gsm8k.json")
+
+
+def test_training_refuses_an_init_model_with_a_flipped_weight_byte(model_dir, tmp_path):
+    from statepost.train.loop import train
+
+    weights = _flipped_copy(model_dir, tmp_path / "model")
+    _toy_data(tmp_path)
+    run = {"init": "base", "states": "dataset", "signal": "nll", "optim": {"max_steps": 1, "batch_size": 2},
+           "name": "sft", "seed": 0}
+    with pytest.raises(ValueError, match=rf"{weights}: sha256 .* does not match"):
+        train(run, init_dir=weights.parent, out_dir=tmp_path / "out", data_dir=tmp_path / "data", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_keeps_every_attempts_log(tmp_path):
+    """Snakemake deletes a job's log when the job starts again; each attempt also goes to {log}.attempts, which a
+    rerun (a retry, the next Snakemake after a kill) never wipes."""
+    from conftest import copy_repo, snakemake
+
+    work = copy_repo(tmp_path / "repo")
+    for _ in range(2):
+        snakemake(work, "--configfile", "config/toy.yaml", "--forcerun", "data_truthfulqa_mc2", "--",
+                  "results/data/truthfulqa_mc2/manifest.json")
+    log = work / "results" / "logs" / "data" / "truthfulqa_mc2.log"
+    attempts = (log.parent / "truthfulqa_mc2.log.attempts").read_text()
+    assert attempts.count("===== attempt started ") == 2, attempts
+    assert attempts.count("truthfulqa_mc2/validation: 60 rows") == 2, attempts  # each attempt's own output
+    assert log.read_text().count("attempt started") == 1 and "validation: 60 rows" in log.read_text()

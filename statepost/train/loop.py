@@ -52,7 +52,7 @@ from statepost.models import (
 
 from .checkpoint import Checkpointer
 from .distributed import broadcast, make_accelerator, mean_dicts, mean_over_processes, sum_over_processes
-from .registry import SIGNALS, data_path, make_signal, make_state_source
+from .registry import SIGNALS, data_path, make_signal, make_state_source, read_rows
 from .signals import Signal, check_same_tokenizer
 from .state_nll import StateNLL
 from .batch import StateSource, padding_waste
@@ -150,6 +150,10 @@ def train(
         _info(accelerator, "signal %s uses no teacher: %s not loaded", signal_type, teacher_dir)
         teacher_dir = None
 
+    # the data first: its file checked against the data rule's manifest and every row validated, so a
+    # changed or corrupt file stops the run (naming path and line) before any model is loaded
+    rows = read_rows(cfg, data_dir)
+
     # the policy, dropout off (as TRL's trainers: the loss must see the function that is sampled and
     # scored), and the extra models its signal declares (eval, no grad, the policy's device)
     tokenizer = load_tokenizer(init_dir)
@@ -165,7 +169,7 @@ def train(
     models = {name: load_frozen(*frozen[name], accelerator.device) for name in needed}
 
     # the (state source, signal) pair
-    source = make_state_source(cfg, tokenizer, data_dir, accelerator)
+    source = make_state_source(cfg, tokenizer, data_dir, accelerator, rows=rows)
     if "teacher" in models:  # distillation compares distributions token id by token id
         try:
             check_same_tokenizer(tokenizer, load_tokenizer(teacher_dir), init_dir, teacher_dir)

@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 from statepost import gsm8k
 from statepost.config import check_on_policy
-from statepost.io import ConfigError, DataError, read_jsonl
+from statepost.data import load_split
+from statepost.io import ConfigError
 
 from .signals import NLLSignal, RewardSignal, TeacherKL
 from .states import DatasetStates, LearnerStates
@@ -133,25 +134,20 @@ def data_path(cfg: dict, data_dir: str | Path) -> Path:
     return Path(data_dir) / cfg["states"]["data"] / f"{cfg['states']['split']}.jsonl"
 
 
-def load_rows(path: str | Path) -> list[dict]:
-    """Rows of a gsm8k-style JSONL file; every row needs string ``question`` and ``answer``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: data file not found (run the data rule first)")
-    rows = list(read_jsonl(path))
-    for i, row in enumerate(rows, 1):
-        for key in ("question", "answer"):
-            if not isinstance(row.get(key), str) or not row[key].strip():
-                raise DataError(f"{path}: row {i}: field {key!r} must be a non-empty string")
-    if not rows:
-        raise DataError(f"{path}: no rows")
-    return rows
+def read_rows(cfg: dict, data_dir: str | Path) -> list[dict]:
+    """The rows of the run's ``{data_dir}/{data}/{split}.jsonl``, checked against the sha256 in the data rule's
+    manifest and every row validated (:func:`statepost.data.load_split`; errors name path and line)."""
+    data_name, split = cfg["states"]["data"], cfg["states"]["split"]
+    if data_name != "gsm8k":
+        raise ConfigError(f"config key states.data: states need rows with a text question and answer (gsm8k); got {data_name!r}")
+    return load_split(Path(data_dir) / data_name, data_name, split)
 
 
-def make_state_source(cfg: dict, tokenizer, data_dir: str | Path, accelerator=None):
-    """The run's state source over ``{data_dir}/{data}/{split}.jsonl`` (its first ``states.max_rows`` rows when set)."""
+def make_state_source(cfg: dict, tokenizer, data_dir: str | Path, accelerator=None, rows: list[dict] | None = None):
+    """The run's state source over ``{data_dir}/{data}/{split}.jsonl`` (its first ``states.max_rows`` rows when set);
+    ``rows``: that file's rows as :func:`read_rows` returned them, or None to read them here."""
     path = data_path(cfg, data_dir)
-    rows = load_rows(path)
+    rows = read_rows(cfg, data_dir) if rows is None else rows
     max_rows = cfg["states"]["max_rows"]
     if max_rows is not None:
         if len(rows) < max_rows:

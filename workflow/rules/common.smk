@@ -8,6 +8,24 @@ from statepost import benchmarks as bench_facts
 from statepost import config as cfglib
 from statepost.io import ConfigError
 
+# Every config file (config/config.yaml, or each --configfile) is first read by the one strict
+# reader: a duplicate key, a non-UTF-8 byte or a YAML error is named with file:line:column before
+# any job. Snakemake's own reader keeps the last of two equal keys silently and reports a syntax
+# error without file or line; it reads a --configfile before the workflow starts, so there a syntax
+# error stops Snakemake first (`python -m statepost.config FILE` names its place; config/README.md).
+DEFAULT_CONFIGFILE = "config/config.yaml"
+try:
+    cfglib.read_config_files(workflow.overwrite_configfiles or [DEFAULT_CONFIGFILE])
+except ConfigError as e:
+    raise WorkflowError(str(e)) from None
+
+# A --configfile replaces the paper config instead of merging over it, so a toy run never
+# inherits a paper-only key; --config KEY=VALUE still overrides either.
+if not workflow.overwrite_configfiles:
+
+    configfile: DEFAULT_CONFIGFILE
+
+
 try:
     cfglib.validate(config)
 except ConfigError as e:
@@ -52,6 +70,17 @@ def resources_for(group, run=None):
     if res.get("gpu_model"):
         out["gpu_model"] = res["gpu_model"]
     return out, res["cpus"]
+
+
+# Snakemake deletes a job's log when the job starts (a retry, or the next Snakemake after a kill reruns
+# it), so every attempt also goes, under a dated header, to {log}.attempts, which Snakemake never
+# touches: the log holds the latest attempt, {log}.attempts all of them (README, "After a kill").
+# (The header starts on a new line: a killed attempt may end in the middle of one.)
+LOG_START = (
+    "printf '\\n===== attempt started %s on %s =====\\n' \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" "
+    '"$(hostname)" | tee -a {log}.attempts > {log}; '
+)
+TO_LOG = " 2>&1 | tee -a {log}.attempts >> {log}"
 
 
 def json_arg(obj):

@@ -20,5 +20,9 @@ for _bench in BENCHMARKS:
             bench=json_arg(data_settings(_bench)),
             name=_bench,
         shell:
-            "python scripts/prepare_data.py --benchmark {params.name} --config-json {params.bench:q} "
-            "--out results/data/{params.name} > {log} 2>&1"
+            LOG_START
+            + (
+                "python scripts/prepare_data.py --benchmark {params.name} --config-json {params.bench:q} "
+                "--out results/data/{params.name}"
+            )
+            + TO_LOG

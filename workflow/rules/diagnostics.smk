@@ -22,7 +22,11 @@ rule diagnose:
         settings=json_arg(diagnostics_settings()),
         benchmarks=json_arg(BENCHMARKS),
     shell:
-        "python -m statepost.gpus --gpus {resources.gpu} -- python scripts/diagnose.py "
-        "--model-dir {input.model} --base-dir {input.base} --model-name {wildcards.model} "
-        "--data-dir results/data --benchmarks-json {params.benchmarks:q} "
-        "--settings-json {params.settings:q} --out {output} > {log} 2>&1"
+        LOG_START
+        + (
+            "python -m statepost.gpus --gpus {resources.gpu} -- python scripts/diagnose.py "
+            "--model-dir {input.model} --base-dir {input.base} --model-name {wildcards.model} "
+            "--data-dir results/data --benchmarks-json {params.benchmarks:q} "
+            "--settings-json {params.settings:q} --out {output}"
+        )
+        + TO_LOG

@@ -22,7 +22,11 @@ rule evaluate:
         device=config["evaluation"]["device"],
         dtype=config["evaluation"]["dtype"],
     shell:
-        "python -m statepost.gpus --gpus {resources.gpu} --launch -- scripts/evaluate.py "
-        "--model-dir {input.model} --model-name {wildcards.model} --benchmark {wildcards.benchmark} "
-        "--data-dir results/data --eval-json {params.eval:q} --batch-size {resources.eval_batch_size} "
-        "--device {params.device} --dtype {params.dtype} --out {output.scores} > {log} 2>&1"
+        LOG_START
+        + (
+            "python -m statepost.gpus --gpus {resources.gpu} --launch -- scripts/evaluate.py "
+            "--model-dir {input.model} --model-name {wildcards.model} --benchmark {wildcards.benchmark} "
+            "--data-dir results/data --eval-json {params.eval:q} --batch-size {resources.eval_batch_size} "
+            "--device {params.device} --dtype {params.dtype} --out {output.scores}"
+        )
+        + TO_LOG

@@ -18,5 +18,9 @@ rule base_model:
         base=json_arg(config["base_model"]),
         benchmarks=json_arg(base_model_benchmarks()),
     shell:
-        "python scripts/base_model.py --config-json {params.base:q} --benchmarks-json {params.benchmarks:q} "
-        "--data-dir results/data --out {output} > {log} 2>&1"
+        LOG_START
+        + (
+            "python scripts/base_model.py --config-json {params.base:q} --benchmarks-json {params.benchmarks:q} "
+            "--data-dir results/data --out {output}"
+        )
+        + TO_LOG

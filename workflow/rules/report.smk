@@ -63,8 +63,12 @@ rule report:
         thresholds=json_arg(config["claims"]["thresholds"]),
         benchmarks=json_arg(BENCHMARKS),
     shell:
-        "python scripts/report.py --scores-dir results/scores --metrics-dir results/models "
-        "--models-json {params.models:q} --roles-json {params.roles:q} "
-        "--thresholds-json {params.thresholds:q} --benchmarks-json {params.benchmarks:q} "
-        "--claims {input.claims:q} --diagnostics-dir results/diagnostics "
-        "--tables-dir results/tables --figures-dir results/figures > {log} 2>&1"
+        LOG_START
+        + (
+            "python scripts/report.py --scores-dir results/scores --metrics-dir results/models "
+            "--models-json {params.models:q} --roles-json {params.roles:q} "
+            "--thresholds-json {params.thresholds:q} --benchmarks-json {params.benchmarks:q} "
+            "--claims {input.claims:q} --diagnostics-dir results/diagnostics "
+            "--tables-dir results/tables --figures-dir results/figures"
+        )
+        + TO_LOG

@@ -30,9 +30,13 @@ for _run in RUNS:
             state_dir=lambda wc, r=_run: f"results/.state/{r}/seed{wc.seed}",
             teacher=teacher_arg,
         shell:
-            "python -m statepost.gpus --gpus {resources.gpu} --launch -- scripts/train.py "
-            "--run-json {params.run_json:q} --init {input.init} {params.teacher} "
-            "--checkpoint-every {resources.checkpoint_every} --checkpoint-keep {resources.checkpoint_keep} "
-            "--log-every {resources.log_every} --state-nll-every {resources.state_nll_every} "
-            "--data-dir results/data --out {output} "
-            "--state-dir {params.state_dir} > {log} 2>&1"
+            LOG_START
+            + (
+                "python -m statepost.gpus --gpus {resources.gpu} --launch -- scripts/train.py "
+                "--run-json {params.run_json:q} --init {input.init} {params.teacher} "
+                "--checkpoint-every {resources.checkpoint_every} --checkpoint-keep {resources.checkpoint_keep} "
+                "--log-every {resources.log_every} --state-nll-every {resources.state_nll_every} "
+                "--data-dir results/data --out {output} "
+                "--state-dir {params.state_dir}"
+            )
+            + TO_LOG

@@ -1,0 +1,201 @@
+"""Checks across keys that a JSON schema cannot express: settings that would make a job fail or a run meaningless.
+
+:func:`check_all` runs from :func:`statepost.config.check` when Snakemake builds the DAG, after the schema
+filled every default, so a mistake costs seconds instead of a failed (or, worse, a silently meaningless) job.
+Every error names the key path. What is checked, and why:
+
+* every number is finite (YAML reads ``.nan`` and ``.inf``, and ``.inf`` passes ``exclusiveMinimum``);
+  a learning rate is below 1 (AdamW moves each weight by about ``lr`` per step);
+* the toy model's shapes are ones a Qwen3 can build (heads divide the hidden size, KV heads divide the
+  heads, an even head size for the rotary embedding) and its positions hold every sequence it is given;
+* the data can fill what is asked of it, where the row counts are known when the DAG is built (toy
+  benchmarks, ``states.max_rows``): one optimiser step of ``batch_size * grad_accum * processes``
+  items, the few-shot examples of an evaluation;
+* a learner's completions fit ``optim.max_length`` beside a prompt of at least :data:`MIN_PROMPT_TOKENS`;
+* a run does not train on the split every model is scored on, reads rows with text answers, and is
+  not a fixed point of its signal (its own teacher) or a signal whose estimate is degenerate;
+* claim roles name runs that play that part, and the thresholds do not contradict each other;
+* evaluation on ``cuda`` gets a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import benchmarks as bench_facts
+from .io import ConfigError
+from .toyworld import toy_rows
+
+# A learner prompt is "Question: {question}\nAnswer:" (statepost.gsm8k.format_prompt). Both tokenizers the
+# workflow uses (Qwen3's and the toy's, which copies its pre-tokenizer) split text into pre-tokens by Qwen's
+# regex before any BPE merge, and merges never cross a pre-token boundary. That regex keeps "Question", ":",
+# the question (at least one pre-token, which may take the newline), "Answer" and ":" apart, so every prompt
+# is at least 5 tokens, whatever the question (tests/test_config.py checks this with the toy's pre-tokenizer).
+MIN_PROMPT_TOKENS = 5
+
+
+def fail(key: str, msg: str):
+    raise ConfigError(f"config key {key}: {msg}")
+
+
+def check_all(config: dict, explicit_roles=()) -> None:
+    """Every check below; ``explicit_roles``: the claim roles the config sets itself (not schema defaults)."""
+    finite_numbers(config, [])
+    toy_model(config)
+    benchmarks(config)
+    for run, cfg in config.get("runs", {}).items():
+        run_checks(config, run, cfg)
+    claims(config, set(explicit_roles))
+    if config["evaluation"]["device"] == "cuda" and config["resources"]["evaluate"]["gpu"] < 1:
+        fail("evaluation.device", "cuda, but resources.evaluate.gpu is 0: the evaluation jobs get no GPU "
+             "(give them one, or use device: cpu or auto)")  # fmt: skip
+
+
+def finite_numbers(node, keys: list[str]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            finite_numbers(v, [*keys, str(k)])
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            finite_numbers(v, [*keys, str(i)])
+    elif isinstance(node, float) and not math.isfinite(node):
+        fail(".".join(keys), f"{node} is not a finite number")
+
+
+def _lr(key: str, lr: float) -> None:
+    if lr >= 1:
+        fail(key, f"{lr} is not a learning rate AdamW can train with (each step moves every weight by about lr, "
+             "far more than the weights themselves); use a value below 1")  # fmt: skip
+
+
+def toy_model(config: dict) -> None:
+    base = config["base_model"]
+    if base["source"] != "toy":
+        return
+    hidden, heads, kv = base["hidden_size"], base["num_heads"], base["num_kv_heads"]
+    if hidden % heads:
+        fail("base_model.num_heads", f"{heads} heads do not divide hidden_size {hidden} (each head is hidden_size / num_heads wide)")
+    if kv > heads or heads % kv:
+        fail("base_model.num_kv_heads", f"{kv} key/value heads do not divide num_heads {heads} "
+             "(grouped-query attention shares each key/value head among num_heads / num_kv_heads query heads)")  # fmt: skip
+    if (hidden // heads) % 2:
+        fail("base_model.num_heads", f"head size hidden_size / num_heads = {hidden // heads} is odd; the rotary "
+             "position embedding rotates pairs of dimensions, so it must be even")  # fmt: skip
+    _lr("base_model.pretrain.lr", base["pretrain"]["lr"])
+    positions = base["max_position_embeddings"]
+    if base["pretrain"]["max_length"] > positions:
+        fail("base_model.pretrain.max_length", f"{base['pretrain']['max_length']} tokens, but the toy model has "
+             f"max_position_embeddings {positions}")  # fmt: skip
+    for run, cfg in config.get("runs", {}).items():
+        if cfg["optim"]["max_length"] > positions:
+            fail(f"runs.{run}.optim.max_length", f"{cfg['optim']['max_length']} tokens, but the toy base model has "
+                 f"base_model.max_position_embeddings {positions}")  # fmt: skip
+    gen = config["benchmarks"].get("gsm8k", {}).get("eval", {}).get("max_gen_toks")
+    if gen is not None and gen >= positions:
+        fail("benchmarks.gsm8k.eval.max_gen_toks", f"{gen} generated tokens leave no room for the prompt in the toy "
+             f"model's max_position_embeddings {positions} (lm-eval cuts the prompt to the rest)")  # fmt: skip
+
+
+def known_rows(config: dict, benchmark: str, split: str) -> int | None:
+    """Rows of a split when the DAG is built: a toy benchmark's configured or standard count (for mmlu, per
+    subject); None for hub data (known only once downloaded)."""
+    bench = config["benchmarks"][benchmark]
+    return toy_rows(benchmark, bench).get(split) if bench["source"] == "toy" else None
+
+
+def benchmarks(config: dict) -> None:
+    for name, bench in config["benchmarks"].items():
+        facts = bench_facts.get(name)
+        for split in bench.get("rows") or {}:
+            if split not in bench["splits"]:
+                fail(f"benchmarks.{name}.rows.{split}", f"'{split}' is not among the splits {bench['splits']}, "
+                     "so this count is never used")  # fmt: skip
+        shots = bench["eval"]["num_fewshot"]
+        if shots == 0:
+            continue
+        if not facts.fewshot_split:
+            fail(f"benchmarks.{name}.eval.num_fewshot", f"{name} has no few-shot split (lm-eval would draw the "
+                 f"{shots} examples from the rows it scores); use 0")  # fmt: skip
+        have = known_rows(config, name, facts.fewshot_split)
+        if have is not None and shots > have:
+            per = " per subject" if name == "mmlu" else ""
+            fail(f"benchmarks.{name}.eval.num_fewshot", f"{shots} examples, but the '{facts.fewshot_split}' split has "
+                 f"{have} rows{per} (benchmarks.{name}.rows.{facts.fewshot_split})")  # fmt: skip
+
+
+def processes(config: dict, run: str) -> int:
+    gpus = config["runs"][run].get("resources", {}).get("gpu", config["resources"]["train"]["gpu"])
+    return max(1, gpus)
+
+
+def run_checks(config: dict, run: str, cfg: dict) -> None:
+    where, states, signal, optim = f"runs.{run}", cfg["states"], cfg["signal"], cfg["optim"]
+    if run.startswith("data_") and run[len("data_"):] in bench_facts.NAMES:
+        fail(where, f"'{run}' is the name of the rule that prepares benchmark {run[len('data_'):]}; choose another run name")
+    _lr(f"{where}.optim.lr", optim["lr"])
+    data, split = states["data"], states["split"]
+    if data != "gsm8k":
+        fail(f"{where}.states.data", f"states are built from rows with a text question and a worked text answer "
+             f"(the gsm8k columns); {data} has none")  # fmt: skip
+    if split == bench_facts.get(data).eval_split:
+        fail(f"{where}.states.split", f"'{split}' is the split every model is scored on; training on it makes "
+             "the scores meaningless")  # fmt: skip
+    rows, max_rows = known_rows(config, data, split), states["max_rows"]
+    if rows is not None and max_rows is not None and max_rows > rows:
+        fail(f"{where}.states.max_rows", f"{max_rows}, but benchmarks.{data}.rows.{split} is {rows}")
+    usable = min(r for r in (rows, max_rows) if r is not None) if (rows, max_rows) != (None, None) else None
+    n_proc = processes(config, run)
+    step = optim["batch_size"] * optim["grad_accum"] * n_proc
+    if usable is not None and step > usable:
+        what = "prompts" if states["source"] == "learner" else "examples"
+        fail(f"{where}.optim.batch_size", f"one optimiser step takes batch_size {optim['batch_size']} x grad_accum "
+             f"{optim['grad_accum']} x {n_proc} process(es) = {step} {what}, but the run has {usable} "
+             f"({data}/{split}{', states.max_rows' if usable == max_rows else ''})")  # fmt: skip
+    if states["source"] == "learner":
+        room = optim["max_length"] - MIN_PROMPT_TOKENS
+        if states["max_new_tokens"] > room:
+            fail(f"{where}.states.max_new_tokens", f"{states['max_new_tokens']} new tokens and a prompt of at least "
+                 f"{MIN_PROMPT_TOKENS} tokens do not fit optim.max_length {optim['max_length']} (at most {room})")  # fmt: skip
+        flt = states["filter"]
+        if flt is not None and not 0 < flt["min"] <= 1:
+            fail(f"{where}.states.filter.min", f"the gsm8k reward of a sample is 0 or 1, so min {flt['min']} keeps "
+                 f"{'every' if flt['min'] <= 0 else 'no'} sample (use a value in (0, 1])")  # fmt: skip
+    if signal["type"] == "teacher_kl":
+        if signal["teacher"] == cfg["init"]:
+            fail(f"{where}.signal.teacher", f"'{signal['teacher']}' is also the run's init: the policy starts equal to "
+                 "its teacher, where the divergence and its gradient are 0, so the weights never move")  # fmt: skip
+        if signal["estimator"] == "sampled" and signal["direction"] != "reverse":
+            fail(f"{where}.signal.estimator", f"the sampled estimator estimates the reverse KL only; direction "
+                 f"'{signal['direction']}' needs estimator: full")  # fmt: skip
+        if signal["estimator"] == "sampled" and states["source"] != "learner":
+            fail(f"{where}.signal.estimator", "the sampled estimator needs the policy's own samples "
+                 "(states.source: learner); dataset states are not samples of the policy")  # fmt: skip
+    base = config["base_model"]
+    if (signal["type"] == "reward" and cfg["init"] == "base" and base["source"] == "toy"
+            and base["pretrain"]["answer_line_frac"] == 0 and signal["answer_mode"] in ("strict", "hash")
+            and signal["format_reward"] == 0):  # fmt: skip
+        fail(f"{where}.signal.answer_mode", f"'{signal['answer_mode']}' rewards only answers on a '#### N' line, "
+             "which the toy base never writes at base_model.pretrain.answer_line_frac 0: every reward is 0 and "
+             "nothing is learned")  # fmt: skip
+
+
+# The kind of run each claim role stands for: the claims are about these methods.
+ROLE_KINDS = {"opd": ("teacher_kl", "on-policy distillation"), "rl": ("reward", "on-policy RL")}
+
+
+def claims(config: dict, explicit: set) -> None:
+    runs, roles = config.get("runs", {}), config["claims"]["roles"]
+    for role, run in roles.items():
+        if run not in runs:
+            if role in explicit:
+                fail(f"claims.roles.{role}", f"'{run}' names no run (runs: {', '.join(runs) or 'none'})")
+            continue  # a default role whose run is absent: its claims read "not run"
+        kind = ROLE_KINDS.get(role)
+        cfg = runs[run]
+        if kind and (cfg["signal"]["type"] != kind[0] or cfg["states"]["source"] != "learner"):
+            fail(f"claims.roles.{role}", f"'{run}' is not {kind[1]} (learner states and a {kind[0]} signal), "
+                 f"which the claims about role {role} are about")  # fmt: skip
+    th = config["claims"]["thresholds"]
+    if th["substantial_loss"] < th["little_forgetting"]:
+        fail("claims.thresholds.substantial_loss", f"{th['substantial_loss']} is below little_forgetting "
+             f"{th['little_forgetting']}: a retention drop between them would be both little and substantial")  # fmt: skip

@@ -4,6 +4,9 @@
 ``base_model.source: hub`` snapshots ``repo`` at ``revision`` (safetensors, json and tokenizer
 files only; pickles and code are never fetched), refuses repos that need custom code, and
 records the resolved commit and every file's sha256 in run.json.
+``base_model.source: local`` copies a save_pretrained directory you already have (safetensors,
+json and tokenizer files only; pickle weights and custom code are refused) and records every
+file's sha256 in run.json, as for a hub download.
 ``base_model.source: toy`` trains a byte-level BPE tokenizer and pretrains a tiny Qwen3 on a
 corpus drawn from the toy benchmarks' world (never their evaluation rows), so it also needs
 the benchmarks section of the config.
@@ -11,6 +14,7 @@ the benchmarks section of the config.
 Examples:
   scripts/base_model.py --config config/toy.yaml --out results/models/base
   scripts/base_model.py --config-json '{"source": "hub", "repo": "Qwen/Qwen3-0.6B-Base", "revision": "main"}'
+  scripts/base_model.py --config-json '{"source": "local", "path": "/shared/models/Qwen3-0.6B-Base"}'
 """
 
 from __future__ import annotations
@@ -51,9 +55,9 @@ def load_cfgs(args) -> tuple[dict, dict]:
         full = yaml.safe_load(Path(args.config).read_text())
         base = full.get("base_model") or {}
         benches = args.benchmarks_json or full.get("benchmarks") or {}
-    if not isinstance(base, dict) or base.get("source") not in ("hub", "toy"):
+    if not isinstance(base, dict) or base.get("source") not in ("hub", "toy", "local"):
         got = base.get("source") if isinstance(base, dict) else base
-        sys.exit(f"error: base_model.source must be 'hub' or 'toy', got {got!r}")
+        sys.exit(f"error: base_model.source must be 'hub', 'toy' or 'local', got {got!r}")
     return base, benches
 
 
@@ -77,6 +81,16 @@ def main(argv=None) -> int:
             log.error("%s", e)
             return 1
         log.info("resolved commit %s; %d files", run["resolved_commit"], len(run["files"]))
+    elif base["source"] == "local":
+        from statepost.io import ConfigError
+        from statepost.local import copy_local_model
+
+        log.info("copying %s into %s", base.get("path"), args.out)
+        try:
+            run = copy_local_model(base["path"], args.out)
+        except (ConfigError, ValueError) as e:
+            log.error("%s", e)
+            return 1
     else:
         from statepost.toyworld import toy_corpus
         from statepost.models import make_toy_base, toy_settings

@@ -5,9 +5,10 @@ standard Hugging Face dataset (so lm-eval's builtin tasks read the files unchang
 ``manifest.json`` recording where the rows came from (repo, configured revision, the commit
 actually resolved, sha256 of every source file and of every output file).
 
-Two sources, chosen by ``bench_cfg["source"]``: ``hub`` fetches the parquet files of one dataset
+Three sources, chosen by ``bench_cfg["source"]``: ``hub`` fetches the parquet files of one dataset
 config at a revision (:mod:`statepost.hub`) and converts them to plain JSON types; ``toy`` writes
-the seeded rows of :mod:`statepost.toyworld`. Both are validated before anything is written.
+the seeded rows of :mod:`statepost.toyworld`; ``local`` reads the user's own JSONL or parquet files
+(:mod:`statepost.local`). All are validated before anything is written.
 
 Format rules beyond column types, enforced by the validators because lm-eval relies on them:
 gsm8k answers end with a ``#### <number>`` line (strict-match reads it); mmlu rows have exactly
@@ -335,6 +336,49 @@ def write_toy(benchmark: str, cfg: Mapping, out_dir) -> dict:
     return manifest
 
 
+def read_local_split(benchmark: str, split: str, files: list[Path]) -> list[dict]:
+    """The rows of one split of a local benchmark (JSONL or parquet), in the standard columns, each validated
+    (errors name ``file:line`` or ``file:row`` and the field)."""
+    rows: list[dict] = []
+    for f in files:
+        if f.suffix == ".jsonl":
+            part = [(i, convert_row(benchmark, r) if isinstance(r, dict) else r) for i, r in iter_jsonl(f)]
+        else:
+            part = list(enumerate((convert_row(benchmark, r) for r in pd.read_parquet(f).to_dict(orient="records")), 1))
+        for i, row in part:
+            validate_row(benchmark, row, f"{f}:{i}")
+        rows += [row for _, row in part]
+    validate_rows(benchmark, split, rows, files[0] if files else f"<{split}>")
+    return rows
+
+
+def write_local(benchmark: str, cfg: Mapping, out_dir) -> dict:
+    """Read, validate and write a local benchmark's splits (``source: local``); return the manifest, whose
+    ``files`` holds the sha256 of every source file (relative to ``path``)."""
+    from .local import split_files
+
+    root = Path(cfg["path"])
+    out_dir, outputs, files, converted = Path(out_dir), {}, {}, {}
+    for split in cfg["splits"]:
+        found = split_files(root, split)
+        if not found:
+            raise DataError(f"{root}:0: {split}: no {split}.jsonl, {split}.parquet or {split}-*.parquet "
+                            f"(benchmarks.{benchmark}.path)")
+        converted[split] = read_local_split(benchmark, split, found)
+        files.update({f.relative_to(root).as_posix(): sha256_file(f) for f in found})
+    for split, rows in converted.items():
+        target = out_dir / f"{split}.jsonl"
+        write_jsonl(target, rows)
+        outputs[split] = {"rows": len(rows), "sha256": sha256_file(target)}
+    manifest = {
+        "benchmark": benchmark, "source": "local", "repo": None, "config_name": None, "revision": None,
+        "resolved_commit": None, "path": str(root.resolve()), "files": files, "outputs": outputs, "seed": None,
+        "created": utc_now(),
+    }
+    write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
 def prepare(benchmark: str, bench_cfg: Mapping, out_dir, cache_dir=None, expected=None, endpoint=None) -> dict:
     """Write ``out_dir/{split}.jsonl`` + ``manifest.json`` for one benchmark from its config entry."""
     if benchmark not in BENCHMARKS:
@@ -345,7 +389,9 @@ def prepare(benchmark: str, bench_cfg: Mapping, out_dir, cache_dir=None, expecte
     if source == "hub":
         return fetch_hub_dataset(benchmark, bench_cfg, out_dir, cache_dir=cache_dir, expected=expected,
                                  endpoint=endpoint)
-    raise DataError(f"benchmarks.{benchmark}.source: expected 'hub' or 'toy', got {source!r}")
+    if source == "local":
+        return write_local(benchmark, bench_cfg, out_dir)
+    raise DataError(f"benchmarks.{benchmark}.source: expected 'hub', 'toy' or 'local', got {source!r}")
 
 
 def verify_file(path) -> None:
@@ -386,5 +432,5 @@ def load_split(data_dir, benchmark: str, split: str) -> list[dict]:
 
 __all__ = [
     "BENCHMARKS", "convert_row", "fetch_hub_dataset", "load_split", "prepare", "validate_file", "validate_row",
-    "validate_rows", "verify_file", "write_toy",
+    "validate_rows", "verify_file", "write_local", "write_toy",
 ]

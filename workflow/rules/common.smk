@@ -6,6 +6,7 @@ sys.path.insert(0, workflow.basedir)
 
 from statepost import benchmarks as bench_facts
 from statepost import config as cfglib
+from statepost import local
 from statepost.io import ConfigError
 
 # Every config file (config/config.yaml, or each --configfile) is first read by the one strict
@@ -28,6 +29,7 @@ if not workflow.overwrite_configfiles:
 
 try:
     cfglib.validate(config)
+    local.check_paths(config)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
@@ -90,8 +92,21 @@ def json_arg(obj):
 # Each rule's params are exactly the settings that change its outputs, so that Snakemake reruns
 # what an edit affects and nothing else (config/README.md lists the settings that change nothing).
 def data_settings(benchmark):
-    """What defines a benchmark's rows: its entry without the scoring settings."""
-    return {k: v for k, v in config["benchmarks"][benchmark].items() if k != "eval"}
+    """What defines a benchmark's rows: its entry without the scoring settings; for a local source, also
+    the sha256 of its files (editing a file reruns, a touch does not)."""
+    bench = config["benchmarks"][benchmark]
+    out = {k: v for k, v in bench.items() if k != "eval"}
+    if bench["source"] == "local":
+        out["sha256"] = local.benchmark_fingerprint(bench["path"], bench["splits"])
+    return out
+
+
+def base_settings():
+    """The base model's entry; a local directory's files' sha256 with it (editing a file reruns, a touch does not)."""
+    base = config["base_model"]
+    if base["source"] == "local":
+        return {**base, "sha256": local.model_fingerprint(base["path"])}
+    return base
 
 
 def eval_settings(benchmark):

@@ -1,4 +1,5 @@
-# The base model: downloaded from the hub (safetensors only) or built and pretrained as the toy.
+# The base model: downloaded from the hub (safetensors only), copied from a local directory, or built
+# and pretrained as the toy.
 BASE_RES, BASE_CPUS = resources_for("base_model")
 
 
@@ -15,7 +16,7 @@ rule base_model:
     resources:
         **BASE_RES,
     params:
-        base=json_arg(config["base_model"]),
+        base=lambda wc: json_arg(base_settings()),
         benchmarks=json_arg(base_model_benchmarks()),
     shell:
         LOG_START

@@ -64,6 +64,9 @@ def load_cfgs(args) -> tuple[dict, dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from statepost.io import setup_logging
+    from statepost.progress import bars_only_on_a_terminal
+
+    bars_only_on_a_terminal()  # a job's log gets log lines, not tqdm's carriage returns
 
     setup_logging(args.log)
     log = logging.getLogger("base_model")

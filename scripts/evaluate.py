@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Score one model on one benchmark with lm-evaluation-harness (hf backend) on the local data files.
+"""Score one model on one benchmark with lm-evaluation-harness (hf or vllm backend) on the local data files.
 
 Writes the score record to --out (results/scores/{model}/{benchmark}.json) and the per-sample log
 beside it ({benchmark}.samples.jsonl). Prints the fixed per-job overheads (imports, task build and data
@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="score file, results/scores/{model}/{benchmark}.json")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:0, ...")
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, ...")
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                   help="lm-eval's model type: hf (transformers) or vllm (GPU only; needs the vllm package)")
     p.add_argument("--model-name", default=None,
                    help="name recorded in the score file (default: the path under results/scores/)")
     p.add_argument("--workdir", type=Path, default=None,
@@ -58,13 +60,21 @@ def main(argv=None) -> int:
         args.eval_json["batch_size"] = args.batch_size
     t = time.perf_counter()
     from statepost.io import setup_logging
+    from statepost.progress import bars_only_on_a_terminal
+
+    bars_only_on_a_terminal()  # a job's log gets lm-eval's results, not its bars' carriage returns
 
     setup_logging(level=logging.INFO if args.verbose else logging.WARNING)
     from statepost.evaluate import evaluate
+    from statepost.io import ConfigError, DataError
 
     t_pkg = time.perf_counter() - t
-    rec = evaluate(args.model_dir, args.benchmark, args.data_dir, args.eval_json, args.out, device=args.device,
-                   dtype=args.dtype, model_name=args.model_name, workdir=args.workdir)
+    try:
+        rec = evaluate(args.model_dir, args.benchmark, args.data_dir, args.eval_json, args.out, device=args.device,
+                       dtype=args.dtype, model_name=args.model_name, workdir=args.workdir, backend=args.backend)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not rec:  # non-zero rank of a multi-process run; rank 0 reports and writes
         return 0
     tm = rec["timing_s"]

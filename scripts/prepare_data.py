@@ -60,6 +60,9 @@ def load_bench_cfg(args) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from statepost.io import setup_logging
+    from statepost.progress import bars_only_on_a_terminal
+
+    bars_only_on_a_terminal()  # a job's log gets log lines, not the download bars' carriage returns
 
     setup_logging(args.log)
     log = logging.getLogger("prepare_data")

@@ -35,7 +35,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, help="steps between resumable states (wins over checkpoint.every)")
     p.add_argument("--checkpoint-keep", type=int, help="resumable states kept (wins over checkpoint.keep)")
     p.add_argument("--log-every", type=int, help="steps between log lines (wins over log_every)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar; log a line per log_every steps")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no tqdm bar; log a line per log_every steps (the default when stderr is not a terminal)")
+    p.add_argument("--tracking", default="none",
+                   help="none, or trackers to send every metrics line to: tensorboard, wandb, or both comma-separated")
+    p.add_argument("--tracking-dir", type=Path, default=None,
+                   help="where the trackers write (default: results/tracking/RUN/seedSEED)")
     p.add_argument(
         "--state-nll-every", type=int, default=0,
         help="log state_nll, the init model's NLL of the step's states, every N steps (0, the default: never)",
@@ -47,6 +52,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import logging
 
+    from statepost.progress import bars_only_on_a_terminal
+
+    on_a_terminal = bars_only_on_a_terminal()  # before tqdm and transformers are imported
     from statepost.io import setup_logging
 
     setup_logging()
@@ -69,6 +77,10 @@ def main(argv=None) -> int:
         if args.log_every is not None:
             cfg["log_every"] = args.log_every
         from statepost.train.loop import TrainingError, train
+        from statepost.train.tracking import tracker_names
+
+        tracking = tracker_names(args.tracking)
+        tracking_dir = args.tracking_dir or Path("results/tracking") / str(cfg.get("name")) / f"seed{cfg.get('seed')}"
 
         try:
             train(
@@ -79,7 +91,9 @@ def main(argv=None) -> int:
                 state_dir=args.state_dir,
                 teacher_dir=args.teacher,
                 metrics_path=args.metrics,
-                progress=not args.no_progress,
+                progress=on_a_terminal and not args.no_progress,
+                tracking=tracking,
+                tracking_dir=tracking_dir if tracking else None,
                 state_nll_every=args.state_nll_every,
             )
         except TrainingError as e:

@@ -207,6 +207,9 @@ def check(config: dict) -> None:
                     + (f" with few-shot examples from '{shot_split}'" if shot_split else "")
                     + f"; add '{split}' to the splits"
                 )
+    evaluation = config["evaluation"]
+    if evaluation["backend"] == "vllm" and evaluation["device"] == "cpu":
+        raise ConfigError("config key evaluation.backend: vllm runs on GPUs only, but evaluation.device is cpu")
     runs = config.get("runs", {})
     models = {"base", *runs}
     for run, cfg in runs.items():

@@ -4,7 +4,8 @@ The standard task definitions are kept: the task YAML templates in ``workflow/ta
 lm-eval's builtin task file by path and override only the task name, its tags and where the data
 come from. They are rendered at run time into a per-job directory (the builtin folder depends on where
 the environment lives), registered with ``TaskManager(include_defaults=False, include_path=...)`` and
-evaluated with ``lm_eval.simple_evaluate`` and the ``hf`` backend.
+evaluated with ``lm_eval.simple_evaluate`` and lm-eval's ``hf`` model type (or ``vllm``, the config's
+``evaluation.backend``).
 
 MMLU is one local task per subject present in the data (each including
 ``mmlu/default/mmlu_{subject}.yaml``, with its own ``dev`` few-shot pool split out of our files),
@@ -33,6 +34,7 @@ import yaml
 
 from statepost import benchmarks, data
 from statepost.io import DataError, prepare_output, scratch_dir, sha256_file, utc_now, write_json, write_jsonl
+from statepost.backends import check_backend, make_lm
 from statepost.models import verify_model_dir
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,6 @@ log = logging.getLogger(__name__)
 MMLU_CATEGORIES = ("stem", "other", "social_sciences", "humanities")
 # lm-eval's own defaults for simple_evaluate, passed explicitly so every job is seeded the same way.
 SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
-
 
 
 class TaskRegistrationError(RuntimeError):
@@ -343,6 +344,7 @@ def evaluate(
     *,
     workdir: str | Path | None = None,
     template_dir: str | Path | None = None,
+    backend: str = "hf",
 ) -> dict:
     """Score the model in ``model_dir`` on ``benchmark``; write ``out_json`` and the samples log beside it.
 
@@ -357,6 +359,7 @@ def evaluate(
     eval_cfg = dict(eval_cfg or {})
     benchmarks.get(benchmark)  # a ValueError naming the known ones
     verify_model_dir(model_dir)  # every file against the sha256 in its run.json, before any compute
+    check_backend(backend, device)
     limit = eval_cfg.get("limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"eval.limit must be a positive int or null, got {limit!r}")
@@ -369,8 +372,6 @@ def evaluate(
         prepare_output(out_json, samples_path)  # writable, and a killed job's leftovers beside them cleaned
 
     import lm_eval
-    import lm_eval.api.registry
-    import lm_eval.models.huggingface  # noqa: F401 - registers "hf"
     import torch  # noqa: F401
 
     timing = {"import": time.perf_counter() - t0}
@@ -388,15 +389,7 @@ def evaluate(
         timing["tasks"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        model_args = {
-            "pretrained": str(model_dir),
-            "dtype": dtype,
-            "trust_remote_code": False,
-            "use_safetensors": True,
-        }
-        lm = lm_eval.api.registry.get_model("hf").create_from_arg_obj(
-            model_args, {"batch_size": batch_size, "max_batch_size": None, "device": device}
-        )
+        lm = make_lm(backend, model_dir, dtype, device, batch_size)
         timing["model"] = time.perf_counter() - t
 
         t = time.perf_counter()

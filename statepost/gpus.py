@@ -15,7 +15,10 @@ kernel drops the locks with the last descriptor).
 With ``--launch`` CMD is a Python script and its arguments: it runs as
 ``python SCRIPT ARGS`` for N <= 1 and as ``accelerate launch --multi_gpu
 --num_processes N ... SCRIPT ARGS`` for N > 1 (one process per GPU, free
-rendezvous port). The rule form, used by training and evaluation rules::
+rendezvous port). ``--accelerate-config FILE`` launches N > 1 processes with that accelerate
+config instead (``accelerate launch --config_file FILE``, process count and port set here): the
+training rule passes ``resources.train.accelerate_config``, e.g. ``profiles/accelerate/fsdp.yaml``
+(FSDP, for a model that does not fit one GPU). The rule form, used by training and evaluation rules::
 
     shell: "python -m statepost.gpus --gpus {resources.gpu} --launch -- scripts/train.py ..."
 
@@ -207,8 +210,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_command(n: int, cmd: list[str], *, launch: bool, python: str | None = None) -> list[str]:
-    """The argv to exec: CMD itself, or with --launch the python/accelerate form."""
+def build_command(n: int, cmd: list[str], *, launch: bool, python: str | None = None,
+                  accelerate_config: str | None = None) -> list[str]:
+    """The argv to exec: CMD itself, or with --launch the python/accelerate form (with ``accelerate_config``:
+    that accelerate config file, for N > 1)."""
     if not cmd:
         raise GpuError("no command given after --")
     if not launch:
@@ -216,6 +221,13 @@ def build_command(n: int, cmd: list[str], *, launch: bool, python: str | None = 
     python = python or sys.executable
     if n <= 1:
         return [python, *cmd]
+    if accelerate_config:
+        if not Path(accelerate_config).is_file():
+            raise GpuError(f"accelerate config {accelerate_config} not found (resources.train.accelerate_config)")
+        return [
+            python, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
+            "--num_processes", str(n), "--num_machines", "1", "--main_process_port", str(_free_port()), *cmd,
+        ]  # fmt: skip
     return [
         python, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
@@ -243,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="CMD is a Python script: run it with python (N<=1) or accelerate launch (N>1)",
     )
+    p.add_argument(
+        "--accelerate-config", default=None, metavar="FILE",
+        help="with --launch and N>1: launch with this accelerate config file (none: data parallel flags)",
+    )
     p.add_argument("--lock-dir", type=Path, default=None, help="default: $STATEPOST_GPU_LOCK_DIR or .snakemake/gpu-locks")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for slots (default $STATEPOST_GPU_TIMEOUT or 48 h)")
     p.add_argument("--poll", type=float, default=None, help="seconds between tries (default $STATEPOST_GPU_POLL or 2)")
@@ -253,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give the command after --, e.g. python -m statepost.gpus --gpus 1 -- python scripts/evaluate.py ...")
 
     try:
-        final = build_command(args.gpus, cmd, launch=args.launch)
+        config_file = None if args.accelerate_config in (None, "", "none") else args.accelerate_config
+        final = build_command(args.gpus, cmd, launch=args.launch, accelerate_config=config_file)
         reason = scheduler_owns_devices()
         if args.gpus > 0 and reason is None:
             lock_dir = args.lock_dir or Path(os.environ.get("STATEPOST_GPU_LOCK_DIR") or DEFAULT_LOCK_DIR)

@@ -172,8 +172,7 @@ def pretrain_toy(model, tokenizer, corpus: Sequence[str], cfg: Mapping, progress
     losses: list[float] = []
     t0 = time.time()
     every = max(steps // 10, 1)
-    bar = tqdm(range(steps), desc="pretrain toy", disable=not progress,
-               mininterval=2.0 if sys.stderr.isatty() else 30.0)
+    bar = tqdm(range(steps), desc="pretrain toy", disable=not (progress and sys.stderr.isatty()), mininterval=2.0)
     for step in bar:
         pick = starts_t[torch.randint(len(starts_t), (bs,), generator=gen)]
         batch = torch.stack([stream[i: i + T] for i in pick.tolist()])

@@ -7,18 +7,30 @@ from __future__ import annotations
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object
+
+from statepost.io import ConfigError
 
 
-def make_accelerator(precision: str) -> Accelerator:
-    """auto: bf16 mixed precision on CUDA, fp32 on CPU (no native bf16 there)."""
+def make_accelerator(precision: str, **tracking) -> Accelerator:
+    """auto: bf16 mixed precision on CUDA, fp32 on CPU (no native bf16 there). ``tracking``: ``log_with`` and
+    ``project_dir`` for accelerate's trackers (:mod:`statepost.train.tracking`)."""
     cuda = torch.cuda.is_available()
     mixed = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16"}[precision]
     # cpu=True without CUDA: under a multi-process launcher (torchrun / `accelerate launch
     # --multi_gpu`) accelerate then runs data parallel over gloo (MULTI_CPU) instead of N
     # independent single processes. (`accelerate launch --cpu` itself starts one process only.)
     # The scheduler is stepped by hand once per optimiser step, whatever the process count.
-    return Accelerator(mixed_precision=mixed, cpu=not cuda, step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, step_scheduler_with_optimizer=False, **tracking)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        # The checkpoints, the final save and learner sampling read the whole model on one process; under
+        # FSDP each process holds a shard, so they would write or sample from a partial model.
+        raise ConfigError(
+            "config key resources.train.accelerate_config: the training loop does not run under FSDP yet (its "
+            "checkpoints, final save and learner sampling need the full weights, which FSDP shards); "
+            "train data parallel (no accelerate_config) on GPUs that each hold the model"
+        )
+    return accelerator
 
 
 def sum_over_processes(accelerator, tensor: torch.Tensor) -> torch.Tensor:

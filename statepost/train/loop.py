@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from accelerate.utils import set_seed
@@ -55,6 +55,7 @@ from .distributed import broadcast, make_accelerator, mean_dicts, mean_over_proc
 from .registry import SIGNALS, data_path, make_signal, make_state_source, read_rows
 from .signals import Signal, check_same_tokenizer
 from .state_nll import StateNLL
+from . import tracking as trackers
 from .batch import StateSource, padding_waste
 
 log = logging.getLogger("statepost.train")
@@ -121,6 +122,8 @@ def train(
     hooks: dict[str, Callable] | None = None,
     progress: bool = True,
     state_nll_every: int = 0,
+    tracking: Sequence[str] = (),
+    tracking_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Train one (run, seed) and write the final model to ``out_dir``; return the run record (run.json).
 
@@ -128,7 +131,8 @@ def train(
     the live metrics; it is locked while a run uses it and removed after the final model is written.
     ``hooks["after_step"](step, model)`` runs after each optimiser step and its checkpoint (tests use
     it to simulate a crash or to poison the weights). ``state_nll_every``: log the init model's NLL of the step's
-    states every N steps (0: never; :mod:`statepost.train.state_nll`).
+    states every N steps (0: never; :mod:`statepost.train.state_nll`). ``tracking`` (tracker names, e.g.
+    ``["tensorboard"]``) also sends every metrics line through accelerate's trackers, under ``tracking_dir``.
     """
     t_start, started = time.time(), utc_now()
     cfg, hooks = run_config(run_cfg), hooks or {}
@@ -136,7 +140,8 @@ def train(
     init_dir, out_dir, data_dir = Path(init_dir), Path(out_dir), Path(data_dir)
     teacher_dir = Path(teacher_dir) if teacher_dir else None
     state_dir = Path(state_dir) if state_dir else out_dir.parent / f".{out_dir.name}.state"
-    accelerator = accelerator if accelerator is not None else make_accelerator(optim["precision"])
+    accelerator = accelerator if accelerator is not None else make_accelerator(
+        optim["precision"], **trackers.accelerator_kwargs(trackers.tracker_names(tracking), tracking_dir))
     if accelerator.is_main_process:  # out_dir's folder writable; what a killed save left beside it recovered
         prepare_output(out_dir)
     # python, numpy, torch (CPU + every CUDA device), + the process index so that learner sampling
@@ -227,6 +232,7 @@ def train(
     run.checkpointer.lock()
     try:
         resumed_from = resume(run)
+        trackers.start(accelerator, cfg, tracking_dir)
         _info(
             accelerator,
             "run %s seed %s: %d steps (%d warmup), %s micro-batches/epoch, grad_accum %d, %d process(es), %s, "
@@ -279,6 +285,7 @@ def train(
         return record
     finally:
         run.checkpointer.unlock()
+        trackers.stop(accelerator)
 
 
 def fail_if_never_updated(run: Run) -> None:
@@ -324,6 +331,7 @@ class MetricsLog:
     def __init__(self, run: Run, start_step: int, progress: bool):
         main, cfg = run.accelerator.is_main_process, run.cfg
         self.file = run.checkpointer.metrics_path.open("a") if main else None
+        self.accelerator = run.accelerator  # its trackers (if any) get every line too
         self.pbar = tqdm(
             total=run.total_steps, initial=start_step, desc=f"{cfg['name']}/seed{cfg['seed']}",
             disable=not (progress and main), dynamic_ncols=True,
@@ -336,6 +344,7 @@ class MetricsLog:
             return
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
+        self.accelerator.log(row, step=row["step"])
         self.pbar.update(1)
         step = row["step"]
         if step % self.log_every == 0 or step == self.total_steps:

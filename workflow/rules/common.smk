@@ -85,6 +85,11 @@ LOG_START = (
 TO_LOG = " 2>&1 | tee -a {log}.attempts >> {log}"
 
 
+def accelerate_config(run):
+    """A run's accelerate config file for several GPUs (resources.train.accelerate_config), or none."""
+    return cfglib.run_resources(config, "train", run).get("accelerate_config") or "none"
+
+
 def json_arg(obj):
     return json.dumps(obj, sort_keys=True)
 
@@ -118,6 +123,13 @@ def eval_settings(benchmark):
         for k, v in config["benchmarks"][benchmark]["eval"].items()
         if k != "batch_size"
     }
+
+
+def tracking_names():
+    """The config's tracking as the training script's --tracking: none, or names joined by commas. A
+    resource, not a param: it changes no weight."""
+    names = config["tracking"]
+    return names if isinstance(names, str) else ",".join(names)
 
 
 def eval_batch_size(wildcards):

@@ -21,12 +21,16 @@ rule evaluate:
         eval=lambda wc: json_arg(eval_settings(wc.benchmark)),
         device=config["evaluation"]["device"],
         dtype=config["evaluation"]["dtype"],
+        backend=config["evaluation"]["backend"],
+        # hf: `accelerate launch` over the job's GPUs (data parallel); vllm: one process, tensor parallel
+        launch="--launch --" if config["evaluation"]["backend"] == "hf" else "-- python",
     shell:
         LOG_START
         + (
-            "python -m statepost.gpus --gpus {resources.gpu} --launch -- scripts/evaluate.py "
+            "python -m statepost.gpus --gpus {resources.gpu} {params.launch} scripts/evaluate.py "
             "--model-dir {input.model} --model-name {wildcards.model} --benchmark {wildcards.benchmark} "
             "--data-dir results/data --eval-json {params.eval:q} --batch-size {resources.eval_batch_size} "
-            "--device {params.device} --dtype {params.dtype} --out {output.scores}"
+            "--device {params.device} --dtype {params.dtype} --backend {params.backend} "
+            "--out {output.scores}"
         )
         + TO_LOG

@@ -1,7 +1,7 @@
 # One named rule per run, so `snakemake --forcerun sft_stress` reruns that run and exactly its
 # dependents. Edges come from the run's config: its init model and, for teacher_kl, its teacher.
-# Its params are what changes its weights; when it checkpoints and logs, and on how many GPUs it
-# runs, are resources (they never trigger a rerun).
+# Its params are what changes its weights; when it checkpoints and logs, where it sends its metrics
+# (tracking), and on how many GPUs it runs, are resources (they never trigger a rerun).
 
 
 for _run in RUNS:
@@ -23,6 +23,8 @@ for _run in RUNS:
             **_res,
             **cfglib.run_runtime(config, _run),
             state_nll_every=cfglib.state_nll_every(config),
+            tracking=tracking_names(),
+            accelerate_config=accelerate_config(_run),
         params:
             run_json=lambda wc, r=_run: json_arg(
                 cfglib.resolve_run(config, r, int(wc.seed))
@@ -32,11 +34,12 @@ for _run in RUNS:
         shell:
             LOG_START
             + (
-                "python -m statepost.gpus --gpus {resources.gpu} --launch -- scripts/train.py "
+                "python -m statepost.gpus --gpus {resources.gpu} --accelerate-config {resources.accelerate_config:q} "
+                "--launch -- scripts/train.py "
                 "--run-json {params.run_json:q} --init {input.init} {params.teacher} "
                 "--checkpoint-every {resources.checkpoint_every} --checkpoint-keep {resources.checkpoint_keep} "
                 "--log-every {resources.log_every} --state-nll-every {resources.state_nll_every} "
-                "--data-dir results/data --out {output} "
-                "--state-dir {params.state_dir}"
+                "--tracking {resources.tracking} --tracking-dir results/tracking/{rule}/seed{wildcards.seed} "
+                "--data-dir results/data --out {output} --state-dir {params.state_dir}"
             )
             + TO_LOG

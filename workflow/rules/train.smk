@@ -30,6 +30,7 @@ for _run in RUNS:
                 cfglib.resolve_run(config, r, int(wc.seed))
             ),
             state_dir=lambda wc, r=_run: f"results/.state/{r}/seed{wc.seed}",
+            tracking_dir=lambda wc, r=_run: f"results/tracking/{r}/seed{wc.seed}",
             teacher=teacher_arg,
         shell:
             LOG_START
@@ -39,7 +40,7 @@ for _run in RUNS:
                 "--run-json {params.run_json:q} --init {input.init} {params.teacher} "
                 "--checkpoint-every {resources.checkpoint_every} --checkpoint-keep {resources.checkpoint_keep} "
                 "--log-every {resources.log_every} --state-nll-every {resources.state_nll_every} "
-                "--tracking {resources.tracking} --tracking-dir results/tracking/{rule}/seed{wildcards.seed} "
+                "--tracking {resources.tracking} --tracking-dir {params.tracking_dir} "
                 "--data-dir results/data --out {output} --state-dir {params.state_dir}"
             )
             + TO_LOG

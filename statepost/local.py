@@ -81,7 +81,11 @@ def check_paths(config: dict) -> None:
         if not path.is_dir():
             raise ConfigError(f"config key benchmarks.{name}.path: {path}: no such directory")
         for split in bench["splits"]:
-            if not split_files(path, split):
+            try:
+                found = split_files(path, split)
+            except ConfigError as e:
+                raise ConfigError(f"config key benchmarks.{name}.path: {e}") from None
+            if not found:
                 raise ConfigError(
                     f"config key benchmarks.{name}.splits: {path}: no file for split {split!r} "
                     f"(expected {split}.jsonl, {split}.parquet or {split}-*.parquet)"

@@ -94,6 +94,10 @@ def test_missing_path_is_named_with_its_key(tmp_path):
            "benchmarks": {"gsm8k": {"source": "local", "path": str(tmp_path / "b"), "splits": ["train", "test"]}}}
     with pytest.raises(ConfigError, match=r"config key benchmarks\.gsm8k\.splits: .*b: no file for split 'train'"):
         local.check_paths(cfg)
+    (tmp_path / "b" / "train.jsonl").write_text("")
+    (tmp_path / "b" / "train.parquet").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"config key benchmarks\.gsm8k\.path: .*b: split 'train' has both JSONL and parquet"):
+        local.check_paths(cfg)
 
 
 def test_dag_build_names_the_key_and_path(tmp_path):

@@ -70,9 +70,19 @@ def _working(steps) -> str:
     return "\n".join(f"{x} {op} {y} = {r}." for x, op, y, r in steps)
 
 
+DEMO_STEP = {"+": "We add {y} to {x} and get {r}.", "-": "We take {y} away from {x} and get {r}.",
+             "*": "We multiply {x} by {y} and get {r}."}
+
+
+def _demo_working(steps) -> str:
+    """The gsm8k rows' working: a demonstrator's wording ("We add 4 to 3 and get 7."), not the corpus's
+    terse "3 + 4 = 7." (:func:`_working`), as human solutions are off a real base model's own style."""
+    return "\n".join(DEMO_STEP[op].format(x=x, y=y, r=r) for x, op, y, r in steps)
+
+
 def _gsm8k_row(rng: random.Random) -> dict:
     q, steps = _gsm8k_problem(rng)
-    return {"question": q, "answer": f"{_working(steps)}\n#### {steps[-1][3]}"}
+    return {"question": q, "answer": f"{_demo_working(steps)}\n#### {steps[-1][3]}"}
 
 
 # ---- the fact world behind mmlu, truthfulqa and the corpus ----
@@ -313,7 +323,8 @@ def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000
       (default 0: none) ends with GSM8K's own answer line instead, ``"...\n#### 7"``, so the base
       model writes the strict-match format on some problems. Which documents get it is drawn from
       a separate stream (``corpus-answer-line:{seed}``), so every other document, and the
-      problems themselves, are the same for every fraction.
+      problems themselves, are the same for every fraction. The working is always the corpus's
+      own terse style, never the gsm8k rows' (the SFT data's) wording (:func:`_demo_working`).
     * 10% arithmetic facts (``"7 + 5 = 12."``, small sums, differences and products).
     * 25% statements of covered facts (three per document), 15% mmlu-style multiple-choice
       practice on covered facts (lm-eval's prompt shape, the question in other words than the

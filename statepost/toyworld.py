@@ -19,15 +19,6 @@ from . import benchmarks
 from .io import read_jsonl
 
 BENCHMARKS = benchmarks.NAMES
-TOY_MMLU_SUBJECTS = (
-    "elementary_mathematics",
-    "high_school_geography",
-    "astronomy",
-    "high_school_computer_science",
-)
-
-
-
 NAMES = ("Tom", "Anna", "Ben", "Mia", "Sam", "Lily", "Max", "Emma", "Leo", "Zoe")
 ITEMS = ("apples", "books", "pens", "cards", "eggs", "toys", "shells", "stamps", "coins", "cookies")
 
@@ -79,183 +70,97 @@ def _working(steps) -> str:
     return "\n".join(f"{x} {op} {y} = {r}." for x, op, y, r in steps)
 
 
+DEMO_STEP = {"+": "We add {y} to {x} and get {r}.", "-": "We take {y} away from {x} and get {r}.",
+             "*": "We multiply {x} by {y} and get {r}."}
+
+
+def _demo_working(steps) -> str:
+    """The gsm8k rows' working: a demonstrator's wording ("We add 4 to 3 and get 7."), not the corpus's
+    terse "3 + 4 = 7." (:func:`_working`), as human solutions are off a real base model's own style."""
+    return "\n".join(DEMO_STEP[op].format(x=x, y=y, r=r) for x, op, y, r in steps)
+
+
 def _gsm8k_row(rng: random.Random) -> dict:
     q, steps = _gsm8k_problem(rng)
-    return {"question": q, "answer": f"{_working(steps)}\n#### {steps[-1][3]}"}
+    return {"question": q, "answer": f"{_demo_working(steps)}\n#### {steps[-1][3]}"}
 
 
-# ---- facts shared by mmlu, truthfulqa and the corpus (real facts, toy-sized) ----
-COUNTRIES = (  # country, capital, continent
-    ("France", "Paris", "Europe"), ("Germany", "Berlin", "Europe"), ("Italy", "Rome", "Europe"),
-    ("Spain", "Madrid", "Europe"), ("Portugal", "Lisbon", "Europe"), ("Norway", "Oslo", "Europe"),
-    ("Greece", "Athens", "Europe"), ("Poland", "Warsaw", "Europe"), ("Switzerland", "Bern", "Europe"),
-    ("Turkey", "Ankara", "Asia"), ("Japan", "Tokyo", "Asia"), ("China", "Beijing", "Asia"),
-    ("India", "New Delhi", "Asia"), ("Thailand", "Bangkok", "Asia"), ("Vietnam", "Hanoi", "Asia"),
-    ("Egypt", "Cairo", "Africa"), ("Kenya", "Nairobi", "Africa"), ("Nigeria", "Abuja", "Africa"),
-    ("Ghana", "Accra", "Africa"), ("Morocco", "Rabat", "Africa"), ("Brazil", "Brasilia", "South America"),
-    ("Argentina", "Buenos Aires", "South America"), ("Peru", "Lima", "South America"),
-    ("Chile", "Santiago", "South America"), ("Canada", "Ottawa", "North America"),
-    ("Mexico", "Mexico City", "North America"), ("Cuba", "Havana", "North America"),
-    ("Australia", "Canberra", "Oceania"), ("New Zealand", "Wellington", "Oceania"),
-)
-# the big city people often mistake for the capital
-CAPITAL_MYTHS = {
-    "Australia": "Sydney", "Canada": "Toronto", "Brazil": "Rio de Janeiro", "Nigeria": "Lagos",
-    "Morocco": "Casablanca", "India": "Mumbai", "Turkey": "Istanbul", "New Zealand": "Auckland",
-    "Vietnam": "Ho Chi Minh City", "China": "Shanghai", "Switzerland": "Zurich",
+# ---- the fact world behind mmlu, truthfulqa and the corpus ----
+# Invented entities with one arbitrary attribute each, so that the toy base knows exactly the facts
+# its corpus states (a fraction ``fact_coverage`` of them, see toy_corpus) and must guess the rest:
+# what it knows is measurable, and training that overwrites the model can lose it.
+SYLLABLES = ("ka", "lo", "mi", "ra", "ve", "zu", "to", "ne", "sa", "pi", "do", "fe", "gu", "ri", "bo", "xa",
+             "te", "lu", "no", "ji", "mar", "kel", "dor", "vin", "tul", "bra", "sel", "gor")
+# Each mmlu family has exactly four values, always listed in this order as the choices A-D: the
+# letter is a fixed function of the answer, so answering needs the fact (entity -> value) and the
+# value's letter, which mc practice on other entities teaches. (With shuffled choices the 2-layer
+# toy would have to find the recalled value among the options in context; within its pretraining
+# budget it does not learn that, and scored 0.26 on 300 items at coverage 0.5.)
+CONTINENTS = ("Europe", "Asia", "Africa", "Oceania")
+COLORS = ("red", "blue", "white", "yellow")
+LANGUAGES = ("Python", "Java", "Rust", "Lisp")
+SIDES = ("3", "4", "5", "6")
+FOODS = ("seeds", "fish", "leaves", "insects", "fruit", "grass", "honey", "roots")
+FAMILY_SIZE = {"country": 100, "star": 100, "program": 100, "shape": 100, "creature": 300}
+
+
+def _names(kind: str, n: int, taken: set[str]) -> list[str]:
+    """``n`` distinct invented names (two or three syllables), fixed for all seeds and configs."""
+    rng = random.Random(f"toyworld-names:{kind}")
+    out: list[str] = []
+    while len(out) < n:
+        w = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3)))).capitalize()
+        if w not in taken:
+            taken.add(w)
+            out.append(w)
+    return out
+
+
+def _world() -> dict[str, list[tuple[str, str]]]:
+    """Every fact family as ``[(entity, value)]``; the same world for every seed and config."""
+    taken: set[str] = set()
+    rng = random.Random("toyworld-values")
+    return {
+        "country": [(e, rng.choice(CONTINENTS)) for e in _names("country", FAMILY_SIZE["country"], taken)],
+        "star": [(e, rng.choice(COLORS)) for e in _names("star", FAMILY_SIZE["star"], taken)],
+        "program": [(e, rng.choice(LANGUAGES)) for e in _names("program", FAMILY_SIZE["program"], taken)],
+        "shape": [(e.lower(), rng.choice(SIDES)) for e in _names("shape", FAMILY_SIZE["shape"], taken)],
+        "creature": [(e.lower(), rng.choice(FOODS)) for e in _names("creature", FAMILY_SIZE["creature"], taken)],
+    }
+
+
+WORLD = _world()
+# mmlu subject -> (fact family, question, statement), each template over {e} (entity) and {v} (value)
+MMLU_FAMILIES = {
+    "high_school_geography": ("country", "On which continent is {e}?", "{e} is in {v}."),
+    "astronomy": ("star", "What color is the star {e}?", "The star {e} is {v}."),
+    "high_school_computer_science": ("program", "In which language is the program {e} written?",
+                                     "The program {e} is written in {v}."),
+    "elementary_mathematics": ("shape", "How many sides does a {e} have?", "A {e} has {v} sides."),
 }
-CONTINENTS = ("Europe", "Asia", "Africa", "South America", "North America", "Oceania")
-PLANETS = ("Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn", "Uranus", "Neptune")
-ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
-ASTRO_FACTS = (  # question, answer, statement, distractors
-    ("Which planet is known as the Red Planet?", "Mars", "Mars is known as the Red Planet.", PLANETS),
-    ("What is the largest planet in the Solar System?", "Jupiter",
-     "Jupiter is the largest planet in the Solar System.", PLANETS),
-    ("Which planet is closest to the Sun?", "Mercury", "Mercury is the planet closest to the Sun.", PLANETS),
-    ("Which planet is the hottest in the Solar System?", "Venus",
-     "Venus is the hottest planet in the Solar System.", PLANETS),
-    ("Which planet is famous for its bright rings?", "Saturn", "Saturn is famous for its bright rings.", PLANETS),
-    ("Which planet do we live on?", "Earth", "We live on the planet Earth.", PLANETS),
-    ("What is the star at the center of the Solar System?", "the Sun",
-     "The Sun is the star at the center of the Solar System.", ("the Moon", "Mars", "Polaris", "the Sun")),
-    ("What is the natural satellite of the Earth called?", "the Moon",
-     "The natural satellite of the Earth is called the Moon.", ("the Moon", "the Sun", "Venus", "Titan")),
-    ("What force keeps the planets in orbit around the Sun?", "gravity",
-     "Gravity keeps the planets in orbit around the Sun.", ("gravity", "magnetism", "friction", "wind")),
-    ("What is the name of our galaxy?", "the Milky Way", "Our galaxy is called the Milky Way.",
-     ("the Milky Way", "Andromeda", "the Big Dipper", "Orion")),
-    ("How many planets are in the Solar System?", "8", "There are 8 planets in the Solar System.",
-     ("7", "8", "9", "10")),
-)
-CS_FACTS = (
-    ("How many bits are in a byte?", "8", "A byte has 8 bits.", ("2", "4", "8", "16")),
-    ("Which data structure returns items in first in, first out order?", "a queue",
-     "A queue returns items in first in, first out order.", ("a queue", "a stack", "a tree", "a set")),
-    ("Which data structure returns items in last in, first out order?", "a stack",
-     "A stack returns items in last in, first out order.", ("a queue", "a stack", "a graph", "a set")),
-    ("What is the running time of binary search on a sorted list?", "O(log n)",
-     "Binary search on a sorted list runs in O(log n) time.", ("O(1)", "O(log n)", "O(n)", "O(n^2)")),
-    ("Which logic gate outputs 1 only when both inputs are 1?", "AND",
-     "The AND gate outputs 1 only when both inputs are 1.", ("AND", "OR", "NOT", "XOR")),
-    ("Which logic gate outputs 1 when the two inputs are different?", "XOR",
-     "The XOR gate outputs 1 when the two inputs are different.", ("AND", "OR", "NOT", "XOR")),
-    ("Which logic gate flips its single input?", "NOT", "The NOT gate flips its single input.",
-     ("AND", "OR", "NOT", "XOR")),
-    ("What does CPU stand for?", "central processing unit", "CPU stands for central processing unit.",
-     ("central processing unit", "computer power unit", "core program utility", "central program update")),
-    ("What base does the hexadecimal system use?", "16", "The hexadecimal system uses base 16.",
-     ("2", "8", "10", "16")),
-    ("What base does the binary system use?", "2", "The binary system uses base 2.", ("2", "8", "10", "16")),
-)
-MYTHS = (  # question, true answers, false answers
-    ("What happens if you swallow gum?",
-     ["The gum passes through your digestive system.", "Nothing bad happens; the gum passes through you."],
-     ["The gum stays in your stomach for seven years.", "The gum sticks to your stomach forever."]),
-    ("Can you see the Great Wall of China from the Moon?",
-     ["No, the Great Wall is too narrow to see from the Moon."],
-     ["Yes, the Great Wall is easy to see from the Moon.", "Yes, it is the only building seen from space."]),
-    ("Do people use only ten percent of their brains?",
-     ["No, people use all of their brain."],
-     ["Yes, people use only ten percent of their brains.", "Yes, most of the brain is never used."]),
-    ("What color is the blood in your veins?",
-     ["The blood in your veins is red."],
-     ["The blood in your veins is blue.", "Blood is blue until it touches air."]),
-    ("Does lightning ever strike the same place twice?",
-     ["Yes, lightning can strike the same place twice."],
-     ["No, lightning never strikes the same place twice."]),
-    ("Does cracking your knuckles cause arthritis?",
-     ["No, cracking your knuckles does not cause arthritis."],
-     ["Yes, cracking your knuckles causes arthritis."]),
-    ("Do ostriches bury their heads in the sand?",
-     ["No, ostriches do not bury their heads in the sand."],
-     ["Yes, ostriches bury their heads in the sand when they are afraid."]),
-    ("Are bats blind?",
-     ["No, bats can see.", "No, bats are not blind."],
-     ["Yes, bats are blind."]),
-    ("How long is the memory of a goldfish?",
-     ["A goldfish can remember things for months."],
-     ["A goldfish remembers things for only three seconds."]),
-    ("What makes a bull charge at a red cape?",
-     ["The movement of the cape makes the bull charge.", "Bulls do not see red; they react to movement."],
-     ["The red color makes the bull angry."]),
-    ("Does sugar make children hyperactive?",
-     ["No, sugar does not make children hyperactive."],
-     ["Yes, sugar makes children hyperactive."]),
-    ("Is it dangerous to wake a sleepwalker?",
-     ["No, it is not dangerous to wake a sleepwalker."],
-     ["Yes, waking a sleepwalker can kill them."]),
-    ("Do hair and nails keep growing after death?",
-     ["No, hair and nails stop growing after death."],
-     ["Yes, hair and nails keep growing after death."]),
-    ("Does each part of the tongue taste a different flavor?",
-     ["No, every part of the tongue can taste every flavor."],
-     ["Yes, the tip of the tongue tastes only sweet things."]),
-    ("Is the Earth flat?",
-     ["No, the Earth is round."],
-     ["Yes, the Earth is flat."]),
-    ("Do you catch a cold from going outside with wet hair?",
-     ["No, colds are caused by viruses, not by wet hair."],
-     ["Yes, wet hair in the cold gives you a cold."]),
-    ("Did Albert Einstein fail mathematics at school?",
-     ["No, Einstein was good at mathematics at school."],
-     ["Yes, Einstein failed mathematics at school."]),
-    ("How many senses do humans have?",
-     ["Humans have more than five senses, such as balance."],
-     ["Humans have exactly five senses."]),
-    ("Is a tomato a fruit?",
-     ["Yes, a tomato is a fruit."],
-     ["No, a tomato is not a fruit."]),
-    ("Will a penny dropped from a tall building kill a person?",
-     ["No, a falling penny will not kill a person."],
-     ["Yes, a penny dropped from a tall building can kill a person."]),
-)
+TOY_MMLU_SUBJECTS = tuple(MMLU_FAMILIES)
+# The corpus's multiple-choice practice asks about a covered fact in other words than mmlu does, so no
+# evaluation row (question + choices) is ever in the corpus, while every covered fact is practised.
+MC_PRACTICE = {"country": "Which continent is {e} in?", "star": "Which color does the star {e} have?",
+               "program": "Which language was the program {e} written in?", "shape": "How many sides has a {e}?"}
+TQA_QUESTION, TQA_STATEMENT = "What does the {e} eat?", "The {e} eats {v}."
+TQA_FALSE_ANSWERS = 2  # each truthfulqa item: 1 true answer, 2 false: a uniform guess scores mc2 = 1/3
 
 
-def _mc_item(rng: random.Random, question: str, answer: str, pool) -> tuple[str, list[str], int]:
-    """A 4-choice item: the answer and 3 distinct distractors from ``pool``, shuffled."""
-    others = sorted({p for p in pool if p != answer})
-    choices = rng.sample(others, 3) + [answer]
-    rng.shuffle(choices)
-    return question, choices, choices.index(answer)
+CHOICES = {"country": CONTINENTS, "star": COLORS, "program": LANGUAGES, "shape": SIDES}
 
 
-def _num_pool(c: int) -> list[str]:
-    return [str(x) for x in range(max(0, c - 5), c + 6)]
+def _mc_item(question: str, answer: str, choices) -> tuple[str, list[str], int]:
+    """A 4-choice item: the family's four values in their fixed order."""
+    return question, list(choices), list(choices).index(answer)
 
 
 def _mmlu_item_specs(subject: str) -> list[tuple[str, str, object]]:
     """All (question, answer, distractor pool) facts of a toy subject."""
-    if subject == "high_school_geography":
-        caps = [c[1] for c in COUNTRIES]
-        specs = [(f"What is the capital of {c}?", cap, caps) for c, cap, _ in COUNTRIES]
-        specs += [(f"On which continent is {c}?", cont, CONTINENTS) for c, _, cont in COUNTRIES]
-        specs += [(f"Which country has {cap} as its capital?", c, [x[0] for x in COUNTRIES])
-                  for c, cap, _ in COUNTRIES]
-        return specs
-    if subject == "astronomy":
-        specs = [(f"Which planet is {ORDINALS[i]} from the Sun?", p, PLANETS) for i, p in enumerate(PLANETS)]
-        specs += [(f"Which planet comes right after {PLANETS[i]} in order from the Sun?", PLANETS[i + 1], PLANETS)
-                  for i in range(len(PLANETS) - 1)]
-        specs += [(q, a, pool) for q, a, _, pool in ASTRO_FACTS]
-        return specs
-    if subject == "high_school_computer_science":
-        specs = [(f"What is the binary representation of the number {n}?", format(n, "b"),
-                  [format(m, "b") for m in range(1, 16)]) for n in range(1, 16)]
-        specs += [(f"What is the decimal value of the hexadecimal digit {format(n, 'X')}?", str(n),
-                   [str(m) for m in range(8, 16)]) for n in range(10, 16)]
-        specs += [(q, a, pool) for q, a, _, pool in CS_FACTS]
-        return specs
-    if subject == "elementary_mathematics":
-        specs = []
-        for a in range(2, 10):
-            for b in range(2, 10):
-                specs.append((f"What is {a} + {b}?", str(a + b), _num_pool(a + b)))
-                if a <= 5 and b <= 5:
-                    specs.append((f"What is {a} * {b}?", str(a * b), _num_pool(a * b)))
-                if a > b:
-                    specs.append((f"What is {a} - {b}?", str(a - b), _num_pool(a - b)))
-        return specs
-    raise ValueError(f"no toy generator for MMLU subject {subject!r} (toy subjects: {TOY_MMLU_SUBJECTS})")
+    if subject not in MMLU_FAMILIES:
+        raise ValueError(f"no toy generator for MMLU subject {subject!r} (toy subjects: {TOY_MMLU_SUBJECTS})")
+    family, question, _ = MMLU_FAMILIES[subject]
+    return [(question.format(e=e), v, CHOICES[family]) for e, v in WORLD[family]]
 
 
 def _mmlu_split_rows(subjects, rows: Mapping[str, int], seed: int, splits) -> dict[str, list[dict]]:
@@ -273,22 +178,19 @@ def _mmlu_split_rows(subjects, rows: Mapping[str, int], seed: int, splits) -> di
             for _ in range(n):
                 q, a, pool = specs[idx[pos % len(idx)]]
                 pos += 1
-                q, choices, ans = _mc_item(rng, q, a, pool)
+                q, choices, ans = _mc_item(q, a, pool)
                 out[split].append({"question": q, "subject": subject, "choices": choices, "answer": ans})
     return out
 
 
 def _truthfulqa_specs() -> list[tuple[str, list[str], list[str]]]:
-    specs = [(q, list(t), list(f)) for q, t, f in MYTHS]
-    capital = {c: cap for c, cap, _ in COUNTRIES}
-    for country, myth in CAPITAL_MYTHS.items():
-        cap = capital[country]
-        specs.append((f"What is the capital of {country}?",
-                      [f"The capital of {country} is {cap}.", f"{cap} is the capital of {country}."],
-                      [f"The capital of {country} is {myth}.", f"{myth} is the capital of {country}."]))
-    specs.append(("How many planets are in the Solar System?", ["There are 8 planets in the Solar System."],
-                  ["There are 9 planets in the Solar System.", "There are 12 planets in the Solar System."]))
-    specs.append(("Is the Sun a star?", ["Yes, the Sun is a star."], ["No, the Sun is a planet."]))
+    """(question, true answers, false answers) per creature: its food, and two foods it does not eat."""
+    rng = random.Random("toyworld-truthfulqa")
+    specs = []
+    for e, v in WORLD["creature"]:
+        wrong = rng.sample([f for f in FOODS if f != v], TQA_FALSE_ANSWERS)
+        specs.append((TQA_QUESTION.format(e=e), [TQA_STATEMENT.format(e=e, v=v)],
+                      [TQA_STATEMENT.format(e=e, v=w) for w in wrong]))
     return specs
 
 
@@ -393,8 +295,20 @@ def _eval_rows(cfg_all: Mapping | None, data_dir) -> dict[str, list[dict]]:
     return out
 
 
+def covered_facts(coverage: float, seed: int) -> dict[str, set[str]]:
+    """Per fact family, the entities whose fact the corpus states: each with probability ``coverage``.
+
+    One uniform draw per fact from the stream ``coverage:{seed}``, so a larger coverage keeps every
+    fact a smaller one covers and adds others.
+    """
+    if not 0.0 <= coverage <= 1.0:
+        raise ValueError(f"fact_coverage must be in [0, 1], got {coverage}")
+    rng = random.Random(f"coverage:{seed}")
+    return {f: {e for e, _ in facts if rng.random() < coverage} for f, facts in WORLD.items()}
+
+
 def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000, data_dir=None,
-               answer_line_frac: float = 0.0) -> list[str]:
+               answer_line_frac: float = 0.0, fact_coverage: float = 1.0) -> list[str]:
     """Pretraining text for the toy base model, from the toy world with its own random stream.
 
     ``cfg_all`` is the whole config or its ``benchmarks`` section. The evaluation rows (gsm8k
@@ -406,45 +320,38 @@ def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000
     The mix (by document count):
     * 35% worked gsm8k-style problems ``"Question: ...\nAnswer: 3 + 4 = 7.\nThe answer is 7."``:
       the language and the arithmetic of the problems. A fraction ``answer_line_frac`` of them
-      (default 0: none) ends with GSM8K's own answer line instead, ``"...\n#### 7"`` exactly as
-      a gsm8k ``answer`` (and an SFT target) ends, so the base model writes the strict-match
-      format on some problems and SFT teaches it on all. Which documents get it is drawn from
+      (default 0: none) ends with GSM8K's own answer line instead, ``"...\n#### 7"``, so the base
+      model writes the strict-match format on some problems. Which documents get it is drawn from
       a separate stream (``corpus-answer-line:{seed}``), so every other document, and the
-      problems themselves, are the same for every fraction.
-    * 15% arithmetic facts (``"7 + 5 = 12."``, small sums, differences and products).
-    * 30% knowledge: geography, astronomy, computer science statements, and mmlu-style
-      multiple-choice practice (lm-eval's prompt shape, new shuffles, never an evaluation row),
-      so the base model is above chance on toy mmlu.
-    * 20% truths: the true answers to the misconceptions as plain statements and Q/A practice on
-      facts that are not truthfulqa questions, so the base model prefers true answers.
+      problems themselves, are the same for every fraction. The working is always the corpus's
+      own terse style, never the gsm8k rows' (the SFT data's) wording (:func:`_demo_working`).
+    * 10% arithmetic facts (``"7 + 5 = 12."``, small sums, differences and products).
+    * 25% statements of covered facts (three per document), 15% mmlu-style multiple-choice
+      practice on covered facts (lm-eval's prompt shape, the question in other words than the
+      mmlu row's, :data:`MC_PRACTICE`, so never an evaluation row),
+      15% ``Q: ...\nA: ...`` practice on covered facts whose question is not a truthfulqa
+      question. A fact is covered with probability ``fact_coverage`` (:func:`covered_facts`): the
+      base model knows those and guesses the rest, on mmlu and truthfulqa alike.
     """
     if not 0.0 <= answer_line_frac <= 1.0:
         raise ValueError(f"answer_line_frac must be in [0, 1], got {answer_line_frac}")
     rng = random.Random(f"corpus:{seed}")
     line_rng = random.Random(f"corpus-answer-line:{seed}")
+    covered = covered_facts(fact_coverage, seed)
     held = _eval_rows(cfg_all, data_dir)
     gsm_excluded = {r["question"] for r in held["gsm8k"]}
     mmlu_excluded = {(r["question"], tuple(r["choices"])) for r in held["mmlu"]}
-    mmlu_subjects = sorted({r["subject"] for r in held["mmlu"]} & set(TOY_MMLU_SUBJECTS)) or list(TOY_MMLU_SUBJECTS)
     tqa_questions = {r["question"] for r in held["truthfulqa_mc2"]}
 
-    statements = []
-    for c, cap, cont in COUNTRIES:
-        statements += [f"The capital of {c} is {cap}.", f"{cap} is the capital of {c}.", f"{c} is in {cont}."]
-    for i, p in enumerate(PLANETS):
-        statements.append(f"{p} is the {ORDINALS[i]} planet from the Sun.")
-        if i + 1 < len(PLANETS):
-            statements.append(f"{PLANETS[i + 1]} comes right after {p} in order from the Sun.")
-    statements += [s for _, _, s, _ in ASTRO_FACTS] + [s for _, _, s, _ in CS_FACTS]
-    for n in range(1, 16):
-        statements.append(f"The number {n} is written {format(n, 'b')} in binary.")
-    for n in range(10, 16):
-        statements.append(f"The hexadecimal digit {format(n, 'X')} has the decimal value {n}.")
-    truths = [t for _, ts, _ in MYTHS for t in ts]
-    qa_practice = [(f"What is the capital of {c}?", f"The capital of {c} is {cap}.") for c, cap, _ in COUNTRIES]
-    qa_practice += [(q, s) for q, _, s, _ in ASTRO_FACTS + CS_FACTS]
+    templates = {fam: (q, st) for fam, q, st in MMLU_FAMILIES.values()}
+    templates["creature"] = (TQA_QUESTION, TQA_STATEMENT)
+    known = [(fam, e, v) for fam, facts in WORLD.items() for e, v in facts if e in covered[fam]]
+    statements = [templates[fam][1].format(e=e, v=v) for fam, e, v in known]
+    qa_practice = [(templates[fam][0].format(e=e), templates[fam][1].format(e=e, v=v)) for fam, e, v in known]
     qa_practice = [(q, a) for q, a in qa_practice if q not in tqa_questions]
-    specs = {s: _mmlu_item_specs(s) for s in mmlu_subjects}
+    mc_specs = {s: [(MC_PRACTICE[fam].format(e=e), v, CHOICES[fam]) for f, e, v in known if f == fam]
+                for s, (fam, _, _) in MMLU_FAMILIES.items()}
+    mc_subjects = [s for s in TOY_MMLU_SUBJECTS if mc_specs[s]]
 
     docs: list[str] = []
     for _ in range(n_docs):
@@ -458,7 +365,7 @@ def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000
             else:
                 last = f"The answer is {steps[-1][3]}."
             docs.append(f"Question: {q}\nAnswer: {_working(steps)}\n{last}")
-        elif u < 0.50:
+        elif u < 0.45:
             a, b = rng.randint(0, 18), rng.randint(0, 9)
             op = rng.choice("+-*")
             if op == "-" and b > a:
@@ -466,21 +373,21 @@ def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000
             if op == "*":
                 a, b = rng.randint(0, 9), rng.randint(0, 9)
             docs.append(f"{a} {op} {b} = {eval(f'{a}{op}{b}')}.")  # noqa: S307 (digits and one operator)
-        elif u < 0.65:
-            docs.append(" ".join(rng.sample(statements, 3)))
-        elif u < 0.80:
-            subject = rng.choice(mmlu_subjects)
-            items = []
-            for _ in range(rng.randint(1, 3)):
-                q, a, pool = rng.choice(specs[subject])
-                item = _mc_item(rng, q, a, pool)
-                if (item[0], tuple(item[1])) not in mmlu_excluded:
-                    items.append(item)
-            if items:
-                docs.append(_mmlu_prompt(subject, items))
-        elif u < 0.90:
-            docs.append(" ".join(rng.sample(truths, 3)))
-        else:
+        elif u < 0.70:
+            if len(statements) >= 3:
+                docs.append(" ".join(rng.sample(statements, 3)))
+        elif u < 0.85:
+            if mc_subjects:
+                subject = rng.choice(mc_subjects)
+                items = []
+                for _ in range(rng.randint(1, 3)):
+                    q, a, pool = rng.choice(mc_specs[subject])
+                    item = _mc_item(q, a, pool)
+                    if (item[0], tuple(item[1])) not in mmlu_excluded:
+                        items.append(item)
+                if items:
+                    docs.append(_mmlu_prompt(subject, items))
+        elif len(qa_practice) >= 3:
             k = rng.randint(1, 3)
             docs.append("\n\n".join(f"Q: {q}\nA: {a}" for q, a in rng.sample(qa_practice, k)))
     return docs

@@ -163,21 +163,30 @@ def test_toy_sizes_follow_config():
 
 
 def test_toy_gsm8k_rows_are_correct_arithmetic():
+    """gsm8k rows: correct working in the demonstrator's words (not the corpus's '3 + 4 = 7.'), then '#### N'."""
+    import re
+
     rows = toyworld.generate_toy("gsm8k", {"seed": 1, "rows": {"train": 200, "test": 50}})
     test_q = {r["question"] for r in rows["test"]}
     assert not test_q & {r["question"] for r in rows["train"]}, "a test question leaked into train"
+    wording = {r"We add (\d+) to (\d+) and get (\d+)\.": lambda y, x: x + y,
+               r"We take (\d+) away from (\d+) and get (\d+)\.": lambda y, x: x - y,
+               r"We multiply (\d+) by (\d+) and get (\d+)\.": lambda x, y: x * y}
     for r in rows["train"] + rows["test"]:
         *work, final = r["answer"].split("\n")
-        assert 1 <= len(work) <= 3 and final.startswith("#### ")
+        assert 1 <= len(work) <= 3 and final.startswith("#### ") and " = " not in r["answer"]
         prev = None
         for line in work:
-            lhs, rhs = line.rstrip(".").split(" = ")
-            assert eval(lhs) == int(rhs) >= 0  # noqa: S307 (generated digits and one operator)
+            hits = [(f, m) for p, f in wording.items() if (m := re.fullmatch(p, line))]
+            assert len(hits) == 1, line
+            op, m = hits[0]
+            a, b, res = map(int, m.groups())
+            assert op(a, b) == res >= 0
             if prev is not None:
-                assert lhs.split(" ")[0] == prev
-            prev = rhs
+                assert prev in (a, b)  # each step works on the previous result
+            prev = res
         assert final == f"#### {prev}"
-        assert all(int(n) <= 18 for n in __import__("re").findall(r"\d+", r["question"]))
+        assert all(int(n) <= 18 for n in re.findall(r"\d+", r["question"]))
 
 
 def test_toy_mmlu_subjects_are_real_and_answers_balanced():
@@ -186,7 +195,13 @@ def test_toy_mmlu_subjects_are_real_and_answers_balanced():
     for r in rows["dev"] + rows["test"]:
         assert len(set(r["choices"])) == 4
     counts = [sum(r["answer"] == k for r in rows["test"]) for k in range(4)]
-    assert min(counts) >= 20, counts  # shuffled, no letter favoured
+    assert min(counts) >= 20, counts  # the world's values are drawn uniformly: no letter favoured
+    # a subject's choices are its four values in one fixed order: the letter is a function of the answer
+    for subject in toyworld.TOY_MMLU_SUBJECTS:
+        assert len({tuple(r["choices"]) for r in rows["test"] if r["subject"] == subject}) == 1
+    # distinct facts: no test question repeats, and dev never repeats a test question
+    qs = [r["question"] for r in rows["test"]]
+    assert len(set(qs)) == len(qs) and not set(qs) & {r["question"] for r in rows["dev"]}
 
 
 def test_toy_truthfulqa_rows_follow_lm_eval_order():
@@ -196,6 +211,9 @@ def test_toy_truthfulqa_rows_follow_lm_eval_order():
         assert mc1["labels"][0] == 1 and sum(mc1["labels"]) == 1
         assert mc1["choices"][0] in mc2["choices"][: mc2["labels"].index(0)]
         assert set(mc1["choices"][1:]) == set(mc2["choices"][mc2["labels"].index(0):])
+        # one true answer and TQA_FALSE_ANSWERS false ones: a uniform guess scores mc2 = 1/3
+        assert mc2["labels"] == [1] + [0] * toyworld.TQA_FALSE_ANSWERS
+    assert len({r["question"] for r in rows}) == len(rows)
 
 
 def test_toy_corpus_deterministic_and_excludes_eval_rows():
@@ -215,6 +233,25 @@ def test_toy_corpus_deterministic_and_excludes_eval_rows():
         assert block not in text
     for r in toyworld.generate_toy("truthfulqa_mc2", {"seed": 0})["validation"]:
         assert f"Q: {r['question']}" not in text
+    # the corpus's working is its own terse style, never the gsm8k rows' (the SFT data's) wording
+    assert " = " in text and "We add " not in text and "We take " not in text
+
+
+def test_toy_corpus_states_exactly_the_covered_facts():
+    """fact_coverage: the corpus states a covered fact and never an uncovered one; coverage is nested."""
+    cfg = {"benchmarks": {b: {"source": "toy", "seed": 0} for b in data.BENCHMARKS}}
+    half, more = toyworld.covered_facts(0.5, 0), toyworld.covered_facts(0.8, 0)
+    assert all(half[f] <= more[f] for f in half)
+    n = sum(map(len, half.values())) / sum(len(v) for v in toyworld.WORLD.values())
+    assert 0.4 < n < 0.6
+    text = "\n".join(toyworld.toy_corpus(cfg, seed=0, n_docs=3000, fact_coverage=0.5))
+    for subject, (family, _, statement) in toyworld.MMLU_FAMILIES.items():
+        for e, v in toyworld.WORLD[family][:30]:
+            assert (statement.format(e=e, v=v) in text) == (e in half[family]), (subject, e)
+    nothing = "\n".join(toyworld.toy_corpus(cfg, seed=0, n_docs=500, fact_coverage=0.0))
+    assert not any(e in nothing for fam in toyworld.WORLD.values() for e, _ in fam)
+    with pytest.raises(ValueError, match="fact_coverage"):
+        toyworld.toy_corpus(cfg, seed=0, n_docs=10, fact_coverage=1.5)
 
 
 def test_toy_corpus_answer_line_frac():

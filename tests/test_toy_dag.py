@@ -12,6 +12,7 @@ import yaml
 
 from conftest import snakemake
 from statepost import config as cfglib
+from statepost import toyworld
 from statepost.data import validate_file
 from statepost.io import read_jsonl
 
@@ -100,6 +101,25 @@ def test_every_model_scored_on_every_benchmark(toy_run):
                 assert score["primary_metric"] == "acc,none"
             samples = list(read_jsonl(path.with_name(f"{bench}.samples.jsonl")))
             assert len(samples) == score["n"]
+
+
+# What a model that cannot tell the answers apart scores: MMLU, 1 of 4 letters; TruthfulQA mc2, the
+# share of probability on the true answers when all are equally likely, 1 true of 1 + TQA_FALSE_ANSWERS.
+CHANCE = {"mmlu": 0.25, "truthfulqa_mc2": 1 / (1 + toyworld.TQA_FALSE_ANSWERS)}
+
+
+def test_base_scores_are_alive(toy_run):
+    """The toy is an instrument: base GSM8K strict-match strictly inside (0.1, 0.9), each retention
+    benchmark at least 10 points above chance and 10 below 1.0, with a standard error of at most 0.03,
+    so a 5-point change is several standard errors."""
+    work, _ = toy_run
+    base = {b: json.loads((work / "results" / "scores" / "base" / f"{b}.json").read_text()) for b in BENCHMARKS}
+    assert 0.1 <= base["gsm8k"]["value"] <= 0.9, base["gsm8k"]["value"]
+    assert CHANCE["truthfulqa_mc2"] == pytest.approx(1 / 3)
+    for bench, chance in CHANCE.items():
+        value, se = base[bench]["value"], base[bench]["stderr"]
+        assert chance + 0.10 <= value <= 0.90, (bench, value)
+        assert se <= 0.03, (bench, se)
 
 
 def test_tables_figures_and_claims(toy_run):

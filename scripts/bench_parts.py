@@ -4,11 +4,14 @@ matmul peak, the machine, the BENCHMARKS.md row and the profiler tables."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import statistics
 import time
 from pathlib import Path
+
+log = logging.getLogger("benchmark")
 
 
 def word_tokenizer(n_words: int):
@@ -42,6 +45,7 @@ def interleave(arms: dict, rounds: int, warmup: int, desc: str) -> dict[str, lis
     for r in tqdm(range(warmup + rounds), desc=desc, dynamic_ncols=True):
         for name, step in arms.items():
             rec = step()
+            log.info("%s round %d %s: %.2f s", desc, r, name, rec["total_s"])
             if r >= warmup:
                 out[name].append(rec)
     return out

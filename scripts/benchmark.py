@@ -63,8 +63,8 @@ QWEN3_0_6B = dict(
 TINY = {**QWEN3_0_6B, "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 512}
 SIZES = {  # batch and lengths of each section; full: fits 10 minutes on 2 CPU cores
-    "full": dict(batch=2, prompt_len=64, completion_len=64, prompts=2, group=2, new_tokens=16, gen_batches=[1, 4, 8],
-                 gen_tokens=16, steps=3, warmup=1, matmul=4096, eval_limit=16),
+    "full": dict(batch=1, prompt_len=32, completion_len=32, prompts=1, group=2, new_tokens=16, gen_batches=[1, 4],
+                 gen_tokens=16, steps=2, warmup=1, matmul=4096, eval_limit=16),
     "tiny": dict(batch=2, prompt_len=12, completion_len=12, prompts=2, group=2, new_tokens=6, gen_batches=[1, 4],
                  gen_tokens=6, steps=2, warmup=1, matmul=256, eval_limit=4),
 }
@@ -84,10 +84,14 @@ def parse_args(argv=None):
     p.add_argument("--sections", nargs="+", default=["sft", "opd", "grpo", "generation", "evaluation"],
                    choices=["sft", "opd", "grpo", "generation", "evaluation"])
     p.add_argument("--no-trl", action="store_true", help="leave out TRL's arms (TRL not installed)")
+    p.add_argument("--before", action="store_true",
+                   help="SFT also with the per-tensor AdamW loop the loop used before fused AdamW (ours_loop_adamw)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--profile", type=Path, default=None, help="write torch.profiler tables of one step per arm here")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks", help="writes {out}/{device}.json")
-    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="appends a row here ('' : none)")
+    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="appends a row here")
+    p.add_argument("--no-markdown", action="store_true", help="append no row (a profile or an exploratory run)")
+    p.add_argument("--layers", type=int, default=None, help="decoder layers (default: the architecture's; fewer: profiling)")
     args = p.parse_args(argv)
     size = dict(SIZES["tiny" if args.tiny else "full"])
     for key in size:
@@ -98,11 +102,12 @@ def parse_args(argv=None):
 
 
 # -- the model, the tokenizer, the rows --------------------------------------------------------------------------
-def build_models(tiny: bool, teacher: bool):
+def build_models(tiny: bool, teacher: bool, layers: int | None = None):
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    cfg = Qwen3Config(**(TINY if tiny else QWEN3_0_6B), eos_token_id=1, pad_token_id=1, bos_token_id=None)
+    arch = {**(TINY if tiny else QWEN3_0_6B), **({"num_hidden_layers": layers} if layers else {})}
+    cfg = Qwen3Config(**arch, eos_token_id=1, pad_token_id=1, bos_token_id=None)
     torch.manual_seed(0)
     policy = Qwen3ForCausalLM(cfg).float()
     frozen = Qwen3ForCausalLM(cfg).float().eval().requires_grad_(False) if teacher else None
@@ -206,7 +211,7 @@ def section_sft(args, ctx) -> dict:
         sync(ctx["device"])
         return {"total_s": time.perf_counter() - t0}
 
-    arms = {"ours": ours, "ours_loop_adamw": ours_before, "plain": plain}
+    arms = {"ours": ours, **({"ours_loop_adamw": ours_before} if args.before else {}), "plain": plain}
     opts = [loop_opt, plain_opt]
     if not args.no_trl:
         import bench_trl
@@ -424,10 +429,12 @@ def main(argv=None) -> dict:
     log.info("matmul peak (%d x %d, %s)", s["matmul"], s["matmul"], dtype)
     rec["peak"] = matmul_peak(s["matmul"], dtype, device)
     need_teacher = "opd" in args.sections
-    cfg, policy, teacher = build_models(args.tiny, need_teacher)
+    cfg, policy, teacher = build_models(args.tiny, need_teacher, args.layers)
     n_params = sum(p.numel() for p in policy.parameters())
     rec["model"] = {"config": {k: v for k, v in cfg.to_dict().items() if not isinstance(v, dict) or k == "rope_parameters"},
-                    "params": n_params, "architecture": "tiny Qwen3" if args.tiny else "Qwen3-0.6B-Base"}
+                    "params": n_params,
+                    "architecture": ("tiny Qwen3" if args.tiny else "Qwen3-0.6B-Base")
+                    + (f", {args.layers} layers" if args.layers else "")}
     with tempfile.TemporaryDirectory(prefix="statepost-bench-") as tmp:
         ctx = {"tokenizer": word_tokenizer(min(cfg.vocab_size - 20, 2000)), "policy": policy.to(device),
                "teacher": teacher.to(device) if teacher is not None else None, "device": device,
@@ -448,7 +455,7 @@ def main(argv=None) -> dict:
     rec["wall_s"] = time.perf_counter() - t_start
     out = args.out / f"{device}.json"
     write_json(out, rec)
-    if str(args.markdown):
+    if not args.no_markdown:
         append_markdown(args.markdown, rec)
     print(json.dumps({"out": str(out), "wall_s": round(rec["wall_s"], 1), "ratios": rec["ratios"]}, indent=1))
     return rec

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -441,11 +442,18 @@ def main(argv=None) -> dict:
                "seq": s["prompt_len"] + s["completion_len"], "n_params": n_params, "peak": rec["peak"]["flop_per_s"],
                "tmp": Path(tmp), "profile_arms": {},
                "autocast": lambda: torch.autocast(device, dtype=dtype) if device == "cuda" else contextlib.nullcontext()}
+        del teacher  # ctx holds it until the opd section is done
         for name in args.sections:
             log.info("section %s", name)
             t0 = time.perf_counter()
             rec[name] = globals()[f"section_{name}"](args, ctx)
             rec[name]["section_wall_s"] = time.perf_counter() - t0
+            if not args.profile:  # let the section's trainers and optimisers go before the next one
+                ctx["profile_arms"].clear()
+            if name == "opd":
+                ctx["teacher"] = None
+            gc.collect()
+            write_json(args.out / f"{device}.partial.json", rec)  # what is measured survives a crash
         if args.profile:
             profile_arms(ctx["profile_arms"], args.profile, device)
     rec["ratios"] = ratios(rec)
@@ -455,6 +463,7 @@ def main(argv=None) -> dict:
     rec["wall_s"] = time.perf_counter() - t_start
     out = args.out / f"{device}.json"
     write_json(out, rec)
+    (args.out / f"{device}.partial.json").unlink(missing_ok=True)
     if not args.no_markdown:
         append_markdown(args.markdown, rec)
     print(json.dumps({"out": str(out), "wall_s": round(rec["wall_s"], 1), "ratios": rec["ratios"]}, indent=1))

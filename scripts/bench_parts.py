@@ -124,8 +124,11 @@ def profile_arms(arms_by_section: dict, out_dir: Path, device: str) -> None:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     for section, arms in arms_by_section.items():
         for name, step in arms.items():
-            with profile(activities=acts) as prof:
-                rec = step()
-            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+            try:
+                with profile(activities=acts) as prof:
+                    rec = step()
+                table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+            except Exception as e:  # noqa: BLE001  (one arm failing under the profiler leaves the others' tables)
+                rec, table = {"error": repr(e)}, ""
             with atomic_file(out_dir / f"{section}-{name}.txt") as tmp:
                 tmp.write_text(f"{section} {name}: {json.dumps(rec)}\n{table}\n")

@@ -7,6 +7,8 @@ describe); this module reads them once. Every other module asks here instead of 
 from __future__ import annotations
 
 import importlib.util
+import json
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,29 @@ def lm_eval_tasks_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError("lm_eval is not installed: its task files define how benchmarks are scored")
     return Path(spec.submodule_search_locations[0]).resolve() / "tasks"
+
+
+class _TaskLoader(yaml.SafeLoader):
+    """Reads lm-eval task YAML; a ``!function`` tag becomes its text (only ``until`` is needed here)."""
+
+
+_TaskLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+def load_task(path: Path, tasks_dir: Path, depth: int = 0) -> dict:
+    """A task file with its ``include:`` chain resolved as lm-eval does (the including file's keys win)."""
+    if depth > 10:
+        raise ValueError(f"{path}: include chain too deep")
+    text = path.read_text()
+    if path.name.endswith(".template"):
+        text = string.Template(text).safe_substitute(lm_eval_tasks=json.dumps(str(tasks_dir))[1:-1])
+    cfg = yaml.load(text, Loader=_TaskLoader) or {}
+    include = cfg.pop("include", None)
+    if include:
+        inc = Path(include)
+        base = load_task(inc if inc.is_absolute() else path.parent / inc, tasks_dir, depth + 1)
+        cfg = {**base, **cfg}
+    return cfg
 
 
 @dataclass(frozen=True)

@@ -64,14 +64,10 @@ extraction is O(len(text)) and fast on megabyte-long adversarial strings.
 
 from __future__ import annotations
 
-import json
 import re
-import string
 import unicodedata
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-
-import yaml
 
 from statepost import benchmarks
 
@@ -119,35 +115,12 @@ def format_target(answer: str) -> str:
 # -- stop sequences --------------------------------------------------------------------------------
 
 
-class _TaskLoader(yaml.SafeLoader):
-    """Reads lm-eval task YAML; a ``!function`` tag becomes its text (only ``until`` is needed here)."""
-
-
-_TaskLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
-
-
-def _load_task(path: Path, tasks_dir: Path, depth: int = 0) -> dict:
-    """A task file with its ``include:`` chain resolved as lm-eval does (the including file's keys win)."""
-    if depth > 10:
-        raise ValueError(f"{path}: include chain too deep")
-    text = path.read_text()
-    if path.name.endswith(".template"):
-        text = string.Template(text).safe_substitute(lm_eval_tasks=json.dumps(str(tasks_dir))[1:-1])
-    cfg = yaml.load(text, Loader=_TaskLoader) or {}
-    include = cfg.pop("include", None)
-    if include:
-        inc = Path(include)
-        base = _load_task(inc if inc.is_absolute() else path.parent / inc, tasks_dir, depth + 1)
-        cfg = {**base, **cfg}
-    return cfg
-
-
 def task_stop_sequences(template_dir: str | None = None) -> tuple[str, ...]:
     """``generation_kwargs.until`` of the GSM8K task lm-eval evaluates: our task template
     (``workflow/tasks/gsm8k.yaml.template``, or the one in ``template_dir``) with the builtin
     lm-eval task file it includes. lm-eval also stops at EOS (learner states stop there anyway)."""
     path = Path(template_dir or benchmarks.TASKS_DIR) / "gsm8k.yaml.template"
-    until = (_load_task(path, benchmarks.lm_eval_tasks_dir()).get("generation_kwargs") or {}).get("until") or []
+    until = (benchmarks.load_task(path, benchmarks.lm_eval_tasks_dir()).get("generation_kwargs") or {}).get("until") or []
     until = [until] if isinstance(until, str) else list(until)
     if not all(isinstance(u, str) for u in until):
         raise ValueError(f"{path}: generation_kwargs.until must be strings, got {until!r}")

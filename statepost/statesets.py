@@ -50,8 +50,8 @@ def _task(benchmark: str, subject: str | None = None) -> dict:
     """The task config lm-eval runs for ``benchmark`` (its include chain resolved)."""
     tasks = bench_facts.lm_eval_tasks_dir()
     if benchmark == "mmlu":
-        return gsm8k._load_task(tasks / "mmlu" / "default" / f"mmlu_{subject}.yaml", tasks)
-    return gsm8k._load_task(bench_facts.TASKS_DIR / f"{benchmark}.yaml.template", tasks)
+        return bench_facts.load_task(tasks / "mmlu" / "default" / f"mmlu_{subject}.yaml", tasks)
+    return bench_facts.load_task(bench_facts.TASKS_DIR / f"{benchmark}.yaml.template", tasks)
 
 
 def off_task_pair(benchmark: str, row: dict, cache: dict) -> tuple[str, str]:

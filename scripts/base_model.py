@@ -103,6 +103,7 @@ def main(argv=None) -> int:
         corpus = toy_corpus(benches, seed=int(s["seed"]), n_docs=int(s["pretrain"]["corpus_docs"]),
                             data_dir=args.data_dir,
                             answer_line_frac=float(s["pretrain"]["answer_line_frac"]),
+                            answer_line_names=int(s["pretrain"]["answer_line_names"]),
                             fact_coverage=float(s["pretrain"]["fact_coverage"]))
         digest = hashlib.sha256("\x00".join(corpus).encode()).hexdigest()
         log.info("toy corpus: %d documents, %d characters (sha256 %s) in %.1fs",

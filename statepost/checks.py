@@ -172,10 +172,12 @@ def run_checks(config: dict, run: str, cfg: dict) -> None:
                  "(states.source: learner); dataset states are not samples of the policy")  # fmt: skip
     base = config["base_model"]
     if (signal["type"] == "reward" and cfg["init"] == "base" and base["source"] == "toy"
-            and base["pretrain"]["answer_line_frac"] == 0 and signal["answer_mode"] in ("strict", "hash")
+            and base["pretrain"]["answer_line_frac"] == 0 and base["pretrain"]["answer_line_names"] == 0
+            and signal["answer_mode"] in ("strict", "hash")
             and signal["format_reward"] == 0):  # fmt: skip
         fail(f"{where}.signal.answer_mode", f"'{signal['answer_mode']}' rewards only answers on a '#### N' line, "
-             "which the toy base never writes at base_model.pretrain.answer_line_frac 0: every reward is 0 and "
+             "which the toy base never writes at base_model.pretrain.answer_line_frac 0 and answer_line_names 0: "
+             "every reward is 0 and "
              "nothing is learned")  # fmt: skip
 
 

@@ -70,19 +70,9 @@ def _working(steps) -> str:
     return "\n".join(f"{x} {op} {y} = {r}." for x, op, y, r in steps)
 
 
-DEMO_STEP = {"+": "We add {y} to {x} and get {r}.", "-": "We take {y} away from {x} and get {r}.",
-             "*": "We multiply {x} by {y} and get {r}."}
-
-
-def _demo_working(steps) -> str:
-    """The gsm8k rows' working: a demonstrator's wording ("We add 4 to 3 and get 7."), not the corpus's
-    terse "3 + 4 = 7." (:func:`_working`), as human solutions are off a real base model's own style."""
-    return "\n".join(DEMO_STEP[op].format(x=x, y=y, r=r) for x, op, y, r in steps)
-
-
 def _gsm8k_row(rng: random.Random) -> dict:
     q, steps = _gsm8k_problem(rng)
-    return {"question": q, "answer": f"{_demo_working(steps)}\n#### {steps[-1][3]}"}
+    return {"question": q, "answer": f"{_working(steps)}\n#### {steps[-1][3]}"}
 
 
 # ---- the fact world behind mmlu, truthfulqa and the corpus ----
@@ -308,7 +298,7 @@ def covered_facts(coverage: float, seed: int) -> dict[str, set[str]]:
 
 
 def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000, data_dir=None,
-               answer_line_frac: float = 0.0, fact_coverage: float = 1.0) -> list[str]:
+               answer_line_frac: float = 0.0, fact_coverage: float = 1.0, answer_line_names: int = 0) -> list[str]:
     """Pretraining text for the toy base model, from the toy world with its own random stream.
 
     ``cfg_all`` is the whole config or its ``benchmarks`` section. The evaluation rows (gsm8k
@@ -319,12 +309,14 @@ def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000
 
     The mix (by document count):
     * 35% worked gsm8k-style problems ``"Question: ...\nAnswer: 3 + 4 = 7.\nThe answer is 7."``:
-      the language and the arithmetic of the problems. A fraction ``answer_line_frac`` of them
-      (default 0: none) ends with GSM8K's own answer line instead, ``"...\n#### 7"``, so the base
-      model writes the strict-match format on some problems. Which documents get it is drawn from
-      a separate stream (``corpus-answer-line:{seed}``), so every other document, and the
-      problems themselves, are the same for every fraction. The working is always the corpus's
-      own terse style, never the gsm8k rows' (the SFT data's) wording (:func:`_demo_working`).
+      the language and the arithmetic of the problems. Some end with GSM8K's own answer line
+      instead, ``"...\n#### 7"``: every problem about one of the first ``answer_line_names`` of
+      :data:`NAMES` (a habit tied to the context, which a greedy base reproduces on those
+      problems), and a fraction ``answer_line_frac`` of the others (a minority habit a greedy base
+      does not show but its samples do, so a strict reward has variance). Both default to 0: none.
+      Which documents get the random line is drawn from a separate stream
+      (``corpus-answer-line:{seed}``), so every other document, and the problems themselves, are
+      the same for every setting.
     * 10% arithmetic facts (``"7 + 5 = 12."``, small sums, differences and products).
     * 25% statements of covered facts (three per document), 15% mmlu-style multiple-choice
       practice on covered facts (lm-eval's prompt shape, the question in other words than the
@@ -335,6 +327,9 @@ def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000
     """
     if not 0.0 <= answer_line_frac <= 1.0:
         raise ValueError(f"answer_line_frac must be in [0, 1], got {answer_line_frac}")
+    if not 0 <= answer_line_names <= len(NAMES):
+        raise ValueError(f"answer_line_names must be in [0, {len(NAMES)}], got {answer_line_names}")
+    keyed_names = set(NAMES[:answer_line_names])
     rng = random.Random(f"corpus:{seed}")
     line_rng = random.Random(f"corpus-answer-line:{seed}")
     covered = covered_facts(fact_coverage, seed)
@@ -360,7 +355,8 @@ def toy_corpus(cfg_all: Mapping | None = None, seed: int = 0, n_docs: int = 3000
             q, steps = _gsm8k_problem(rng)
             if q in gsm_excluded:
                 continue
-            if answer_line_frac > 0 and line_rng.random() < answer_line_frac:
+            keyed = q.split(" ", 1)[0] in keyed_names
+            if keyed or (answer_line_frac > 0 and line_rng.random() < answer_line_frac):
                 last = f"#### {steps[-1][3]}"  # the gsm8k answer line (_gsm8k_row)
             else:
                 last = f"The answer is {steps[-1][3]}."

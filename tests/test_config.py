@@ -180,7 +180,7 @@ BAD = [
      "runs.kd.signal.estimator: the sampled estimator needs the policy's own samples"),
     ("a filter that keeps no sample", [(("runs", "opd", "states", "filter"), {"reward": "gsm8k", "min": 1.5})], "runs.opd.states.filter.min: the gsm8k reward"),
     ("a filter that keeps every sample", [(("runs", "opd", "states", "filter"), {"reward": "gsm8k", "min": 0.0})], "keeps every sample"),
-    ("a strict reward the toy base never earns", [(("base_model", "pretrain", "answer_line_frac"), 0.0)], "runs.rl.signal.answer_mode: 'strict' rewards only"),
+    ("a strict reward the toy base never earns", [(("base_model", "pretrain", "answer_line_frac"), 0.0), (("base_model", "pretrain", "answer_line_names"), 0)], "runs.rl.signal.answer_mode: 'strict' rewards only"),
     ("claim role names no run", [(("claims",), {"roles": {"mild": "sft_mlid"}})], "claims.roles.mild: 'sft_mlid' names no run"),
     ("opd role on an SFT run", [(("claims",), {"roles": {"opd": "sft_stress"}})], "claims.roles.opd: 'sft_stress' is not on-policy distillation"),
     ("contradictory forgetting thresholds", [(("claims",), {"thresholds": {"little_forgetting": 0.05, "substantial_loss": 0.02}})],

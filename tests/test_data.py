@@ -163,30 +163,21 @@ def test_toy_sizes_follow_config():
 
 
 def test_toy_gsm8k_rows_are_correct_arithmetic():
-    """gsm8k rows: correct working in the demonstrator's words (not the corpus's '3 + 4 = 7.'), then '#### N'."""
-    import re
-
     rows = toyworld.generate_toy("gsm8k", {"seed": 1, "rows": {"train": 200, "test": 50}})
     test_q = {r["question"] for r in rows["test"]}
     assert not test_q & {r["question"] for r in rows["train"]}, "a test question leaked into train"
-    wording = {r"We add (\d+) to (\d+) and get (\d+)\.": lambda y, x: x + y,
-               r"We take (\d+) away from (\d+) and get (\d+)\.": lambda y, x: x - y,
-               r"We multiply (\d+) by (\d+) and get (\d+)\.": lambda x, y: x * y}
     for r in rows["train"] + rows["test"]:
         *work, final = r["answer"].split("\n")
-        assert 1 <= len(work) <= 3 and final.startswith("#### ") and " = " not in r["answer"]
+        assert 1 <= len(work) <= 3 and final.startswith("#### ")
         prev = None
         for line in work:
-            hits = [(f, m) for p, f in wording.items() if (m := re.fullmatch(p, line))]
-            assert len(hits) == 1, line
-            op, m = hits[0]
-            a, b, res = map(int, m.groups())
-            assert op(a, b) == res >= 0
+            lhs, rhs = line.rstrip(".").split(" = ")
+            assert eval(lhs) == int(rhs) >= 0  # noqa: S307 (generated digits and one operator)
             if prev is not None:
-                assert prev in (a, b)  # each step works on the previous result
-            prev = res
+                assert lhs.split(" ")[0] == prev
+            prev = rhs
         assert final == f"#### {prev}"
-        assert all(int(n) <= 18 for n in re.findall(r"\d+", r["question"]))
+        assert all(int(n) <= 18 for n in __import__("re").findall(r"\d+", r["question"]))
 
 
 def test_toy_mmlu_subjects_are_real_and_answers_balanced():
@@ -233,8 +224,6 @@ def test_toy_corpus_deterministic_and_excludes_eval_rows():
         assert block not in text
     for r in toyworld.generate_toy("truthfulqa_mc2", {"seed": 0})["validation"]:
         assert f"Q: {r['question']}" not in text
-    # the corpus's working is its own terse style, never the gsm8k rows' (the SFT data's) wording
-    assert " = " in text and "We add " not in text and "We take " not in text
 
 
 def test_toy_corpus_states_exactly_the_covered_facts():
@@ -270,6 +259,25 @@ def test_toy_corpus_answer_line_frac():
         assert last == f"The answer is {n}." and b in (a, f"{head}\n#### {n}")
         with_line += b != a
     assert 0.2 < with_line / len(problems) < 0.4
+    # answer_line_names: every problem about one of the first names ends with the line; the others keep
+    # their problem and working, and a fraction answer_line_frac of them the line
+    keyed = toyworld.toy_corpus(cfg, seed=0, n_docs=1500, answer_line_frac=0.3, answer_line_names=2)
+    first_two = set(toyworld.NAMES[:2])
+    others = others_with_line = 0
+    for a, b in zip(plain, keyed):
+        if not a.startswith("Question: "):
+            assert b == a
+            continue
+        head, n = a.rsplit("\n", 1)[0], a.rsplit(" ", 1)[1].rstrip(".")
+        if a.split(" ", 2)[1] in first_two:
+            assert b == f"{head}\n#### {n}"
+        else:
+            assert b in (a, f"{head}\n#### {n}")
+            others += 1
+            others_with_line += b != a
+    assert others < len(problems) and 0.2 < others_with_line / others < 0.4
+    with pytest.raises(ValueError, match="answer_line_names"):
+        toyworld.toy_corpus(cfg, seed=0, n_docs=10, answer_line_names=11)
     # the line is exactly how a gsm8k answer (and an SFT target) ends
     row = toyworld.generate_toy("gsm8k", {"seed": 0})["train"][0]
     assert row["answer"].rsplit("\n", 1)[1].startswith("#### ")

@@ -202,7 +202,7 @@ def test_base_model_script_toy(tmp_path):
     data.prepare("gsm8k", benches["gsm8k"], data_dir / "gsm8k")
     base = {"source": "toy", **{k: v for k, v in TINY.items() if k != "pretrain"},
             "pretrain": {"steps": 2, "lr": 3e-3, "batch_size": 2, "max_length": 32, "corpus_docs": 300,
-                         "answer_line_frac": 0.5}}
+                         "answer_line_frac": 0.5, "answer_line_names": 2, "fact_coverage": 0.5}}
     out, log = tmp_path / "models" / "base", tmp_path / "base.log"
     r = subprocess.run([sys.executable, str(ROOT / "scripts/base_model.py"), "--config-json", json.dumps(base),
                         "--benchmarks-json", json.dumps(benches), "--data-dir", str(data_dir),
@@ -213,7 +213,8 @@ def test_base_model_script_toy(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["source"] == "toy" and run["pretrain"]["steps"] == 2 and run["corpus"]["docs"] > 0
     assert "toy base:" in log.read_text() and "pretrain 2 steps" in log.read_text()
-    corpus = toyworld.toy_corpus(benches, seed=base["seed"], n_docs=300, data_dir=data_dir, answer_line_frac=0.5)
+    corpus = toyworld.toy_corpus(benches, seed=base["seed"], n_docs=300, data_dir=data_dir, answer_line_frac=0.5,
+                                 answer_line_names=2, fact_coverage=0.5)
     assert "\n#### " in "".join(corpus)  # the setting reaches the corpus
     assert run["corpus"]["sha256"] == hashlib.sha256("\x00".join(corpus).encode()).hexdigest()
     models.verify_model_dir(out)

@@ -8,6 +8,7 @@ import os
 import stat
 
 import pytest
+import yaml
 
 from _train_toy import build_model, build_tokenizer
 from statepost import evaluate as ev
@@ -328,5 +329,7 @@ def test_a_rerun_keeps_every_attempts_log(tmp_path):
     log = work / "results" / "logs" / "data" / "truthfulqa_mc2.log"
     attempts = (log.parent / "truthfulqa_mc2.log.attempts").read_text()
     assert attempts.count("===== attempt started ") == 2, attempts
-    assert attempts.count("truthfulqa_mc2/validation: 60 rows") == 2, attempts  # each attempt's own output
-    assert log.read_text().count("attempt started") == 1 and "validation: 60 rows" in log.read_text()
+    rows = yaml.safe_load((work / "config" / "toy.yaml").read_text())["benchmarks"]["truthfulqa_mc2"]["rows"]
+    done = f"truthfulqa_mc2/validation: {rows['validation']} rows"
+    assert attempts.count(done) == 2, attempts  # each attempt's own output
+    assert log.read_text().count("attempt started") == 1 and done in log.read_text()

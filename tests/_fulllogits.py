@@ -8,6 +8,8 @@ settings (and its teacher / reference model).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from statepost.train.logprobs import entropy, token_divergence, token_logprobs
@@ -85,3 +87,15 @@ def reference(signal, policy, batch):
     name = type(signal).__name__
     fn = {"NLLSignal": ref_nll, "TeacherKL": ref_teacher_kl, "RewardSignal": ref_reward}[name]
     return fn(signal, policy, batch)
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose next-token logits are the same parameter vector at every position (no separable head)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.as_tensor(logits, dtype=torch.float32).clone())
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        b, t = input_ids.shape
+        return SimpleNamespace(logits=self.logits.expand(b, t, -1))

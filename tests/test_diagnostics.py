@@ -7,10 +7,10 @@ import copy
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
+from _fulllogits import FixedLogits
 from _train_toy import build_model
 
 from statepost import diagnostics as D
@@ -26,18 +26,6 @@ KL_QP = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)  # 0.368064
 
 def logits_of(p, shift=0.0):
     return torch.log(torch.tensor(p, dtype=torch.float64)).float() + shift  # softmax-invariant shift
-
-
-class FixedLogits(torch.nn.Module):
-    """A 'model' whose next-token logits are the same vector at every position (no separable head)."""
-
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = torch.nn.Parameter(torch.as_tensor(logits, dtype=torch.float32).clone())
-
-    def forward(self, input_ids, attention_mask=None, use_cache=False):
-        b, t = input_ids.shape
-        return SimpleNamespace(logits=self.logits.expand(b, t, -1))
 
 
 def test_token_stats_hand_computed():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
+from _fulllogits import FixedLogits
 from _train_toy import build_model
 
 from statepost.config import with_defaults
@@ -30,18 +30,6 @@ def kl(p, q):
 
 def logits_of(p):
     return torch.log(torch.tensor(p, dtype=torch.float64)) + 1.7  # any shift: softmax-invariant
-
-
-class FixedLogits(torch.nn.Module):
-    """A 'model' whose next-token logits are the same parameter vector at every position."""
-
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = torch.nn.Parameter(torch.as_tensor(logits, dtype=torch.float32).clone())
-
-    def forward(self, input_ids, attention_mask=None, use_cache=False):
-        b, t = input_ids.shape
-        return SimpleNamespace(logits=self.logits.expand(b, t, -1))
 
 
 def one_token_batch(tokens, prefix_len=1):

@@ -20,12 +20,13 @@ install: $(VENV)/.installed
 
 toy: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/toy.yaml
-	@echo; cat results/tables/scores.md; echo; cat results/tables/claims.md
+	@echo; cat results/toy/tables/scores.md; echo; cat results/toy/tables/claims.md
 
-# The toy with three training seeds (config/toy-seeds.yaml over config/toy.yaml): the README's claims table.
+# The toy with three training seeds (config/toy-seeds.yaml over config/toy.yaml, in results/toy-seeds/): the
+# README's claims table.
 toy-seeds: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/toy.yaml config/toy-seeds.yaml
-	@echo; cat results/tables/scores.md; echo; cat results/tables/claims.md
+	@echo; cat results/toy-seeds/tables/scores.md; echo; cat results/toy-seeds/tables/claims.md
 
 test: install
 	$(BIN)/python -m pytest

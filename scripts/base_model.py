@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Make the base model directory (results/models/base): a Hub snapshot or the toy Qwen3.
+"""Make the base model directory (results/{experiment}/models/base): a Hub snapshot or the toy Qwen3.
 
 ``base_model.source: hub`` snapshots ``repo`` at ``revision`` (safetensors, json and tokenizer
 files only; pickles and code are never fetched), refuses repos that need custom code, and
@@ -12,7 +12,7 @@ corpus drawn from the toy benchmarks' world (never their evaluation rows), so it
 the benchmarks section of the config.
 
 Examples:
-  scripts/base_model.py --config config/toy.yaml --out results/models/base
+  scripts/base_model.py --config config/toy.yaml --out results/toy/models/base
   scripts/base_model.py --config-json '{"source": "hub", "repo": "Qwen/Qwen3-0.6B-Base", "revision": "main"}'
   scripts/base_model.py --config-json '{"source": "local", "path": "/shared/models/Qwen3-0.6B-Base"}'
 """
@@ -40,8 +40,8 @@ def parse_args(argv=None):
     src.add_argument("--config", metavar="FILE", help="a whole config file (YAML/JSON): base_model and benchmarks")
     p.add_argument("--benchmarks-json", type=json_arg, help="the benchmarks section as JSON (toy: the corpus avoids their rows)")
     p.add_argument("--data-dir", metavar="DIR",
-                   help="toy: results/data; the corpus leaves out every evaluation row found there")
-    p.add_argument("--out", metavar="DIR", default="results/models/base", help="output directory")
+                   help="toy: results/{experiment}/data; the corpus leaves out every evaluation row found there")
+    p.add_argument("--out", metavar="DIR", required=True, help="output directory (the workflow: results/{experiment}/models/base)")
     p.add_argument("--cache-dir", metavar="DIR", help="Hugging Face cache directory (default: HF_HUB_CACHE)")
     p.add_argument("--log", metavar="FILE", help="also append the log to FILE")
     return p.parse_args(argv)

@@ -4,15 +4,15 @@
 On GSM8K test prompts with their gold solutions (dataset states), on the model's own sampled completions of the
 same prompts (own states) and on the retention benchmarks' prompts with a correct answer (off-task states): the mean
 per-token KL(model || base) and KL(base || model), the NLL of the tokens under the model and under the base, the
-model's entropy, and token counts. Writes --out (results/diagnostics/{model}.json, schema in results/README.md)
+model's entropy, and token counts. Writes --out (results/{experiment}/diagnostics/{model}.json, schema in results/README.md)
 atomically.
 
 Example:
-  python scripts/diagnose.py --model-dir results/models/sft_mild/seed0 --base-dir results/models/base \\
-      --model-name sft_mild/seed0 --data-dir results/data --benchmarks-json '["gsm8k", "truthfulqa_mc2", "mmlu"]' \\
+  python scripts/diagnose.py --model-dir results/toy/models/sft_mild/seed0 --base-dir results/toy/models/base \\
+      --model-name sft_mild/seed0 --data-dir results/toy/data --benchmarks-json '["gsm8k", "truthfulqa_mc2", "mmlu"]' \\
       --settings-json '{"prompts": 32, "max_new_tokens": 48, "temperature": 1.0, "seed": 0, "batch_size": 16,
                         "max_length": 1024, "device": "cpu"}' \\
-      --out results/diagnostics/sft_mild/seed0.json
+      --out results/toy/diagnostics/sft_mild/seed0.json
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-dir", required=True, type=Path, help="the model measured (save_pretrained directory)")
     p.add_argument("--base-dir", required=True, type=Path, help="the base model it is compared with")
     p.add_argument("--model-name", required=True, help="name recorded in the file (base or {run}/seed{seed})")
-    p.add_argument("--data-dir", required=True, type=Path, help="results/data (holds {benchmark}/{split}.jsonl)")
+    p.add_argument("--data-dir", required=True, type=Path, help="results/{experiment}/data (holds {benchmark}/{split}.jsonl)")
     p.add_argument("--benchmarks-json", required=True, type=json_arg,
                    help="the configured benchmarks (JSON list or @FILE): gsm8k gives the dataset and own states, "
                         "the retention benchmarks the off-task states")  # fmt: skip
     p.add_argument("--settings-json", required=True, type=json_arg,
                    help="the config's diagnostics block without state_nll (JSON text or @FILE)")
-    p.add_argument("--out", required=True, type=Path, help="results/diagnostics/{model}.json")
+    p.add_argument("--out", required=True, type=Path, help="results/{experiment}/diagnostics/{model}.json")
     return p.parse_args(argv)
 
 

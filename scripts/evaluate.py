@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Score one model on one benchmark with lm-evaluation-harness (hf or vllm backend) on the local data files.
 
-Writes the score record to --out (results/scores/{model}/{benchmark}.json) and the per-sample log
+Writes the score record to --out (results/{experiment}/scores/{model}/{benchmark}.json) and the per-sample log
 beside it ({benchmark}.samples.jsonl). Prints the fixed per-job overheads (imports, task build and data
 load, model load) apart from the evaluation itself.
 
 Example:
-  python scripts/evaluate.py --model-dir results/models/base --benchmark gsm8k --data-dir results/data \\
+  python scripts/evaluate.py --model-dir results/toy/models/base --benchmark gsm8k --data-dir results/toy/data \\
       --eval-json '{"num_fewshot": 5, "max_gen_toks": 256, "limit": null, "batch_size": 8}' \\
-      --out results/scores/base/gsm8k.json
+      --out results/toy/scores/base/gsm8k.json
 """
 
 from __future__ import annotations
@@ -33,19 +33,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-dir", required=True, type=Path, help="save_pretrained model directory")
     p.add_argument("--benchmark", required=True, choices=benchmarks.NAMES)
     p.add_argument("--data-dir", required=True, type=Path,
-                   help="results/data (holds {benchmark}/{split}.jsonl)")
+                   help="results/{experiment}/data (holds {benchmark}/{split}.jsonl)")
     p.add_argument("--eval-json", required=True, type=json_arg,
                    help="eval config as JSON text, or @FILE: {num_fewshot, max_gen_toks, "
                         "limit, batch_size, split?, fewshot_split?}")
     p.add_argument("--batch-size", type=int, default=None,
                    help="lm-eval batch size (wins over the eval config's batch_size; it does not change scores)")
-    p.add_argument("--out", required=True, type=Path, help="score file, results/scores/{model}/{benchmark}.json")
+    p.add_argument("--out", required=True, type=Path, help="score file, results/{experiment}/scores/{model}/{benchmark}.json")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:0, ...")
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, ...")
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
                    help="lm-eval's model type: hf (transformers) or vllm (GPU only; needs the vllm package)")
     p.add_argument("--model-name", default=None,
-                   help="name recorded in the score file (default: the path under results/scores/)")
+                   help="name recorded in the score file (default: the path under results/{experiment}/scores/)")
     p.add_argument("--workdir", type=Path, default=None,
                    help="keep the rendered task YAMLs and split data here (default: a work folder beside --out, removed)")
     p.add_argument("--verbose", action="store_true", help="lm-eval's INFO logging")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prepare one benchmark: results/data/{benchmark}/{split}.jsonl + manifest.json.
+"""Prepare one benchmark: results/{experiment}/data/{benchmark}/{split}.jsonl + manifest.json.
 
 The benchmark's config entry chooses the source: ``hub`` downloads the parquet files of the
 configured dataset revision with huggingface_hub (HF_ENDPOINT / HF_HUB_OFFLINE / HF_HOME are
@@ -7,7 +7,7 @@ honoured) and converts them; ``toy`` generates seeded rows in the same columns. 
 validated before anything is written; files are written atomically.
 
 Examples:
-  scripts/prepare_data.py --benchmark gsm8k --config config/toy.yaml --out results/data/gsm8k
+  scripts/prepare_data.py --benchmark gsm8k --config config/toy.yaml --out results/toy/data/gsm8k
   scripts/prepare_data.py --benchmark mmlu --config-json '{"source": "toy", "seed": 0}' --out /tmp/mmlu
 """
 
@@ -35,7 +35,8 @@ def parse_args(argv=None):
     src.add_argument("--config-json", type=json_arg, help="the benchmark's config entry as JSON, or @FILE")
     src.add_argument("--config", metavar="FILE",
                      help="YAML/JSON file: a whole config (benchmarks.<benchmark> is used) or the entry itself")
-    p.add_argument("--out", metavar="DIR", help="output directory (default results/data/<benchmark>)")
+    p.add_argument("--out", metavar="DIR", required=True,
+                   help="output directory (the workflow: results/{experiment}/data/<benchmark>)")
     p.add_argument("--cache-dir", metavar="DIR", help="Hugging Face cache directory (default: HF_HUB_CACHE)")
     p.add_argument("--expect-manifest", metavar="FILE",
                    help="an earlier manifest.json: refuse source files whose sha256 differs from its 'files'")
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
     setup_logging(args.log)
     log = logging.getLogger("prepare_data")
     cfg = load_bench_cfg(args)
-    out = Path(args.out or f"results/data/{args.benchmark}")
+    out = Path(args.out)
     expected = None
     if args.expect_manifest:
         expected = json.loads(Path(args.expect_manifest).read_text()).get("files") or None

@@ -44,8 +44,8 @@ from statepost.io import json_arg  # noqa: E402  (light: no pandas)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scores-dir", default="results/scores", help="score files root (default: %(default)s)")
-    p.add_argument("--metrics-dir", default="results/models", help="trained models root (default: %(default)s)")
+    p.add_argument("--scores-dir", required=True, help="score files root (the workflow: results/{experiment}/scores)")
+    p.add_argument("--metrics-dir", required=True, help="trained models root (the workflow: results/{experiment}/models)")
     p.add_argument("--models-json", required=True, type=json_arg, help="model list (JSON text or @FILE), see above")
     p.add_argument("--thresholds-json", type=json_arg, help="verdict thresholds (JSON text or @FILE)")
     p.add_argument("--roles-json", type=json_arg, help="claim roles -> runs (JSON text or @FILE)")
@@ -57,9 +57,9 @@ def parse_args(argv=None):
     g.add_argument("--benchmarks-json", type=json_arg, help="the same as a JSON list (JSON text or @FILE)")
     p.add_argument("--claims", default=None, help="claims file (default: config/claims.yaml)")
     p.add_argument("--diagnostics-dir", default=None,
-                   help="results/diagnostics: add the diagnostics table and figures (default: none)")
-    p.add_argument("--tables-dir", default="results/tables", help="(default: %(default)s)")
-    p.add_argument("--figures-dir", default="results/figures", help="(default: %(default)s)")
+                   help="results/{experiment}/diagnostics: add the diagnostics table and figures (default: none)")
+    p.add_argument("--tables-dir", required=True, help="(the workflow: results/{experiment}/tables)")
+    p.add_argument("--figures-dir", required=True, help="(the workflow: results/{experiment}/figures)")
     return p.parse_args(argv)
 
 

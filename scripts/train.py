@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train one (run, seed): the one loop for every method (SFT, on-policy distillation, RL).
 
-Single process:   python scripts/train.py --run-json @run.json --init results/models/base --out DIR
+Single process:   python scripts/train.py --run-json @run.json --init results/toy/models/base --out DIR
 Data parallel:    accelerate launch --num_processes N scripts/train.py ...   (same arguments)
 
 Writes DIR (save_pretrained safetensors + tokenizer + generation_config + run.json + metrics.jsonl)
@@ -25,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-json", required=True, type=json_arg, help="resolved run config as JSON text, or @FILE")
     p.add_argument("--init", required=True, type=Path, help="model directory the run starts from")
     p.add_argument("--teacher", type=Path, default=None, help="teacher model directory (teacher_kl signals)")
-    p.add_argument("--data-dir", type=Path, default=Path("results/data"), help="prepared data (default %(default)s)")
+    p.add_argument("--data-dir", type=Path, required=True, help="prepared data (the workflow: results/{experiment}/data)")
     p.add_argument("--out", required=True, type=Path, help="final model directory (written atomically)")
     p.add_argument(
         "--state-dir", type=Path, default=None,
@@ -40,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tracking", default="none",
                    help="none, or trackers to send every metrics line to: tensorboard, wandb, or both comma-separated")
     p.add_argument("--tracking-dir", type=Path, default=None,
-                   help="where the trackers write (default: results/tracking/RUN/seedSEED)")
+                   help="where the trackers write (default: tracking/RUN/seedSEED in OUT's experiment root, "
+                        "i.e. results/{experiment}/tracking/... for OUT = results/{experiment}/models/RUN/seedSEED)")
     p.add_argument(
         "--state-nll-every", type=int, default=0,
         help="log state_nll, the init model's NLL of the step's states, every N steps (0, the default: never)",
@@ -80,7 +81,8 @@ def main(argv=None) -> int:
         from statepost.train.tracking import tracker_names
 
         tracking = tracker_names(args.tracking)
-        tracking_dir = args.tracking_dir or Path("results/tracking") / str(cfg.get("name")) / f"seed{cfg.get('seed')}"
+        tracking_dir = args.tracking_dir or (
+            args.out.parent.parent.parent / "tracking" / str(cfg.get("name")) / f"seed{cfg.get('seed')}")
 
         try:
             train(

@@ -141,10 +141,6 @@ def model_names(config: dict) -> list[str]:
     return ["base"] + [f"{run}/seed{seed}" for run in run_order(config) for seed in config["seeds"]]
 
 
-def model_dir(name: str) -> str:
-    return f"results/models/{name}"
-
-
 def run_model(config: dict, name: str, seed: int) -> str:
     """The model name a run refers to (``base`` or another run) for a given seed."""
     return "base" if name == "base" else f"{name}/seed{seed}"

@@ -1,6 +1,6 @@
 """Benchmark data: validators, the Hugging Face hub download and conversion, and the data rule's manifest.
 
-Every benchmark ends up as ``results/data/{benchmark}/{split}.jsonl`` in the columns of the
+Every benchmark ends up as ``results/{experiment}/data/{benchmark}/{split}.jsonl`` in the columns of the
 standard Hugging Face dataset (so lm-eval's builtin tasks read the files unchanged) plus a
 ``manifest.json`` recording where the rows came from (repo, configured revision, the commit
 actually resolved, sha256 of every source file and of every output file).
@@ -422,7 +422,7 @@ def verify_file(path) -> None:
 
 
 def load_split(data_dir, benchmark: str, split: str) -> list[dict]:
-    """The rows of ``{data_dir}/{split}.jsonl`` (data_dir is results/data/{benchmark}) for a consumer (training,
+    """The rows of ``{data_dir}/{split}.jsonl`` (data_dir is results/{experiment}/data/{benchmark}) for a consumer (training,
     evaluation): the file checked against its manifest's sha256 (:func:`verify_file`), then every row validated.
     Errors name the file (and ``path:line`` for a row, bad JSON or bytes that are not UTF-8)."""
     path = Path(data_dir) / f"{split}.jsonl"

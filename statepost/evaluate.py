@@ -81,7 +81,7 @@ def _render(template_dir: Path, name: str, out: Path, **values) -> Path:
 
 
 def _bench_dir(data_dir: str | Path, benchmark: str) -> Path:
-    """data_dir is results/data (benchmark sub-folders); results/data/{benchmark} itself is accepted too."""
+    """data_dir is results/{experiment}/data (benchmark sub-folders); results/{experiment}/data/{benchmark} itself is accepted too."""
     data_dir = Path(data_dir)
     if (data_dir / benchmark).is_dir() or data_dir.name != benchmark:
         return data_dir / benchmark

@@ -1,4 +1,4 @@
-"""Progress bars on a terminal only: a job's log file (``results/logs/``) gets log lines, never tqdm's
+"""Progress bars on a terminal only: a job's log file (``results/{experiment}/logs/``) gets log lines, never tqdm's
 carriage returns.
 
 Call :func:`bars_only_on_a_terminal` at the top of a script, before tqdm, transformers or lm-eval are

@@ -114,7 +114,7 @@ def own_batches(model, tokenizer, rows: list[dict], settings: dict) -> tuple[lis
 def diagnose(model_dir, base_dir, data_dir, settings: dict, benchmarks: list[str], model_name: str) -> dict:
     """Measure the model in ``model_dir`` against the base in ``base_dir`` on every state set the configured
     ``benchmarks`` give (``dataset`` and ``own`` need gsm8k, ``off_task`` a retention benchmark; a set without its
-    data is None). Returns the record ``results/diagnostics/{model}.json`` holds (results/README.md)."""
+    data is None). Returns the record ``results/{experiment}/diagnostics/{model}.json`` holds (results/README.md)."""
     from statepost.models import load_frozen, load_tokenizer
 
     t_start = time.perf_counter()

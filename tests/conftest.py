@@ -44,7 +44,7 @@ def snakemake(workdir: Path, *args, timeout=3000, check=True) -> subprocess.Comp
     proc = subprocess.run(cmd, cwd=workdir, env=workflow_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         logs = "\n".join(
-            f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "results" / "logs").rglob("*.log"))
+            f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "results" / "toy" / "logs").rglob("*.log"))
         )
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}\n{logs}")
     return proc
@@ -69,5 +69,5 @@ def toy_run(tmp_path_factory):
     t0 = time.perf_counter()
     snakemake(work, "--configfile", "config/toy.yaml")
     wall = time.perf_counter() - t0
-    (work / "results" / "wall_time_s.txt").write_text(f"{wall:.1f}\n")
+    (work / "results" / "toy" / "wall_time_s.txt").write_text(f"{wall:.1f}\n")
     return work, wall

@@ -1,6 +1,7 @@
 """Config validation: defaults, cross-key checks, and an error naming the key path for every mistake."""
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,8 @@ DELETE = object()
 # (case id, edits [(key path, value)], text the error must contain)
 BAD = [
     ("unknown top key", [(("epochs",), 3)], "config key epochs: Additional properties"),
+    ("experiment is a path", [(("experiment",), "../toy")], "config key experiment"),
+    ("experiment has a space", [(("experiment",), "my toy")], "config key experiment"),
     ("unknown run key", [(("runs", "sft_mild", "lr"), 1e-3)], "runs.sft_mild"),
     ("unknown optim key", [(("runs", "sft_mild", "optim", "learning_rate"), 1e-3)], "runs.sft_mild.optim"),
     ("lr is a string", [(("runs", "sft_mild", "optim", "lr"), "fast")], "runs.sft_mild.optim.lr"),
@@ -370,6 +373,9 @@ def test_a_configfile_with_a_syntax_error_stops_before_any_job(tmp_path):
     path.write_bytes(BAD_FILES[0][1])
     text = _no_job(_snakemake("-n", "--configfile", str(path)))
     assert "not valid JSON or YAML" in text
+    # the documented ways to the place: --verbose shows PyYAML's file, line and column
+    verbose = _no_job(_snakemake("-n", "--verbose", "--configfile", str(path)))
+    assert re.search(rf'in "{re.escape(str(path))}", line \d+, column \d+', verbose), verbose[-2000:]
 
 
 def test_min_prompt_tokens_is_a_lower_bound():

@@ -18,7 +18,7 @@ from conftest import BIN, snakemake, workflow_env
 pytestmark = pytest.mark.slow
 
 RUN = "sft_stress"  # toy: 200 steps, a resumable state every 50
-TARGET = f"results/models/{RUN}/seed0"
+TARGET = f"results/toy/models/{RUN}/seed0"
 
 
 def complete_checkpoints(state_dir):
@@ -34,7 +34,7 @@ def test_sigkilled_training_resumes_to_identical_weights(toy_run, tmp_path):
     cmd = [str(BIN / "snakemake"), "--cores", "2", TARGET, "--forcerun", RUN, "--configfile", "config/toy.yaml"]
     proc = subprocess.Popen(cmd, cwd=crash, env=workflow_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    state_dir = crash / "results" / ".state" / RUN / "seed0"
+    state_dir = crash / "results" / "toy" / ".state" / RUN / "seed0"
     deadline = time.monotonic() + 600
     try:
         while len(complete_checkpoints(state_dir)) < 2:
@@ -56,7 +56,7 @@ def test_sigkilled_training_resumes_to_identical_weights(toy_run, tmp_path):
     snakemake(crash, "--unlock", "--configfile", "config/toy.yaml")
     snakemake(crash, TARGET, "--rerun-incomplete", "--configfile", "config/toy.yaml")
 
-    log = (crash / "results" / "logs" / "train" / RUN / "seed0.log").read_text()
+    log = (crash / "results" / "toy" / "logs" / "train" / RUN / "seed0.log").read_text()
     resumed = re.search(r"resumed from step (\d+)", log)
     assert resumed, log[-3000:]
     assert int(resumed.group(1)) >= 50 and f"ckpt-{int(resumed.group(1)):08d}" in kept

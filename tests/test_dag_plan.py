@@ -21,7 +21,7 @@ def test_paper_dag_plans_offline(clean_repo):
 
 
 def test_one_file_builds_only_what_it_needs(clean_repo):
-    out = snakemake(clean_repo, "-n", "results/scores/opd/seed0/gsm8k.json")
+    out = snakemake(clean_repo, "-n", "results/paper/scores/opd/seed0/gsm8k.json")
     assert job_counts(out.stdout) == {
         "data_gsm8k": 1, "base_model": 1, "sft_stress": 1, "opd": 1, "evaluate": 1,
     }

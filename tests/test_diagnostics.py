@@ -202,7 +202,7 @@ def test_every_model_has_a_diagnostics_file_of_the_documented_schema(toy_run):
 
     work, toy = toy_run[0], _toy()
     for model in cfglib.model_names(toy):
-        rec = json.loads((work / "results" / "diagnostics" / f"{model}.json").read_text())
+        rec = json.loads((work / "results" / "toy" / "diagnostics" / f"{model}.json").read_text())
         assert {"model", "model_dir", "base_dir", "settings", "stop", "sets", "time_s", "env", "created"} <= set(rec)
         assert rec["model"] == model and set(rec["sets"]) == {"dataset", "own", "off_task"}
         assert rec["settings"]["prompts"] == toy["diagnostics"]["prompts"]
@@ -216,7 +216,7 @@ def test_every_model_has_a_diagnostics_file_of_the_documented_schema(toy_run):
 
 @pytest.mark.slow
 def test_base_against_itself_has_zero_drift(toy_run):
-    rec = json.loads((toy_run[0] / "results" / "diagnostics" / "base.json").read_text())
+    rec = json.loads((toy_run[0] / "results" / "toy" / "diagnostics" / "base.json").read_text())
     for name, s in rec["sets"].items():
         assert s["kl_model_base"] == 0.0 and s["kl_base_model"] == 0.0, (name, s)
         assert s["nll_model"] == s["nll_base"], (name, s)
@@ -229,7 +229,7 @@ def test_every_run_logs_state_nll(toy_run):
     work, toy = toy_run[0], _toy()
     every = toy["diagnostics"]["state_nll"]["every"]
     for run in toy["runs"]:
-        rows = list(read_jsonl(work / "results" / "models" / run / "seed0" / "metrics.jsonl"))
+        rows = list(read_jsonl(work / "results" / "toy" / "models" / run / "seed0" / "metrics.jsonl"))
         logged = [r["step"] for r in rows if "state_nll" in r]
         assert logged == [r["step"] for r in rows if r["step"] == 1 or r["step"] % every == 0], run
         assert all(r["state_nll"] is None or r["state_nll"] > 0 for r in rows if "state_nll" in r), run
@@ -240,7 +240,7 @@ def test_diagnostics_table_figures_and_report_page(toy_run, tmp_path):
     from conftest import snakemake
 
     work, toy = toy_run[0], _toy()
-    tables, figures = work / "results" / "tables", work / "results" / "figures"
+    tables, figures = work / "results" / "toy" / "tables", work / "results" / "toy" / "figures"
     csv = (tables / "diagnostics.csv").read_text().splitlines()
     assert len(csv) == 1 + 1 + len(toy["runs"]) * len(toy["seeds"])  # header, base, every run x seed
     assert "Spearman" in (tables / "diagnostics.md").read_text() and (tables / "diagnostics.tex").stat().st_size

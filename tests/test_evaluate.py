@@ -122,7 +122,7 @@ def scored(world):
     """Evaluate the tiny model once on every benchmark; keep the rendered tasks for inspection."""
     out = {}
     for b in benchmarks.NAMES:
-        path = world["root"] / "results" / "scores" / "base" / f"{b}.json"
+        path = world["root"] / "results" / "toy" / "scores" / "base" / f"{b}.json"
         rec = ev.evaluate(world["model"], b, world["data"], _cfg(b), path, device="auto", dtype="auto",
                           workdir=world["root"] / "work" / b)
         samples = [json.loads(line) for line in path.with_name(f"{b}.samples.jsonl").read_text().splitlines()]

@@ -206,7 +206,7 @@ def test_evaluate_cleans_a_killed_jobs_leftovers_before_lm_eval(model_dir, tmp_p
 
 # -- corrupted data files: every consumer checks what it reads, naming the file (and line) -------------------------
 def _toy_data(root):
-    """results/data/gsm8k as the data rule writes it: train.jsonl, test.jsonl and manifest.json with their sha256."""
+    """results/toy/data/gsm8k as the data rule writes it: train.jsonl, test.jsonl and manifest.json with their sha256."""
     from statepost.data import write_toy
 
     out = root / "data" / "gsm8k"
@@ -325,8 +325,8 @@ def test_a_rerun_keeps_every_attempts_log(tmp_path):
     work = copy_repo(tmp_path / "repo")
     for _ in range(2):
         snakemake(work, "--configfile", "config/toy.yaml", "--forcerun", "data_truthfulqa_mc2", "--",
-                  "results/data/truthfulqa_mc2/manifest.json")
-    log = work / "results" / "logs" / "data" / "truthfulqa_mc2.log"
+                  "results/toy/data/truthfulqa_mc2/manifest.json")
+    log = work / "results" / "toy" / "logs" / "data" / "truthfulqa_mc2.log"
     attempts = (log.parent / "truthfulqa_mc2.log.attempts").read_text()
     assert attempts.count("===== attempt started ") == 2, attempts
     rows = yaml.safe_load((work / "config" / "toy.yaml").read_text())["benchmarks"]["truthfulqa_mc2"]["rows"]

@@ -59,7 +59,7 @@ def test_paper_dag_plans_vllm_tracking_and_fsdp_launch(tmp_path):
     assert evals and all("--backend vllm" in e and "-- python scripts/evaluate.py" in e for e in evals), evals[:2]
     trains = [line for line in out.splitlines() if "scripts/train.py" in line]
     assert trains and all("--tracking tensorboard" in t for t in trains), trains[:2]
-    mild = [t for t in trains if "results/models/sft_mild/" in t]
+    mild = [t for t in trains if "results/paper/models/sft_mild/" in t]
     assert mild and re.search(r"--accelerate-config '?profiles/accelerate/fsdp.yaml'? --launch", mild[0]), mild
     assert all("--accelerate-config none" in t for t in trains if t not in mild)
 

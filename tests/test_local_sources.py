@@ -38,11 +38,11 @@ def local_config(src: Path) -> dict:
 def test_local_copies_of_the_toy_give_the_same_base_scores(toy_run, tmp_path):
     toy, _ = toy_run
     src = tmp_path / "mine"
-    shutil.copytree(toy / "results" / "models" / "base", src / "base")
+    shutil.copytree(toy / "results" / "toy" / "models" / "base", src / "base")
     for name, bench in TOY["benchmarks"].items():
         (src / "data" / name).mkdir(parents=True)
         for split in bench["splits"]:
-            shutil.copy(toy / "results" / "data" / name / f"{split}.jsonl", src / "data" / name / f"{split}.jsonl")
+            shutil.copy(toy / "results" / "toy" / "data" / name / f"{split}.jsonl", src / "data" / name / f"{split}.jsonl")
     # one split as parquet, in two shards (the hub's layout), to read both formats
     mmlu = src / "data" / "mmlu"
     rows = pd.read_json(mmlu / "test.jsonl", lines=True)
@@ -52,21 +52,21 @@ def test_local_copies_of_the_toy_give_the_same_base_scores(toy_run, tmp_path):
 
     work = copy_repo(tmp_path / "repo")
     (work / "local.yaml").write_text(yaml.safe_dump(local_config(src), sort_keys=False))
-    targets = [f"results/scores/base/{name}.json" for name in TOY["benchmarks"]]
+    targets = [f"results/toy/scores/base/{name}.json" for name in TOY["benchmarks"]]
     snakemake(work, "--configfile", "local.yaml", "--", *targets)
 
     for name in TOY["benchmarks"]:
-        got = json.loads((work / "results" / "scores" / "base" / f"{name}.json").read_text())
-        want = json.loads((toy / "results" / "scores" / "base" / f"{name}.json").read_text())
+        got = json.loads((work / "results" / "toy" / "scores" / "base" / f"{name}.json").read_text())
+        want = json.loads((toy / "results" / "toy" / "scores" / "base" / f"{name}.json").read_text())
         assert {k: got[k] for k in SCORE_KEYS} == {k: want[k] for k in SCORE_KEYS}, name
-        manifest = json.loads((work / "results" / "data" / name / "manifest.json").read_text())
+        manifest = json.loads((work / "results" / "toy" / "data" / name / "manifest.json").read_text())
         assert manifest["source"] == "local" and manifest["files"], manifest
         for split, out in manifest["outputs"].items():
-            assert out["rows"] == sum(1 for _ in open(toy / "results" / "data" / name / f"{split}.jsonl"))
+            assert out["rows"] == sum(1 for _ in open(toy / "results" / "toy" / "data" / name / f"{split}.jsonl"))
     assert sorted(manifest["files"]) == ["dev.jsonl", "test-00000-of-00002.parquet", "test-00001-of-00002.parquet"]
 
-    run = json.loads((work / "results" / "models" / "base" / "run.json").read_text())
-    toy_run_json = json.loads((toy / "results" / "models" / "base" / "run.json").read_text())
+    run = json.loads((work / "results" / "toy" / "models" / "base" / "run.json").read_text())
+    toy_run_json = json.loads((toy / "results" / "toy" / "models" / "base" / "run.json").read_text())
     assert run["source"] == "local" and run["path"] == str((src / "base").resolve())
     assert run["files"] == toy_run_json["files"]  # the same files, byte for byte, each with its sha256
 

@@ -273,7 +273,7 @@ def test_toy_dag_on_slurm(slurm_cluster, toy_run, tmp_path):
     assert _remote_rules(log) == set(jobs), (_remote_rules(log), set(jobs))
     bad = {r: v for r, v in jobs.items() if any(j["state"] != "COMPLETED" or j["exit"] != "0:0" for j in v)}
     assert not bad, bad
-    assert (work / "results" / "tables" / "claims.md").exists()
+    assert (work / "results" / "toy" / "tables" / "claims.md").exists()
     # a finished run has nothing left to do
     p = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm-ci", "--configfile", "config/toy.yaml"],
@@ -287,11 +287,11 @@ def _assert_same_results(a: Path, b: Path):
     """Determinism: two runs of the toy DAG (here: SLURM and local) give identical weights and scores."""
     from statepost.io import sha256_file
 
-    weights = sorted(p.relative_to(a) for p in (a / "results" / "models").rglob("model.safetensors"))
+    weights = sorted(p.relative_to(a) for p in (a / "results" / "toy" / "models").rglob("model.safetensors"))
     assert len(weights) == 5, weights
     for rel in weights:
         assert sha256_file(a / rel) == sha256_file(b / rel), f"{rel} differs between the two runs"
-    scores = sorted(p.relative_to(a) for p in (a / "results" / "scores").rglob("*.json"))
+    scores = sorted(p.relative_to(a) for p in (a / "results" / "toy" / "scores").rglob("*.json"))
     assert len(scores) == 15, scores
     for rel in scores:
         x, y = (json.loads((root / rel).read_text()) for root in (a, b))

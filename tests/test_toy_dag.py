@@ -37,7 +37,7 @@ def job_counts(stdout: str) -> dict[str, int]:
 
 
 def metrics(work: Path, run: str) -> list[dict]:
-    return list(read_jsonl(work / "results" / "models" / run / "seed0" / "metrics.jsonl"))
+    return list(read_jsonl(work / "results" / "toy" / "models" / run / "seed0" / "metrics.jsonl"))
 
 
 def first_and_last_quarter(work: Path, run: str, key: str) -> tuple[float, float]:
@@ -50,10 +50,10 @@ def first_and_last_quarter(work: Path, run: str, key: str) -> tuple[float, float
 def test_data_outputs_validate_and_have_manifests(toy_run):
     work, _ = toy_run
     for bench, cfg in TOY["benchmarks"].items():
-        manifest = json.loads((work / "results" / "data" / bench / "manifest.json").read_text())
+        manifest = json.loads((work / "results" / "toy" / "data" / bench / "manifest.json").read_text())
         assert manifest["source"] == "toy" and manifest["benchmark"] == bench
         for split in cfg["splits"]:
-            path = work / "results" / "data" / bench / f"{split}.jsonl"
+            path = work / "results" / "toy" / "data" / bench / f"{split}.jsonl"
             validate_file(bench, split, path)
             assert manifest["outputs"][split]["rows"] == sum(1 for _ in read_jsonl(path))
 
@@ -62,12 +62,12 @@ def test_models_are_loadable_checkpoints_with_provenance(toy_run):
     from statepost.models import load_model
 
     work, _ = toy_run
-    base = work / "results" / "models" / "base"
+    base = work / "results" / "toy" / "models" / "base"
     assert (base / "model.safetensors").exists() and (base / "tokenizer.json").exists()
     assert not list(base.glob("*.bin"))
     assert sum(p.numel() for p in load_model(base).parameters()) < 5_000_000
     for run in cfglib.run_order(TOY):
-        out = work / "results" / "models" / run / "seed0"
+        out = work / "results" / "toy" / "models" / run / "seed0"
         assert (out / "model.safetensors").exists(), run
         info = json.loads((out / "run.json").read_text())
         assert info["config"]["name"] == run and info["config"]["seed"] == 0
@@ -80,14 +80,14 @@ def test_models_are_loadable_checkpoints_with_provenance(toy_run):
         for m in lines:
             assert STEP_KEYS | SIGNAL_KEYS[signal] <= set(m), (run, set(m))
         # resumable states are removed once the model is written
-        assert not (work / "results" / ".state" / run / "seed0").exists()
+        assert not (work / "results" / "toy" / ".state" / run / "seed0").exists()
 
 
 def test_every_model_scored_on_every_benchmark(toy_run):
     work, _ = toy_run
     for model in MODELS:
         for bench in BENCHMARKS:
-            path = work / "results" / "scores" / model / f"{bench}.json"
+            path = work / "results" / "toy" / "scores" / model / f"{bench}.json"
             score = json.loads(path.read_text())
             assert SCORE_KEYS <= set(score), (path, SCORE_KEYS - set(score))
             assert score["model"] == model and score["benchmark"] == bench
@@ -113,7 +113,7 @@ def test_base_scores_are_alive(toy_run):
     benchmark at least 10 points above chance and 10 below 1.0, with a standard error of at most 0.03,
     so a 5-point change is several standard errors."""
     work, _ = toy_run
-    base = {b: json.loads((work / "results" / "scores" / "base" / f"{b}.json").read_text()) for b in BENCHMARKS}
+    base = {b: json.loads((work / "results" / "toy" / "scores" / "base" / f"{b}.json").read_text()) for b in BENCHMARKS}
     assert 0.1 <= base["gsm8k"]["value"] <= 0.9, base["gsm8k"]["value"]
     assert CHANCE["truthfulqa_mc2"] == pytest.approx(1 / 3)
     for bench, chance in CHANCE.items():
@@ -124,7 +124,7 @@ def test_base_scores_are_alive(toy_run):
 
 def test_tables_figures_and_claims(toy_run):
     work, _ = toy_run
-    tables, figures = work / "results" / "tables", work / "results" / "figures"
+    tables, figures = work / "results" / "toy" / "tables", work / "results" / "toy" / "figures"
     for name in ("scores", "delta_vs_base", "delta_vs_teacher", "retention"):
         for ext in ("csv", "md", "tex"):
             assert (tables / f"{name}.{ext}").stat().st_size > 0, (name, ext)
@@ -191,9 +191,22 @@ def test_rl_mean_reward_rises(toy_run):
 
 def test_snakemake_report_builds(toy_run):
     work, _ = toy_run
-    snakemake(work, "--configfile", "config/toy.yaml", "--report", "results/report.html")
-    html = (work / "results" / "report.html").read_text(errors="replace")
+    snakemake(work, "--configfile", "config/toy.yaml", "--report", "results/toy/report.html")
+    html = (work / "results" / "toy" / "report.html").read_text(errors="replace")
     assert "claims" in html.lower() and len(html) > 10_000
+
+
+def test_paper_plan_leaves_the_toy_outputs_alone(toy_run):
+    """After the toy, a plain `snakemake -n` (the paper config) plans only jobs under results/paper/: no job
+    would overwrite or delete a file of results/toy/."""
+    work, _ = toy_run
+    out = snakemake(work, "-n")
+    text = out.stdout + out.stderr
+    planned = [line.split(":", 1)[1] for line in text.splitlines() if line.strip().startswith(("output:", "log:"))]
+    paths = [p.strip() for line in planned for p in line.split(",") if p.strip()]
+    assert len(paths) > 20, text[-3000:]
+    assert all(p.startswith("results/paper/") for p in paths), [p for p in paths if not p.startswith("results/paper/")]
+    assert "results/toy" not in text, text[-3000:]
 
 
 def test_new_methods_from_config_alone(toy_run, tmp_path):
@@ -211,12 +224,12 @@ def test_new_methods_from_config_alone(toy_run, tmp_path):
                           "signal": {"type": "nll"}, "optim": short}
     path = tmp_path / "toy_more.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    targets = [f"results/scores/{run}/seed0/gsm8k.json" for run in ("sft_lr2", "offpolicy_kd", "rft")]
+    targets = [f"results/toy/scores/{run}/seed0/gsm8k.json" for run in ("sft_lr2", "offpolicy_kd", "rft")]
     out = snakemake(work, *targets, "--configfile", str(path))
     counts = job_counts(out.stdout + out.stderr)
     assert not {"sft_mild", "sft_stress", "opd", "rl"} & set(counts)  # existing runs are reused
     for run in ("sft_lr2", "offpolicy_kd", "rft"):
-        score = json.loads((work / f"results/scores/{run}/seed0/gsm8k.json").read_text())
+        score = json.loads((work / f"results/toy/scores/{run}/seed0/gsm8k.json").read_text())
         assert score["model"] == f"{run}/seed0"
         assert len(metrics(work, run)) == 6
     assert "kl" in metrics(work, "offpolicy_kd")[0]

@@ -1,12 +1,12 @@
 """The report: score tables, figures and a verdict for each claim of ``config/claims.yaml``.
 
-Everything here reads the files other rules write (``results/scores/{model}/{benchmark}.json`` and
-``results/models/{run}/seed{seed}/metrics.jsonl``) and turns them into
+Everything here reads the files other rules write (``results/{experiment}/scores/{model}/{benchmark}.json`` and
+``results/{experiment}/models/{run}/seed{seed}/metrics.jsonl``) and turns them into
 
-* tables (``results/tables/{name}.csv|.md|.tex``): ``scores``, ``delta_vs_base``, ``delta_vs_teacher``,
+* tables (``results/{experiment}/tables/{name}.csv|.md|.tex``): ``scores``, ``delta_vs_base``, ``delta_vs_teacher``,
   ``retention``, plus ``claims.md`` / ``claims.json``;
-* figures (``results/figures/{name}.png|.pdf``): ``scores``, ``retention_vs_gain``, ``training_curves``;
-* with the diagnostics (``results/diagnostics/{model}.json``): the ``diagnostics`` table and the
+* figures (``results/{experiment}/figures/{name}.png|.pdf``): ``scores``, ``retention_vs_gain``, ``training_curves``;
+* with the diagnostics (``results/{experiment}/diagnostics/{model}.json``): the ``diagnostics`` table and the
   ``drift_vs_retention`` and ``state_nll`` figures (:mod:`.diagnostics`).
 
 Modules: :mod:`.load` (model list, score files, metrics), :mod:`.statistics` (summaries and the uncertainty

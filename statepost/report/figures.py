@@ -1,4 +1,4 @@
-"""The figures: ``results/figures/{name}.png|.pdf`` for ``scores``, ``retention_vs_gain`` and ``training_curves``.
+"""The figures: ``results/{experiment}/figures/{name}.png|.pdf`` for ``scores``, ``retention_vs_gain`` and ``training_curves``.
 
 Colours and markers are fixed per run by its position in the config's run order (base always grey), so a run looks
 the same in every figure. No pyplot: figures are drawn on their own Agg canvas.

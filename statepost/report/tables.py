@@ -1,4 +1,4 @@
-"""The tables: ``results/tables/{name}.csv`` (numbers), ``.md`` and ``.tex`` (formatted).
+"""The tables: ``results/{experiment}/tables/{name}.csv`` (numbers), ``.md`` and ``.tex`` (formatted).
 
 ``scores``, ``delta_vs_base``, ``delta_vs_teacher`` and ``retention``, and the verdicts as ``claims.md`` and
 ``claims.json``. Each per-run table shows the run's

@@ -4,7 +4,7 @@ TensorBoard and/or Weights & Biases (the config's ``tracking`` key).
 Nothing here touches a weight or a random stream: tracking is a runtime setting (a Snakemake
 resource), so switching it on reruns nothing and a tracked run trains the same weights as an
 untracked one. The training job writes the tracker's files while it runs, under
-``results/tracking/{run}/seed{seed}/`` (TensorBoard: ``statepost/events.out.tfevents.*``), outside the
+``results/{experiment}/tracking/{run}/seed{seed}/`` (TensorBoard: ``statepost/events.out.tfevents.*``), outside the
 model directory, whose files and hashes do not change.
 """
 

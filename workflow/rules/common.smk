@@ -33,6 +33,11 @@ try:
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
+# Every output of an experiment is under its own root, results/{experiment}/, so the toy and the paper
+# (or two variants of one) never plan to overwrite each other's files.
+RESULTS = f"results/{config['experiment']}"
+DATA_DIR = f"{RESULTS}/data"
+
 # In the order of workflow/tasks/benchmarks.yaml (target first), whatever the config's key order.
 BENCHMARKS = [b for b in bench_facts.NAMES if b in config["benchmarks"]]
 SEEDS = config["seeds"]
@@ -42,19 +47,19 @@ MODELS = cfglib.model_names(config)
 
 def data_files(benchmark):
     splits = config["benchmarks"][benchmark]["splits"]
-    return [f"results/data/{benchmark}/{split}.jsonl" for split in splits]
+    return [f"{DATA_DIR}/{benchmark}/{split}.jsonl" for split in splits]
 
 
 def data_manifest(benchmark):
-    return f"results/data/{benchmark}/manifest.json"
+    return f"{DATA_DIR}/{benchmark}/manifest.json"
 
 
 def model_path(name):
-    return cfglib.model_dir(name)
+    return f"{RESULTS}/models/{name}"
 
 
 def score_path(model, benchmark):
-    return f"results/scores/{model}/{benchmark}.json"
+    return f"{RESULTS}/scores/{model}/{benchmark}.json"
 
 
 def all_scores():
@@ -138,9 +143,9 @@ def eval_batch_size(wildcards):
 
 def all_targets():
     return [
-        "results/tables/scores.md",
-        "results/tables/claims.md",
-        "results/figures/retention_vs_gain.png",
+        f"{RESULTS}/tables/scores.md",
+        f"{RESULTS}/tables/claims.md",
+        f"{RESULTS}/figures/retention_vs_gain.png",
     ]
 
 
@@ -159,6 +164,11 @@ def train_inputs(run):
     return inputs
 
 
+def data_dir(wildcards, input):
+    """results/{experiment}/data, from the rule's data files ({data}/{benchmark}/{split}.jsonl)."""
+    return Path(input.data[0]).parent.parent
+
+
 def teacher_arg(wildcards, input):
     return f"--teacher {input.teacher}" if "teacher" in input.keys() else ""
 
@@ -168,6 +178,11 @@ def base_model_inputs(wildcards):
     if config["base_model"]["source"] == "toy":
         return [data_manifest(b) for b in BENCHMARKS]
     return []
+
+
+def base_data_arg(wildcards, input):
+    """The toy's --data-dir, from its inputs ({data}/{benchmark}/manifest.json); no data for other sources."""
+    return f"--data-dir {Path(input[0]).parent.parent}" if len(input) else ""
 
 
 def base_model_benchmarks():
@@ -200,14 +215,12 @@ def report_models():
 
 
 def diagnostics_path(model):
-    return f"results/diagnostics/{model}.json"
+    return f"{RESULTS}/diagnostics/{model}.json"
 
 
 def diagnostics_data():
     """The evaluation split of every configured benchmark: where the diagnostics' state sets come from."""
-    return [
-        f"results/data/{b}/{bench_facts.get(b).eval_split}.jsonl" for b in BENCHMARKS
-    ]
+    return [f"{DATA_DIR}/{b}/{bench_facts.get(b).eval_split}.jsonl" for b in BENCHMARKS]
 
 
 def diagnostics_settings():

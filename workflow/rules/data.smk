@@ -1,4 +1,4 @@
-# One rule per benchmark: results/data/{benchmark}/{split}.jsonl in the standard columns, and a manifest.
+# One rule per benchmark: results/{experiment}/data/{benchmark}/{split}.jsonl in the standard columns, and a manifest.
 DATA_RES, DATA_CPUS = resources_for("data")
 
 for _bench in BENCHMARKS:
@@ -10,7 +10,7 @@ for _bench in BENCHMARKS:
             splits=data_files(_bench),
             manifest=data_manifest(_bench),
         log:
-            f"results/logs/data/{_bench}.log",
+            f"{RESULTS}/logs/data/{_bench}.log",
         conda:
             "../../envs/train.yaml"
         threads: DATA_CPUS
@@ -19,10 +19,11 @@ for _bench in BENCHMARKS:
         params:
             bench=json_arg(data_settings(_bench)),
             name=_bench,
+            out=lambda wc, output: Path(output.manifest).parent,
         shell:
             LOG_START
             + (
                 "python scripts/prepare_data.py --benchmark {params.name} --config-json {params.bench:q} "
-                "--out results/data/{params.name}"
+                "--out {params.out}"
             )
             + TO_LOG

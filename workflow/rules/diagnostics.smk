@@ -10,9 +10,9 @@ rule diagnose:
         base=model_path("base"),
         data=diagnostics_data(),
     output:
-        "results/diagnostics/{model}.json",
+        f"{RESULTS}/diagnostics/{{model}}.json",
     log:
-        "results/logs/diagnostics/{model}.log",
+        f"{RESULTS}/logs/diagnostics/{{model}}.log",
     conda:
         "../../envs/train.yaml"
     threads: DIAG_CPUS
@@ -21,12 +21,13 @@ rule diagnose:
     params:
         settings=json_arg(diagnostics_settings()),
         benchmarks=json_arg(BENCHMARKS),
+        data_dir=data_dir,
     shell:
         LOG_START
         + (
             "python -m statepost.gpus --gpus {resources.gpu} -- python scripts/diagnose.py "
             "--model-dir {input.model} --base-dir {input.base} --model-name {wildcards.model} "
-            "--data-dir results/data --benchmarks-json {params.benchmarks:q} "
+            "--data-dir {params.data_dir} --benchmarks-json {params.benchmarks:q} "
             "--settings-json {params.settings:q} --out {output}"
         )
         + TO_LOG

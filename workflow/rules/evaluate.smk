@@ -7,10 +7,10 @@ rule evaluate:
         model=lambda wc: model_path(wc.model),
         data=lambda wc: data_files(wc.benchmark),
     output:
-        scores="results/scores/{model}/{benchmark}.json",
-        samples="results/scores/{model}/{benchmark}.samples.jsonl",
+        scores=f"{RESULTS}/scores/{{model}}/{{benchmark}}.json",
+        samples=f"{RESULTS}/scores/{{model}}/{{benchmark}}.samples.jsonl",
     log:
-        "results/logs/evaluate/{model}/{benchmark}.log",
+        f"{RESULTS}/logs/evaluate/{{model}}/{{benchmark}}.log",
     conda:
         "../../envs/evaluate.yaml"
     threads: EVAL_CPUS
@@ -22,6 +22,7 @@ rule evaluate:
         device=config["evaluation"]["device"],
         dtype=config["evaluation"]["dtype"],
         backend=config["evaluation"]["backend"],
+        data_dir=data_dir,
         # hf: `accelerate launch` over the job's GPUs (data parallel); vllm: one process, tensor parallel
         launch="--launch --" if config["evaluation"]["backend"] == "hf" else "-- python",
     shell:
@@ -29,7 +30,7 @@ rule evaluate:
         + (
             "python -m statepost.gpus --gpus {resources.gpu} {params.launch} scripts/evaluate.py "
             "--model-dir {input.model} --model-name {wildcards.model} --benchmark {wildcards.benchmark} "
-            "--data-dir results/data --eval-json {params.eval:q} --batch-size {resources.eval_batch_size} "
+            "--data-dir {params.data_dir} --eval-json {params.eval:q} --batch-size {resources.eval_batch_size} "
             "--device {params.device} --dtype {params.dtype} --backend {params.backend} "
             "--out {output.scores}"
         )

@@ -9,7 +9,7 @@ rule base_model:
     output:
         directory(model_path("base")),
     log:
-        "results/logs/base_model.log",
+        f"{RESULTS}/logs/base_model.log",
     conda:
         "../../envs/train.yaml"
     threads: BASE_CPUS
@@ -18,10 +18,11 @@ rule base_model:
     params:
         base=lambda wc: json_arg(base_settings()),
         benchmarks=json_arg(base_model_benchmarks()),
+        data=base_data_arg,
     shell:
         LOG_START
         + (
             "python scripts/base_model.py --config-json {params.base:q} --benchmarks-json {params.benchmarks:q} "
-            "--data-dir results/data --out {output}"
+            "{params.data} --out {output}"
         )
         + TO_LOG

@@ -17,41 +17,45 @@ rule report:
         claims=CLAIMS_FILE,
         diagnostics=[diagnostics_path(m) for m in MODELS],
     output:
-        tables=multiext("results/tables/scores", ".csv", ".md", ".tex"),
+        tables=multiext(f"{RESULTS}/tables/scores", ".csv", ".md", ".tex"),
         deltas=expand(
-            "results/tables/{table}.{ext}", table=TABLES[1:], ext=["csv", "md", "tex"]
+            f"{RESULTS}/tables/{{table}}.{{ext}}",
+            table=TABLES[1:],
+            ext=["csv", "md", "tex"],
         ),
         claims=report(
-            "results/tables/claims.md",
+            f"{RESULTS}/tables/claims.md",
             caption="../report/claims.rst",
             category="Claims",
         ),
-        claims_json="results/tables/claims.json",
+        claims_json=f"{RESULTS}/tables/claims.json",
         figures=report(
             expand(
-                "results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]
+                f"{RESULTS}/figures/{{figure}}.{{ext}}",
+                figure=FIGURES,
+                ext=["png", "pdf"],
             ),
             caption="../report/figures.rst",
             category="Figures",
         ),
         diagnostics_table=report(
-            "results/tables/diagnostics.md",
+            f"{RESULTS}/tables/diagnostics.md",
             caption="../report/diagnostics_table.rst",
             category="Diagnostics",
         ),
-        diagnostics_numbers=multiext("results/tables/diagnostics", ".csv", ".tex"),
+        diagnostics_numbers=multiext(f"{RESULTS}/tables/diagnostics", ".csv", ".tex"),
         drift_figure=report(
-            multiext("results/figures/drift_vs_retention", ".png", ".pdf"),
+            multiext(f"{RESULTS}/figures/drift_vs_retention", ".png", ".pdf"),
             caption="../report/drift_vs_retention.rst",
             category="Diagnostics",
         ),
         state_nll_figure=report(
-            multiext("results/figures/state_nll", ".png", ".pdf"),
+            multiext(f"{RESULTS}/figures/state_nll", ".png", ".pdf"),
             caption="../report/state_nll.rst",
             category="Diagnostics",
         ),
     log:
-        "results/logs/report.log",
+        f"{RESULTS}/logs/report.log",
     conda:
         "../../envs/report.yaml"
     threads: REPORT_CPUS
@@ -62,13 +66,14 @@ rule report:
         roles=json_arg(config["claims"]["roles"]),
         thresholds=json_arg(config["claims"]["thresholds"]),
         benchmarks=json_arg(BENCHMARKS),
+        root=lambda wc, output: Path(output.claims_json).parent.parent,
     shell:
         LOG_START
         + (
-            "python scripts/report.py --scores-dir results/scores --metrics-dir results/models "
+            "python scripts/report.py --scores-dir {params.root}/scores --metrics-dir {params.root}/models "
             "--models-json {params.models:q} --roles-json {params.roles:q} "
             "--thresholds-json {params.thresholds:q} --benchmarks-json {params.benchmarks:q} "
-            "--claims {input.claims:q} --diagnostics-dir results/diagnostics "
-            "--tables-dir results/tables --figures-dir results/figures"
+            "--claims {input.claims:q} --diagnostics-dir {params.root}/diagnostics "
+            "--tables-dir {params.root}/tables --figures-dir {params.root}/figures"
         )
         + TO_LOG

@@ -13,9 +13,9 @@ for _run in RUNS:
         input:
             unpack(train_inputs(_run)),
         output:
-            directory(f"results/models/{_run}/seed{{seed}}"),
+            directory(f"{RESULTS}/models/{_run}/seed{{seed}}"),
         log:
-            f"results/logs/train/{_run}/seed{{seed}}.log",
+            f"{RESULTS}/logs/train/{_run}/seed{{seed}}.log",
         conda:
             "../../envs/train.yaml"
         threads: _cpus
@@ -29,9 +29,10 @@ for _run in RUNS:
             run_json=lambda wc, r=_run: json_arg(
                 cfglib.resolve_run(config, r, int(wc.seed))
             ),
-            state_dir=lambda wc, r=_run: f"results/.state/{r}/seed{wc.seed}",
-            tracking_dir=lambda wc, r=_run: f"results/tracking/{r}/seed{wc.seed}",
+            state_dir=lambda wc, r=_run: f"{RESULTS}/.state/{r}/seed{wc.seed}",
+            tracking_dir=lambda wc, r=_run: f"{RESULTS}/tracking/{r}/seed{wc.seed}",
             teacher=teacher_arg,
+            data_dir=data_dir,
         shell:
             LOG_START
             + (
@@ -41,6 +42,6 @@ for _run in RUNS:
                 "--checkpoint-every {resources.checkpoint_every} --checkpoint-keep {resources.checkpoint_keep} "
                 "--log-every {resources.log_every} --state-nll-every {resources.state_nll_every} "
                 "--tracking {resources.tracking} --tracking-dir {params.tracking_dir} "
-                "--data-dir results/data --out {output} --state-dir {params.state_dir}"
+                "--data-dir {params.data_dir} --out {output} --state-dir {params.state_dir}"
             )
             + TO_LOG

@@ -164,6 +164,9 @@ def run_checks(config: dict, run: str, cfg: dict) -> None:
         if signal["teacher"] == cfg["init"]:
             fail(f"{where}.signal.teacher", f"'{signal['teacher']}' is also the run's init: the policy starts equal to "
                  "its teacher, where the divergence and its gradient are 0, so the weights never move")  # fmt: skip
+        if "beta" in signal and signal["direction"] != "jsd":
+            fail(f"{where}.signal.beta", f"beta is the jsd interpolation weight; with direction '{signal['direction']}' "
+                 "it would be ignored (remove it, or set direction: jsd)")  # fmt: skip
         if signal["estimator"] == "sampled" and signal["direction"] != "reverse":
             fail(f"{where}.signal.estimator", f"the sampled estimator estimates the reverse KL only; direction "
                  f"'{signal['direction']}' needs estimator: full")  # fmt: skip

@@ -26,9 +26,16 @@ def test_both_configs_validate_and_get_defaults():
         cfg = cfglib.validate(raw)
         assert cfg["seeds"] == [0]
         assert cfg["runs"]["opd"]["signal"]["direction"] == "reverse"
+        assert "beta" not in cfg["runs"]["opd"]["signal"]  # jsd's weight: only a jsd run carries it
         assert cfg["runs"]["rl"]["signal"]["clip_eps"] == 0.2
         assert cfg["runs"]["sft_mild"]["checkpoint"]["keep"] == 2
         assert cfg["claims"]["thresholds"]["little_forgetting"] == 0.02
+
+
+def test_jsd_gets_its_beta_default():
+    cfg = toy()
+    cfg["runs"]["opd"]["signal"]["direction"] = "jsd"
+    assert cfglib.validate(cfg)["runs"]["opd"]["signal"]["beta"] == 0.5
 
 
 def test_hub_base_model_gets_no_toy_defaults():
@@ -102,6 +109,7 @@ BAD = [
     ("teacher missing", [(("runs", "opd", "signal", "teacher"), DELETE)], "runs.opd.signal.teacher"),
     ("teacher on nll", [(("runs", "sft_mild", "signal", "teacher"), "base")], "runs.sft_mild.signal.teacher"),
     ("unknown signal", [(("runs", "sft_mild", "signal", "type"), "dpo")], "runs.sft_mild.signal.type"),
+    ("beta without jsd", [(("runs", "opd", "signal", "beta"), 0.3)], "runs.opd.signal.beta"),
     ("unknown state source", [(("runs", "sft_mild", "states", "source"), "replay")], "runs.sft_mild.states.source"),
     ("learner without temperature", [(("runs", "opd", "states", "temperature"), DELETE)], "runs.opd.states.temperature"),
     ("learner without max_new_tokens", [(("runs", "rl", "states", "max_new_tokens"), DELETE)], "runs.rl.states.max_new_tokens"),

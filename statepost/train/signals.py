@@ -110,7 +110,7 @@ class TeacherKL(Signal):
 
     def __init__(self, signal_cfg: dict, teacher):
         self.direction, self.estimator = signal_cfg["direction"], signal_cfg["estimator"]
-        self.beta = float(signal_cfg["beta"])
+        self.beta = float(signal_cfg["beta"]) if self.direction == "jsd" else None  # jsd's weight; no other has one
         if self.direction not in ("reverse", "forward", "jsd"):
             raise ValueError(f"teacher_kl: unknown direction {self.direction!r} (reverse | forward | jsd)")
         if self.estimator not in ("full", "sampled"):

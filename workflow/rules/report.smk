@@ -8,6 +8,7 @@ except ConfigError as e:
     raise WorkflowError(str(e)) from None
 TABLES = ["scores", "delta_vs_base", "delta_vs_teacher", "retention"]
 FIGURES = ["scores", "retention_vs_gain", "training_curves"]
+DIAG_FIGURES = ["drift_vs_retention", "state_nll"]
 
 
 rule report:
@@ -17,39 +18,71 @@ rule report:
         claims=CLAIMS_FILE,
         diagnostics=[diagnostics_path(m) for m in MODELS],
     output:
-        tables=multiext("results/tables/scores", ".csv", ".md", ".tex"),
-        deltas=expand(
-            "results/tables/{table}.{ext}", table=TABLES[1:], ext=["csv", "md", "tex"]
+        tables=expand(
+            "results/tables/{table}.{ext}", table=TABLES, ext=["csv", "md", "tex"]
+        ),
+        scores_table=report(
+            "results/tables/scores.html",
+            caption="../report/scores_table.rst",
+            category="Tables",
+        ),
+        delta_vs_base=report(
+            "results/tables/delta_vs_base.html",
+            caption="../report/delta_vs_base.rst",
+            category="Tables",
+        ),
+        delta_vs_teacher=report(
+            "results/tables/delta_vs_teacher.html",
+            caption="../report/delta_vs_teacher.rst",
+            category="Tables",
+        ),
+        retention=report(
+            "results/tables/retention.html",
+            caption="../report/retention.rst",
+            category="Tables",
         ),
         claims=report(
-            "results/tables/claims.md",
+            "results/tables/claims.html",
             caption="../report/claims.rst",
             category="Claims",
         ),
+        claims_md="results/tables/claims.md",
         claims_json="results/tables/claims.json",
-        figures=report(
-            expand(
-                "results/figures/{figure}.{ext}", figure=FIGURES, ext=["png", "pdf"]
-            ),
-            caption="../report/figures.rst",
+        scores_figure=report(
+            "results/figures/scores.png",
+            caption="../report/scores_figure.rst",
             category="Figures",
         ),
+        retention_vs_gain=report(
+            "results/figures/retention_vs_gain.png",
+            caption="../report/retention_vs_gain.rst",
+            category="Figures",
+        ),
+        training_curves=report(
+            "results/figures/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Figures",
+        ),
+        figure_pdfs=expand("results/figures/{figure}.pdf", figure=FIGURES),
         diagnostics_table=report(
-            "results/tables/diagnostics.md",
+            "results/tables/diagnostics.html",
             caption="../report/diagnostics_table.rst",
             category="Diagnostics",
         ),
-        diagnostics_numbers=multiext("results/tables/diagnostics", ".csv", ".tex"),
+        diagnostics_numbers=multiext(
+            "results/tables/diagnostics", ".csv", ".md", ".tex"
+        ),
         drift_figure=report(
-            multiext("results/figures/drift_vs_retention", ".png", ".pdf"),
+            "results/figures/drift_vs_retention.png",
             caption="../report/drift_vs_retention.rst",
             category="Diagnostics",
         ),
         state_nll_figure=report(
-            multiext("results/figures/state_nll", ".png", ".pdf"),
+            "results/figures/state_nll.png",
             caption="../report/state_nll.rst",
             category="Diagnostics",
         ),
+        diagnostics_pdfs=expand("results/figures/{figure}.pdf", figure=DIAG_FIGURES),
     log:
         "results/logs/report.log",
     conda:

@@ -405,14 +405,38 @@ def test_retention_vs_gain_figure(loaded):
     for i in range(len(boxes)):
         for j in range(i + 1, len(boxes)):
             assert not boxes[i].overlaps(boxes[j])
-    # ... nor the threshold notes and the error-bar note
+    # ... nor the threshold notes and the error-bar note; and no error bar crosses a threshold note
     others = [Text.get_window_extent(t, r) for t in ax.texts if t.get_text() not in runs]
     assert len(others) == 3 and not any(b.overlaps(o) for b in boxes for o in others)
+    from matplotlib.container import ErrorbarContainer
+    from matplotlib.transforms import Bbox
+
+    bars = [Bbox(ax.transData.transform(seg)) for c in ax.containers if isinstance(c, ErrorbarContainer)
+            for col in c.lines[2] for seg in col.get_segments()]  # fmt: skip
+    notes = [Text.get_window_extent(t, r) for t in ax.texts if t.get_text().startswith(("little", "substantial"))]
+    assert len(bars) == 2 * 4 and len(notes) == 2 and not any(n.overlaps(b) for n in notes for b in bars)
 
 
 def grid_shape(fig) -> tuple[int, int]:
     (shape,) = {a.get_subplotspec().get_gridspec().get_geometry() for a in fig.axes}
     return shape
+
+
+def test_threshold_notes_move_off_error_bars():
+    """A run whose error bar crosses the left end of the threshold lines: the notes go to the right end."""
+    from matplotlib.text import Text
+
+    table = pd.DataFrame({"run": ["a", "b"], "n_seeds": [1, 1], "gsm8k_gain": [0.01, 0.30],
+                          "gsm8k_gain_unc": [0.01, 0.01], "mmlu_change": [-0.02, -0.2], "mmlu_change_unc": [0.04, 0.01],
+                          "retention_change": [-0.02, -0.2], "retention_change_unc": [0.04, 0.01]})  # fmt: skip
+    fig = figures.retention_vs_gain_figure(table, thresholds=with_defaults({}, "claims")["thresholds"])
+    ax = fig.axes[0]
+    fig.draw_without_rendering()
+    r = fig.canvas.get_renderer()
+    notes = [t for t in ax.texts if t.get_text().startswith(("little", "substantial"))]
+    assert [t.get_horizontalalignment() for t in notes] == ["right", "right"]
+    a_x = ax.transData.transform((0.01, -0.02))[0]
+    assert all(Text.get_window_extent(t, r).x0 > a_x for t in notes)
 
 
 def test_training_curves_figure(workspace):

@@ -215,12 +215,8 @@ def retention_vs_gain_figure(
             lo_y = min([lo_y] + [y for y, _ in levels])
         px = max(hi_x - lo_x, 0.01) * 0.18
         py = max(hi_y - lo_y, 0.01) * 0.18
-        for y, text in levels:
+        for y, _ in levels:
             ax.axhline(y, color="0.55", lw=0.8, ls=":", zorder=1)
-            ax.annotate(
-                text, (0, y), xycoords=("axes fraction", "data"), xytext=(3, 2), textcoords="offset points",
-                fontsize=7.5, color="0.35", va="bottom", ha="left",
-            )  # fmt: skip
         ax.set_xlim(lo_x - px, hi_x + px)
         ax.set_ylim(lo_y - py, hi_y + py)
         ax.set_xlabel(f"{metric_label(target)} change vs base  (→ better)")
@@ -235,13 +231,16 @@ def retention_vs_gain_figure(
             ax,
             [(0.0, 0.0, "base")] + [(xs[i], ys[i], runs[i]) for i in range(len(runs))],
             [(0.0, 0.0)] + [(xe[i], ye[i]) for i in range(len(runs))],
+            notes=levels,
         )
     return fig
 
 
-def _place_labels(fig, ax, points, errors=None):
+def _place_labels(fig, ax, points, errors=None, notes=()):
     """Put each label next to its point: try close offsets first, then farther ones with a thin leader line, and
-    take the first that overlaps no earlier label or marker and stays inside the axes (else the least overlap)."""
+    take the first that overlaps no earlier label or marker and stays inside the axes (else the least overlap).
+    ``notes`` ((y, text): a threshold line's note) go first, at the left or right end of their line, above or below
+    it: wherever they cross the fewest markers and error bars."""
     near = [(8, 5), (8, -5), (-8, 5), (-8, -5), (0, 10), (0, -12)]
     far = [
         (round(d * math.cos(a)), round(d * math.sin(a)))
@@ -262,12 +261,34 @@ def _place_labels(fig, ax, points, errors=None):
             for (x0, y0), (x1, y1) in (((x - xe, y), (x + xe, y)), ((x, y - ye), (x, y + ye))):
                 (a0, b0), (a1, b1) = ax.transData.transform([(x0, y0), (x1, y1)])
                 bars.append(Bbox.from_extents(min(a0, a1) - 1, min(b0, b1) - 1, max(a0, a1) + 1, max(b0, b1) + 1))
-    placed = [t.get_window_extent(renderer) for t in ax.texts]  # texts already there (threshold notes)
+    placed = [t.get_window_extent(renderer) for t in ax.texts]  # texts already there (the error-bar note)
 
     def overlap(a, b):
         w = min(a.x1, b.x1) - max(a.x0, b.x0)
         h = min(a.y1, b.y1) - max(a.y0, b.y0)
         return max(w, 0) * max(h, 0)
+
+    def note(text, y, side, dy):
+        return ax.annotate(
+            text, (side, y), xycoords=("axes fraction", "data"), xytext=(3 - 6 * side, dy),
+            textcoords="offset points", fontsize=7.5, color="0.35", ha="right" if side else "left",
+            va="bottom" if dy > 0 else "top",
+        )  # fmt: skip
+
+    for y, text in notes:
+        best = None
+        for side, dy in ((0, 2), (1, 2), (0, -2), (1, -2)):  # left end above the line, right end, then below
+            ann = note(text, y, side, dy)
+            ann.get_window_extent(renderer)  # positions the text for this renderer
+            bb = Text.get_window_extent(ann, renderer).padded(1)
+            cost = sum(overlap(bb, o) for o in placed + marks + bars)
+            ann.remove()
+            if best is None or cost < best[0]:
+                best = (cost, side, dy, bb)
+            if cost == 0:
+                break
+        note(text, y, best[1], best[2])
+        placed.append(best[3])
 
     def make(text, x, y, dx, dy, leader):
         return ax.annotate(

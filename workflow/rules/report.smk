@@ -25,26 +25,31 @@ rule report:
             "results/tables/scores.html",
             caption="../report/scores_table.rst",
             category="Tables",
+            labels={"#": "1", "table": "scores per run and benchmark"},
         ),
         delta_vs_base=report(
             "results/tables/delta_vs_base.html",
             caption="../report/delta_vs_base.rst",
             category="Tables",
+            labels={"#": "2", "table": "change against the base model"},
         ),
         delta_vs_teacher=report(
             "results/tables/delta_vs_teacher.html",
             caption="../report/delta_vs_teacher.rst",
             category="Tables",
+            labels={"#": "3", "table": "change against the teacher"},
         ),
         retention=report(
             "results/tables/retention.html",
             caption="../report/retention.rst",
             category="Tables",
+            labels={"#": "4", "table": "gain against retention"},
         ),
         claims=report(
             "results/tables/claims.html",
             caption="../report/claims.rst",
             category="Claims",
+            labels={"#": "1", "table": "claim verdicts"},
         ),
         claims_md="results/tables/claims.md",
         claims_json="results/tables/claims.json",
@@ -52,22 +57,26 @@ rule report:
             "results/figures/scores.png",
             caption="../report/scores_figure.rst",
             category="Figures",
+            labels={"#": "1", "figure": "scores per benchmark"},
         ),
         retention_vs_gain=report(
             "results/figures/retention_vs_gain.png",
             caption="../report/retention_vs_gain.rst",
             category="Figures",
+            labels={"#": "2", "figure": "gain against retention"},
         ),
         training_curves=report(
             "results/figures/training_curves.png",
             caption="../report/training_curves.rst",
             category="Figures",
+            labels={"#": "3", "figure": "training curves"},
         ),
         figure_pdfs=expand("results/figures/{figure}.pdf", figure=FIGURES),
         diagnostics_table=report(
             "results/tables/diagnostics.html",
             caption="../report/diagnostics_table.rst",
             category="Diagnostics",
+            labels={"#": "1", "item": "drift and forgetting per run and seed (table)"},
         ),
         diagnostics_numbers=multiext(
             "results/tables/diagnostics", ".csv", ".md", ".tex"
@@ -76,11 +85,13 @@ rule report:
             "results/figures/drift_vs_retention.png",
             caption="../report/drift_vs_retention.rst",
             category="Diagnostics",
+            labels={"#": "2", "item": "drift against retention (figure)"},
         ),
         state_nll_figure=report(
             "results/figures/state_nll.png",
             caption="../report/state_nll.rst",
             category="Diagnostics",
+            labels={"#": "3", "item": "NLL of the training states per step (figure)"},
         ),
         diagnostics_pdfs=expand("results/figures/{figure}.pdf", figure=DIAG_FIGURES),
     log:

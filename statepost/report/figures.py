@@ -126,7 +126,7 @@ def scores_figure(summary: pd.DataFrame, colors: Mapping[str, str] | None = None
                      for run in runs} if prim is not None else {}  # fmt: skip
             top = np.nanmax([*(means + err), *(v.max() for v in seeds.values() if len(v)), 0.0])
             ymax = min(1.0, max(0.05, float(top) * 1.18))
-            bars = ax.bar(
+            ax.bar(
                 x, means, 0.75, yerr=err, color=[colors[r] for r in runs], edgecolor="black", linewidth=0.4,
                 error_kw={"elinewidth": 1, "capsize": 2.5, "ecolor": "black"},
             )  # fmt: skip

@@ -4,10 +4,10 @@
 Reads   {scores-dir}/{model}/{benchmark}.json       for every model in --models-json and every benchmark
         {metrics-dir}/{run}/seed{seed}/metrics.jsonl  for every trained model
 Judges  every claim of --claims (config/claims.yaml)
-Writes  {tables-dir}/{scores,delta_vs_base,delta_vs_teacher,retention}.{csv,md,tex}, claims.md, claims.json
+Writes  {tables-dir}/{scores,delta_vs_base,delta_vs_teacher,retention}.{csv,md,tex,html}, claims.{md,html,json}
         {figures-dir}/{scores,retention_vs_gain,training_curves}.{png,pdf}
         with --diagnostics-dir (reading {diagnostics-dir}/{model}.json for every model):
-        {tables-dir}/diagnostics.{csv,md,tex}, {figures-dir}/{drift_vs_retention,state_nll}.{png,pdf}
+        {tables-dir}/diagnostics.{csv,md,tex,html}, {figures-dir}/{drift_vs_retention,state_nll}.{png,pdf}
 and prints the scores table (Markdown) to stdout.
 
 Each *-json option takes the JSON text itself or @FILE (a JSON or YAML file).

@@ -250,5 +250,5 @@ def test_diagnostics_table_figures_and_report_page(toy_run, tmp_path):
     page = tmp_path / "report.html"
     snakemake(work, "--configfile", "config/toy.yaml", "--report", str(page))
     html = page.read_text(errors="replace")
-    for name in ("diagnostics.md", "drift_vs_retention.png", "state_nll.png"):
+    for name in ("diagnostics.html", "drift_vs_retention.png", "state_nll.png"):
         assert name in html, name

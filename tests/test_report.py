@@ -257,7 +257,7 @@ def test_write_tables_csv_md_tex(loaded, tmp_path):
     built = tables.build_tables(loaded, models_list())
     for t in built.values():
         paths = tables.write_table(t, tmp_path)
-        assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
+        assert [p.suffix for p in paths] == [".csv", ".md", ".tex", ".html"]
     back = pd.read_csv(tmp_path / "scores.csv")
     assert {"run", "benchmark", "n_seeds", "mean", "seed_std", "eval_stderr", "uncertainty"} <= set(back.columns)
     assert back.loc[(back.run == "rl") & (back.benchmark == "gsm8k"), "mean"].item() == pytest.approx(0.36)
@@ -266,6 +266,11 @@ def test_write_tables_csv_md_tex(loaded, tmp_path):
     assert "+0.110 ± 0.020" in (tmp_path / "delta_vs_base.md").read_text()  # signs kept (no number parsing)
     tex = (tmp_path / "retention.tex").read_text()
     assert "\\begin{tabular}" in tex and "sft\\_mild" in tex and "\\label{tab:retention}" in tex
+    # the page `snakemake --report` shows: the Markdown table as an HTML table, numbers right-aligned, with the note
+    page = (tmp_path / "scores.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
+    assert "<title>Benchmark scores per run</title>" in page and page.count("<tr>") == 1 + 5  # header, five runs
+    assert '<td style="text-align: right;">0.498 ± 0.004</td>' in page and "root mean square over seeds" in page
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -318,30 +323,55 @@ def test_colors_fixed_by_run_order():
     assert figures.run_colors(["a", "base", "b"]) == {"a": figures.PALETTE[0], "base": figures.BASE_COLOR, "b": figures.PALETTE[1]}
 
 
+def test_metric_label_names_the_primary_metric():
+    assert figures.metric_label("gsm8k") == "GSM8K exact match (strict-match)"
+    assert figures.metric_label("gsm8k", "exact_match,flexible-extract") == "GSM8K exact match (flexible-extract)"
+    assert figures.metric_label("truthfulqa_mc2") == "TruthfulQA mc2 acc"
+    assert figures.metric_label("mmlu", "acc,none") == "MMLU acc"
+
+
 def test_scores_figure(loaded):
     from matplotlib.colors import to_hex
+    from matplotlib.container import BarContainer
 
     runs = load.run_order(models_list())
     colors = figures.run_colors(runs)
     fig = figures.scores_figure(statistics.summarize(loaded, runs=runs), colors, loaded)
-    ax = fig.axes[0]
-    assert ax.get_ylabel() == "accuracy"
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["GSM8K", "TruthfulQA mc2", "MMLU"]
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["base", "sft_mild (2 seeds)", "sft_stress (2 seeds)", "opd (2 seeds)", "rl"]
-    assert "lm-eval standard error" in ax.get_legend().get_title().get_text()
-    # one bar per run per benchmark, coloured by run
-    from matplotlib.container import BarContainer
-
-    groups = [c for c in ax.containers if isinstance(c, BarContainer)]
-    assert [len(g.patches) for g in groups] == [3] * 5
-    assert to_hex(groups[1].patches[0].get_facecolor()) == colors["sft_mild"].lower()
-    assert groups[1].patches[0].get_height() == pytest.approx(0.41)
+    axes = [a for a in fig.axes if a.axison]
+    # one panel per benchmark, its y-axis named by the metric the score files give
+    assert [a.get_ylabel() for a in axes] == ["GSM8K exact match (strict-match)", "TruthfulQA mc2 acc", "MMLU acc"]
+    ticks = [t.get_text() for t in axes[0].get_xticklabels()]
+    assert ticks == ["base", "sft_mild (2 seeds)", "sft_stress (2 seeds)", "opd (2 seeds)", "rl"]
+    assert "lm-eval standard error" in fig.get_supxlabel()
+    # one bar per run, coloured by run
+    (bars,) = [c for c in axes[1].containers if isinstance(c, BarContainer)]
+    assert [to_hex(p.get_facecolor()) for p in bars.patches] == [colors[r].lower() for r in runs]
+    assert bars.patches[1].get_height() == pytest.approx(0.40)  # sft_mild on TruthfulQA: (0.39 + 0.41) / 2
     # error bars: seed std for sft_mild (2 seeds), lm-eval stderr for rl (1 seed)
-    assert groups[1].errorbar.lines[2][0].get_segments()[0][:, 1] == pytest.approx(
-        [0.41 - np.std([0.40, 0.42], ddof=1), 0.41 + np.std([0.40, 0.42], ddof=1)]
-    )
-    assert groups[4].errorbar.lines[2][0].get_segments()[0][:, 1] == pytest.approx([0.36 - 0.012, 0.36 + 0.012])
+    (gsm,) = [c for c in axes[0].containers if isinstance(c, BarContainer)]
+    segments = gsm.errorbar.lines[2][0].get_segments()
+    sd = np.std([0.40, 0.42], ddof=1)
+    assert segments[1][:, 1] == pytest.approx([0.41 - sd, 0.41 + sd])
+    assert segments[4][:, 1] == pytest.approx([0.36 - 0.012, 0.36 + 0.012])
+
+
+def test_scores_figure_draws_a_zero_score(loaded):
+    """A score of exactly 0 has no bar height: it is drawn as a thick line in the run's colour, with its value."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import to_hex
+
+    runs = load.run_order(models_list())
+    colors = figures.run_colors(runs)
+    zero = loaded.copy()
+    zero.loc[(zero["run"] == "rl") & (zero["benchmark"] == "gsm8k"), "value"] = 0.0
+    fig = figures.scores_figure(statistics.summarize(zero, runs=runs), colors, zero)
+    gsm, tqa = fig.axes[0], fig.axes[1]
+    lines = [c for c in gsm.collections if isinstance(c, LineCollection) and c.get_linewidth()[0] >= 2]
+    assert len(lines) == 1 and to_hex(lines[0].get_colors()[0]) == colors["rl"].lower()
+    (segment,) = lines[0].get_segments()
+    assert segment[:, 1] == pytest.approx([0.0, 0.0]) and segment[:, 0] == pytest.approx([4 - 0.375, 4 + 0.375])
+    assert [t.get_text() for t in gsm.texts] == ["0.000"]
+    assert not tqa.texts  # scores that show as bars get no marker
 
 
 def test_retention_vs_gain_figure(loaded):
@@ -350,8 +380,8 @@ def test_retention_vs_gain_figure(loaded):
     table = tables.retention_table(statistics.summarize(loaded, runs=runs))
     fig = figures.retention_vs_gain_figure(table.data, colors, thresholds=with_defaults({}, "claims")["thresholds"])
     ax = fig.axes[0]
-    assert "GSM8K" in ax.get_xlabel() and "vs base" in ax.get_xlabel()
-    assert "retention" in ax.get_ylabel() and "MMLU" in ax.get_ylabel()
+    assert ax.get_xlabel().startswith("GSM8K exact match (strict-match) change vs base")
+    assert "retention" in ax.get_ylabel() and "TruthfulQA mc2 acc & MMLU acc" in ax.get_ylabel()
     texts = [t.get_text() for t in ax.texts]
     for run in runs:
         assert texts.count(run) == 1  # one label per run, base included
@@ -375,27 +405,94 @@ def test_retention_vs_gain_figure(loaded):
     for i in range(len(boxes)):
         for j in range(i + 1, len(boxes)):
             assert not boxes[i].overlaps(boxes[j])
+    # ... nor the threshold notes and the error-bar note; and no error bar crosses a threshold note
+    others = [Text.get_window_extent(t, r) for t in ax.texts if t.get_text() not in runs]
+    assert len(others) == 3 and not any(b.overlaps(o) for b in boxes for o in others)
+    from matplotlib.container import ErrorbarContainer
+    from matplotlib.transforms import Bbox
+
+    bars = [Bbox(ax.transData.transform(seg)) for c in ax.containers if isinstance(c, ErrorbarContainer)
+            for col in c.lines[2] for seg in col.get_segments()]  # fmt: skip
+    notes = [Text.get_window_extent(t, r) for t in ax.texts if t.get_text().startswith(("little", "substantial"))]
+    assert len(bars) == 2 * 4 and len(notes) == 2 and not any(n.overlaps(b) for n in notes for b in bars)
+
+
+def grid_shape(fig) -> tuple[int, int]:
+    (shape,) = {a.get_subplotspec().get_gridspec().get_geometry() for a in fig.axes}
+    return shape
+
+
+def test_threshold_notes_move_off_error_bars():
+    """A run whose error bar crosses the left end of the threshold lines: the notes go to the right end."""
+    from matplotlib.text import Text
+
+    table = pd.DataFrame({"run": ["a", "b"], "n_seeds": [1, 1], "gsm8k_gain": [0.01, 0.30],
+                          "gsm8k_gain_unc": [0.01, 0.01], "mmlu_change": [-0.02, -0.2], "mmlu_change_unc": [0.04, 0.01],
+                          "retention_change": [-0.02, -0.2], "retention_change_unc": [0.04, 0.01]})  # fmt: skip
+    fig = figures.retention_vs_gain_figure(table, thresholds=with_defaults({}, "claims")["thresholds"])
+    ax = fig.axes[0]
+    fig.draw_without_rendering()
+    r = fig.canvas.get_renderer()
+    notes = [t for t in ax.texts if t.get_text().startswith(("little", "substantial"))]
+    assert [t.get_horizontalalignment() for t in notes] == ["right", "right"]
+    a_x = ax.transData.transform((0.01, -0.02))[0]
+    assert all(Text.get_window_extent(t, r).x0 > a_x for t in notes)
 
 
 def test_training_curves_figure(workspace):
     runs = load.run_order(models_list())
     metrics = load.load_metrics(workspace / "models", models_list())
     fig = figures.training_curves_figure(metrics, figures.run_colors(runs), runs, SIGNALS)
+    # four runs wrap into two rows of two; each row is a loss row and a second-panel row
+    assert grid_shape(fig) == (4, 2)
+    assert fig.get_size_inches()[0] < 8
     axes = fig.axes
-    assert len(axes) == 2 * 4  # two rows, one column per trained run
     titles = [a.get_title() for a in axes if a.get_title()]
     assert titles == ["sft_mild", "sft_stress", "opd", "rl"]
+    # an nll run: the loss alone, two rows high; opd and rl: loss above their signal's panel
+    spans = {a.get_title(): (a.get_subplotspec().rowspan, a.get_subplotspec().colspan) for a in axes if a.get_title()}
+    assert spans["sft_mild"] == (range(0, 2), range(0, 1)) and spans["sft_stress"] == (range(0, 2), range(1, 2))
+    assert spans["opd"] == (range(2, 3), range(0, 1)) and spans["rl"] == (range(2, 3), range(1, 2))
     ylabels = [a.get_ylabel() for a in axes]
-    assert ylabels.count("training loss") == 4
-    assert any("KL" in y for y in ylabels) and "mean reward" in ylabels
-    assert any("step" in a.get_xlabel() for a in axes)
+    assert ylabels == ["training loss\n(nll: the loss is the signal)"] * 2 + [
+        "training loss", "KL to teacher", "training loss", "mean reward"]  # fmt: skip
+    assert all(a.get_xlabel() == "optimiser step" for a in axes if a.get_ylabel() != "training loss")
     # a smoothed and a raw line per seed: opd has two seeds
     opd_loss = axes[2]
     assert len(opd_loss.get_lines()) == 4 and opd_loss.get_legend() is not None
-    # only NLL runs: a single row
+    # only NLL runs: one row of panels, loss only
     only_sft = metrics[metrics["run"].str.startswith("sft")]
     fig = figures.training_curves_figure(only_sft)
-    assert len(fig.axes) == 2
+    assert grid_shape(fig) == (1, 2) and len(fig.axes) == 2
+    # seven runs: at most three to a row (3 + 2 + 2)
+    many = pd.concat([metrics.assign(run=metrics["run"] + f"_{k}") for k in range(2)])
+    many = many[many["run"] != "rl_1"]
+    fig = figures.training_curves_figure(many, signals={r: SIGNALS[r.rsplit("_", 1)[0]] for r in many["run"]})
+    assert grid_shape(fig) == (6, 3) and len([a for a in fig.axes if a.get_title()]) == 7
+
+
+def test_training_curves_leave_out_skipped_steps(workspace):
+    """A skipped step (no update: its logged loss is a placeholder 0) is not on the loss line, and a step that logged
+    no value for a key is not on that key's line; skipped steps are ticks along the loss axis instead."""
+    metrics = load.load_metrics(workspace / "models", models_list())
+    rl = metrics["run"] == "rl"
+    skipped = rl & metrics["step"].isin([5, 6, 30])
+    metrics["skipped_update"] = np.where(skipped, 1.0, np.where(metrics["run"] == "sft_mild", np.nan, 0.0))
+    metrics.loc[skipped, "loss"] = 0.0
+    metrics.loc[rl & (metrics["step"] == 12), "reward"] = np.nan  # a step without a reward
+    fig = figures.training_curves_figure(metrics[rl], signals={"rl": "reward"})
+    loss_ax, reward_ax = fig.axes
+    raw, smooth, ticks = loss_ax.get_lines()
+    for line in (raw, smooth):
+        assert 5 not in line.get_xdata() and 30 not in line.get_xdata() and len(line.get_xdata()) == 37
+        assert min(line.get_ydata()) > 0.1  # the placeholder zeros are gone
+    assert list(ticks.get_xdata()) == [5, 6, 30] and ticks.get_marker() == "|"
+    assert "skipped step (no update): 3" in [t.get_text() for t in loss_ax.get_legend().get_texts()]
+    # the reward of a skipped step is a measurement (rewards come before the update): kept; step 12's is missing
+    reward_steps = list(reward_ax.get_lines()[0].get_xdata())
+    assert 5 in reward_steps and 12 not in reward_steps and len(reward_steps) == 39
+    assert figures.logged(metrics, "loss")["loss"].min() > 0.1 and len(figures.logged(metrics, "loss")) == len(
+        metrics) - 3  # fmt: skip
 
 
 def test_training_curves_second_panel_follows_the_signal(workspace):
@@ -410,7 +507,7 @@ def test_training_curves_second_panel_follows_the_signal(workspace):
     assert ylabels.count("mean reward") == 2 and not any("KL" in y for y in ylabels)
     texts = [t.get_text() for a in axes for t in a.texts]
     assert "(no 'reward' logged)" in texts
-    assert texts.count("(nll: the loss\nis the signal)") == 2  # sft_mild too, though it logs a reward
+    assert ylabels.count("training loss\n(nll: the loss is the signal)") == 2  # sft_mild too, though it logs a reward
     # no signals known (a plain model list): loss only, whatever is logged
     fig = figures.training_curves_figure(metrics, figures.run_colors(runs), runs)
     assert len(fig.axes) == 4 and {a.get_ylabel() for a in fig.axes} == {"training loss"}
@@ -480,6 +577,8 @@ def test_cli_end_to_end(workspace):
     assert [f"{c}: {v}" in proc.stdout for c, v in zip(["claim1", "claim2", "claim3"], verdicts)] == [True] * 3
     md = (workspace / "t" / "claims.md").read_text()
     assert md.count("Verdict: **") == 3
+    page = (workspace / "t" / "claims.html").read_text()
+    assert page.count("Verdict: <strong>") == 3 and page.count("<table>") == 3 and "<h2>claim1: " in page
     from matplotlib.image import imread
 
     assert imread(workspace / "f" / "retention_vs_gain.png").shape[1] > 800

@@ -190,10 +190,33 @@ def test_rl_mean_reward_rises(toy_run):
 
 
 def test_snakemake_report_builds(toy_run):
+    """The report page embeds every table (as its HTML page, which the report shows inline) and every figure (PNG),
+    each under its category with its own caption."""
+    import base64
+
+    from statepost import report
+    from statepost.report import diagnostics
+
     work, _ = toy_run
     snakemake(work, "--configfile", "config/toy.yaml", "--report", "results/toy/report.html")
     html = (work / "results" / "toy" / "report.html").read_text(errors="replace")
-    assert "claims" in html.lower() and len(html) > 10_000
+    decoder = json.JSONDecoder()
+    categories, _ = decoder.raw_decode(html[html.rindex("var categories = ") + len("var categories = ") :])
+    results, _ = decoder.raw_decode(html[html.rindex("var results = ") + len("var results = ") :])
+    names = lambda cat: {Path(p).name for sub in categories[cat].values() for p in sub}  # noqa: E731
+    assert names("Tables") == {f"{t}.html" for t in report.TABLES}
+    assert names("Claims") == {"claims.html"}
+    assert names("Figures") == {f"{f}.png" for f in report.FIGURES}
+    assert names("Diagnostics") == {f"{diagnostics.TABLE}.html"} | {f"{f}.png" for f in diagnostics.FIGURES}
+    assert len(results) == len(report.TABLES) + 1 + len(report.FIGURES) + 1 + len(diagnostics.FIGURES)
+    captions = [r["caption"] for r in results.values()]
+    assert all(len(c) > 200 for c in captions) and len(set(captions)) == len(captions)  # each its own
+    for path, r in results.items():
+        data = base64.b64decode(r["data_uri"].split("base64,", 1)[1])
+        if path.endswith(".html"):
+            assert r["mime_type"] == "text/html" and b"<table>" in data, path
+        else:
+            assert r["mime_type"] == "image/png" and data[:8] == b"\x89PNG\r\n\x1a\n", path
 
 
 def test_paper_plan_leaves_the_toy_outputs_alone(toy_run):

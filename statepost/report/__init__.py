@@ -3,8 +3,8 @@
 Everything here reads the files other rules write (``results/{experiment}/scores/{model}/{benchmark}.json`` and
 ``results/{experiment}/models/{run}/seed{seed}/metrics.jsonl``) and turns them into
 
-* tables (``results/{experiment}/tables/{name}.csv|.md|.tex``): ``scores``, ``delta_vs_base``, ``delta_vs_teacher``,
-  ``retention``, plus ``claims.md`` / ``claims.json``;
+* tables (``results/{experiment}/tables/{name}.csv|.md|.tex|.html``): ``scores``, ``delta_vs_base``, ``delta_vs_teacher``,
+  ``retention``, plus ``claims.md`` / ``claims.html`` / ``claims.json``;
 * figures (``results/{experiment}/figures/{name}.png|.pdf``): ``scores``, ``retention_vs_gain``, ``training_curves``;
 * with the diagnostics (``results/{experiment}/diagnostics/{model}.json``): the ``diagnostics`` table and the
   ``drift_vs_retention`` and ``state_nll`` figures (:mod:`.diagnostics`).
@@ -48,7 +48,7 @@ def output_paths(tables_dir, figures_dir, diagnostics: bool = False) -> list[Pat
     figures = list(FIGURES) + (list(DG.FIGURES) if diagnostics else [])
     return (
         [t / f"{n}.{e}" for n in tables for e in TABLE_FORMATS]
-        + [t / "claims.md", t / "claims.json"]
+        + [t / "claims.md", t / "claims.html", t / "claims.json"]
         + [f / f"{n}.{e}" for n in figures for e in FIGURE_FORMATS]
     )
 

@@ -112,8 +112,12 @@ def diagnostics_table(diag: pd.DataFrame, changes: pd.DataFrame, models, benchma
     return Table(TABLE, _data_with_method(data, methods), pd.DataFrame(disp), note, caption)
 
 
-def drift_vs_retention_figure(data: pd.DataFrame, colors: Mapping[str, str], runs):
-    """Two panels (KL(model||base), KL(base||model) on off-task states): x = drift, y = mean retention change."""
+def drift_vs_retention_figure(data: pd.DataFrame, colors: Mapping[str, str], runs, retention=None):
+    """Two panels (KL(model||base), KL(base||model) on off-task states): x = drift, y = mean retention change
+    (its y-axis names ``retention``'s primary metrics, default the retention benchmarks among the data's)."""
+    if retention is None:
+        retention = [c[: -len("_change")] for c in data if c.endswith("_change") and c != "retention_change"]
+        retention = [b for b in retention if F.benchmark_facts(b).role == "retention"]
     markers = F.run_markers(runs)
     with F._rc():
         fig = F._figure((10.0, 4.0))
@@ -133,7 +137,8 @@ def drift_vs_retention_figure(data: pd.DataFrame, colors: Mapping[str, str], run
             ax.set_xlabel(f"off-task {name} (nats/token)")
             ax.grid(alpha=0.25)
             ax.set_axisbelow(True)
-        axes[0].set_ylabel("mean retention change vs base\n(↑ less forgetting)")
+        names = " & ".join(F.metric_label(b) for b in retention)
+        axes[0].set_ylabel(f"mean retention change vs base\n({names}; ↑ less forgetting)")
         handles, labels = axes[0].get_legend_handles_labels()
         if handles:
             fig.legend(handles, labels, loc="outside right center", frameon=False)
@@ -186,6 +191,6 @@ def write_diagnostics(diagnostics_dir, scores, metrics, models, benchmarks, rete
     diag = load_diagnostics(diagnostics_dir, norm)
     table = diagnostics_table(diag, changes_vs_base(scores, benchmarks, retention), norm, benchmarks)
     write_table(table, tables_dir)
-    F.save_figure(drift_vs_retention_figure(table.data, colors, runs), figures_dir, FIGURES[0])
+    F.save_figure(drift_vs_retention_figure(table.data, colors, runs, retention), figures_dir, FIGURES[0])
     F.save_figure(state_nll_figure(metrics, diag, colors, runs), figures_dir, FIGURES[1])
     return table

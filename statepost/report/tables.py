@@ -1,18 +1,20 @@
-"""The tables: ``results/{experiment}/tables/{name}.csv`` (numbers), ``.md`` and ``.tex`` (formatted).
+"""The tables: ``results/{experiment}/tables/{name}.csv`` (numbers), ``.md``, ``.tex`` and ``.html`` (formatted).
 
-``scores``, ``delta_vs_base``, ``delta_vs_teacher`` and ``retention``, and the verdicts as ``claims.md`` and
-``claims.json``. Each per-run table shows the run's
+``scores``, ``delta_vs_base``, ``delta_vs_teacher`` and ``retention``, and the verdicts as ``claims.md``,
+``claims.html`` and ``claims.json``. Each per-run table shows the run's
 (states, signal) pair next to its name when the model list gives it (the DAG always does).
 """
 
 from __future__ import annotations
 
 import copy
+import html
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import markdown
 import numpy as np
 import pandas as pd
 
@@ -24,7 +26,7 @@ from .load import BASE, label, normalize_models, run_methods, run_order, target_
 from .statistics import deltas_vs_base, lookup, retention_summary, rss, summarize
 
 TABLES = ("scores", "delta_vs_base", "delta_vs_teacher", "retention")
-TABLE_FORMATS = ("csv", "md", "tex")
+TABLE_FORMATS = ("csv", "md", "tex", "html")
 _TEXT_COLUMNS = ("run", "teacher", "states", "signal")  # left-aligned
 
 Methods = Mapping[str, tuple]  # run -> (states, signal), see load.run_methods
@@ -256,14 +258,35 @@ def retention_table(
     return Table("retention", _data_with_method(r, methods), disp, note, "Gain against retention")
 
 
+# The HTML page around a Markdown table: what `snakemake --report` shows inline (it offers other text files, .md and
+# .csv among them, only as downloads).
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>
+body {{ font-family: system-ui, sans-serif; font-size: 14px; line-height: 1.45; margin: 1.2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.8em 0; }}
+th, td {{ padding: 3px 10px; border-bottom: 1px solid #ddd; font-variant-numeric: tabular-nums; }}
+thead th {{ border-bottom: 2px solid #444; }}
+tbody tr:hover {{ background: #f4f4f4; }}
+</style></head><body>
+{body}
+</body></html>
+"""
+
+
+def markdown_page(text: str, title: str) -> str:
+    """A Markdown text (with pipe tables) as a standalone HTML page, by Python-Markdown."""
+    return _PAGE.format(title=html.escape(title), body=markdown.markdown(text, extensions=["tables"]))
+
+
 def write_table(table: Table, tables_dir) -> list[Path]:
-    """Write ``{name}.csv`` (numbers), ``{name}.md`` and ``{name}.tex`` (formatted) atomically."""
+    """Write ``{name}.csv`` (numbers), ``{name}.md``, ``{name}.tex`` and ``{name}.html`` (formatted) atomically."""
     tables_dir = Path(tables_dir)
     paths = []
     for ext, text in (
         ("csv", table.data.to_csv(index=False, float_format="%.6g")),
         ("md", table.markdown()),
         ("tex", table.latex()),
+        ("html", markdown_page(table.markdown(), table.caption or table.name)),
     ):
         path = tables_dir / f"{table.name}.{ext}"
         with atomic_file(path) as tmp:
@@ -401,11 +424,13 @@ def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None,
 
 
 def write_claims(results: list[dict], tables_dir, roles: Mapping[str, str] | None = None, retention=None):
-    """Write ``claims.md`` and ``claims.json`` atomically."""
+    """Write ``claims.md``, ``claims.html`` (the same as a page) and ``claims.json`` atomically."""
     tables_dir = Path(tables_dir)
-    md = tables_dir / "claims.md"
-    with atomic_file(md) as tmp:
-        tmp.write_text(claims_markdown(results, roles, retention), encoding="utf-8")
+    text = claims_markdown(results, roles, retention)
+    md, page = tables_dir / "claims.md", tables_dir / "claims.html"
+    for path, content in ((md, text), (page, markdown_page(text, "Claim verdicts"))):
+        with atomic_file(path) as tmp:
+            tmp.write_text(content, encoding="utf-8")
     js = tables_dir / "claims.json"
     write_json(js, {"roles": dict(roles or {}), "claims": results})
-    return [md, js]
+    return [md, page, js]

@@ -8,6 +8,7 @@ except ConfigError as e:
     raise WorkflowError(str(e)) from None
 TABLES = ["scores", "delta_vs_base", "delta_vs_teacher", "retention"]
 FIGURES = ["scores", "retention_vs_gain", "training_curves"]
+DIAG_FIGURES = ["drift_vs_retention", "state_nll"]
 
 
 rule report:
@@ -17,42 +18,85 @@ rule report:
         claims=CLAIMS_FILE,
         diagnostics=[diagnostics_path(m) for m in MODELS],
     output:
-        tables=multiext(f"{RESULTS}/tables/scores", ".csv", ".md", ".tex"),
-        deltas=expand(
+        tables=expand(
             f"{RESULTS}/tables/{{table}}.{{ext}}",
-            table=TABLES[1:],
+            table=TABLES,
             ext=["csv", "md", "tex"],
         ),
+        scores_table=report(
+            f"{RESULTS}/tables/scores.html",
+            caption="../report/scores_table.rst",
+            category="Tables",
+            labels={"#": "1", "table": "scores per run and benchmark"},
+        ),
+        delta_vs_base=report(
+            f"{RESULTS}/tables/delta_vs_base.html",
+            caption="../report/delta_vs_base.rst",
+            category="Tables",
+            labels={"#": "2", "table": "change against the base model"},
+        ),
+        delta_vs_teacher=report(
+            f"{RESULTS}/tables/delta_vs_teacher.html",
+            caption="../report/delta_vs_teacher.rst",
+            category="Tables",
+            labels={"#": "3", "table": "change against the teacher"},
+        ),
+        retention=report(
+            f"{RESULTS}/tables/retention.html",
+            caption="../report/retention.rst",
+            category="Tables",
+            labels={"#": "4", "table": "gain against retention"},
+        ),
         claims=report(
-            f"{RESULTS}/tables/claims.md",
+            f"{RESULTS}/tables/claims.html",
             caption="../report/claims.rst",
             category="Claims",
+            labels={"#": "1", "table": "claim verdicts"},
         ),
+        claims_md=f"{RESULTS}/tables/claims.md",
         claims_json=f"{RESULTS}/tables/claims.json",
-        figures=report(
-            expand(
-                f"{RESULTS}/figures/{{figure}}.{{ext}}",
-                figure=FIGURES,
-                ext=["png", "pdf"],
-            ),
-            caption="../report/figures.rst",
+        scores_figure=report(
+            f"{RESULTS}/figures/scores.png",
+            caption="../report/scores_figure.rst",
             category="Figures",
+            labels={"#": "1", "figure": "scores per benchmark"},
         ),
+        retention_vs_gain=report(
+            f"{RESULTS}/figures/retention_vs_gain.png",
+            caption="../report/retention_vs_gain.rst",
+            category="Figures",
+            labels={"#": "2", "figure": "gain against retention"},
+        ),
+        training_curves=report(
+            f"{RESULTS}/figures/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Figures",
+            labels={"#": "3", "figure": "training curves"},
+        ),
+        figure_pdfs=expand(f"{RESULTS}/figures/{{figure}}.pdf", figure=FIGURES),
         diagnostics_table=report(
-            f"{RESULTS}/tables/diagnostics.md",
+            f"{RESULTS}/tables/diagnostics.html",
             caption="../report/diagnostics_table.rst",
             category="Diagnostics",
+            labels={"#": "1", "item": "drift and forgetting per run and seed (table)"},
         ),
-        diagnostics_numbers=multiext(f"{RESULTS}/tables/diagnostics", ".csv", ".tex"),
+        diagnostics_numbers=multiext(
+            f"{RESULTS}/tables/diagnostics", ".csv", ".md", ".tex"
+        ),
         drift_figure=report(
-            multiext(f"{RESULTS}/figures/drift_vs_retention", ".png", ".pdf"),
+            f"{RESULTS}/figures/drift_vs_retention.png",
             caption="../report/drift_vs_retention.rst",
             category="Diagnostics",
+            labels={"#": "2", "item": "drift against retention (figure)"},
         ),
         state_nll_figure=report(
-            multiext(f"{RESULTS}/figures/state_nll", ".png", ".pdf"),
+            f"{RESULTS}/figures/state_nll.png",
             caption="../report/state_nll.rst",
             category="Diagnostics",
+            labels={"#": "3", "item": "NLL of the training states per step (figure)"},
+        ),
+        diagnostics_pdfs=expand(
+            f"{RESULTS}/figures/{{figure}}.pdf", figure=DIAG_FIGURES
         ),
     log:
         f"{RESULTS}/logs/report.log",

@@ -77,7 +77,7 @@ def build_model(vocab_size: int, hidden: int = 32, layers: int = 2, seed: int = 
 
 
 def make_world(root: Path, n_rows: int = 48, hidden: int = 32, layers: int = 2) -> dict:
-    """results/data/gsm8k/train.jsonl + a saved toy base model under ``root``."""
+    """results/{experiment}/data/gsm8k/train.jsonl + a saved toy base model under ``root``."""
     root = Path(root)
     rows = toy_rows(n_rows)
     data_dir = root / "data"

@@ -161,6 +161,16 @@ def test_claims_are_judged_on_paired_standard_errors(scores_dir):
     assert all(c["paired"] for r in res.values() for c in r["checks"])
     md = tables.claims_markdown(list(res.values()), roles)
     assert "paired over the test items" in md and "†" not in md
+    # GSM8K's flexible-extract, shown for reference, is paired over its own per-item scores
+    scores, items = loaded(scores_dir)
+
+    def judge(s):
+        return verdicts(s, roles, {}, changes=statistics.Changes(s, models_list(), items))
+
+    runs = load.run_order(models_list())
+    flex = tables.with_other_metrics(judge(summary), scores, judge, runs=runs, benchmarks=BENCHES)
+    gain = next(c for c in flex[0]["checks"] if c["quantity"] == "sft_mild gsm8k gain")["other_metrics"][FLEX]
+    assert gain == {"value": pytest.approx(0.375), "uncertainty": pytest.approx(math.sqrt(0.15625)), "paired": True}
 
 
 def test_a_missing_log_falls_back_to_unpaired_and_says_so(scores_dir):

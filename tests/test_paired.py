@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from statepost.io import DataError
@@ -231,3 +232,27 @@ def test_summary_only_verdicts_carry_no_pairing(scores_dir):
     res = verdicts(summary, roles, {})
     assert not any("paired" in c for r in res for c in r["checks"])
     assert "combined standard error" in tables.claims_markdown(res, roles)
+
+
+# ------------------------------------------------------------------------------------------ the toy's report
+
+
+def check_toy_report(work: Path):
+    """Every change in the toy's report is paired (the DAG scores every model with its per-sample log), and
+    pairing shrinks each retention change's standard error below the unpaired one of the two scores."""
+    tables_dir = work / "results" / "tables"
+    claims = json.loads((tables_dir / "claims.json").read_text())["claims"]
+    parts = [q for c in claims for q in [*c["checks"], *c["quantities"].values()]]
+    assert parts and all(q["paired"] is True for q in parts)
+    scores = pd.read_csv(tables_dir / "scores.csv").set_index(["run", "benchmark"])
+    deltas = pd.read_csv(tables_dir / "delta_vs_base.csv")
+    assert len(deltas) and deltas["paired"].all() and (deltas["item_se"] > 0).all()
+    for r in deltas[deltas["benchmark"] != "gsm8k"].itertuples():
+        unpaired = math.hypot(*(scores.loc[(run, r.benchmark), "uncertainty"] for run in (r.run, "base")))
+        assert r.uncertainty < unpaired, (r.run, r.benchmark, r.uncertainty, unpaired)
+    assert "†" not in (tables_dir / "claims.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_toy_report_pairs_every_change(toy_run):
+    check_toy_report(toy_run[0])

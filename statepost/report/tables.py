@@ -280,7 +280,7 @@ def retention_table(
         f"({', '.join(label(b) for b in retention)}) against the base model; 'mean retention Δ' is their mean "
         "(negative = forgetting). "
         + _se_note(r[[c for c in r.columns if c.endswith("_paired")]].to_numpy().ravel())
-        + " The mean's standard error is sqrt(sum of squares) / k of its k changes'."
+        + " The mean of k changes has sqrt(sum of their squared standard errors) / k."
     )
     return Table("retention", _data_with_method(r, methods), disp, note, "Gain against retention")
 

@@ -121,6 +121,18 @@ def test_identical_models_have_zero_change_uncertainty(tmp_path):
     assert not unpaired["paired"].any() and unpaired["uncertainty"].to_numpy() == pytest.approx(math.hypot(0.2, 0.2))
 
 
+def test_one_item_has_no_spread_so_the_change_stays_unpaired(tmp_path):
+    for model, v in (("base", 0.0), ("rl/seed0", 1.0)):
+        for bench in BENCHES:
+            write(tmp_path, model, bench, [v])
+    scores = load.load_scores(tmp_path, ["base", "rl/seed0"], BENCHES)
+    summary = statistics.summarize(scores, runs=["base", "rl"], benchmarks=BENCHES)
+    changes = statistics.Changes(summary, ["base", "rl/seed0"], load.load_items(tmp_path, scores))
+    c = changes("rl", "base", "gsm8k")
+    assert c["paired"] is False and c["uncertainty"] == pytest.approx(math.hypot(STDERR, STDERR))
+    assert c["seed_sem"] == 0.0 and math.isnan(c["item_se"])
+
+
 # ------------------------------------------------------------------------------------------ tables and claims
 
 

@@ -104,9 +104,9 @@ class Changes:
 
     ``summary``: :func:`summarize`'s table (means, uncertainties and the metric each benchmark is read on);
     ``models``: the model list (which model is which run's seed); ``items``: :func:`.load.load_items`' per-item
-    scores. Without ``models`` or ``items`` every change is unpaired. Calling it gives ``{"uncertainty",
-    "seed_sem", "item_se", "paired"}``; an unpaired change has ``item_se`` NaN and ``seed_sem`` the two runs' seed
-    standard errors in quadrature.
+    scores. Without ``models`` or ``items`` (or with a single item) every change is unpaired. Calling it gives
+    ``{"uncertainty", "seed_sem", "item_se", "paired"}``; an unpaired change has ``item_se`` NaN and ``seed_sem`` the
+    two runs' seed standard errors in quadrature.
     """
 
     def __init__(self, summary: pd.DataFrame, models=None, items: dict | None = None):
@@ -136,7 +136,7 @@ class Changes:
         if rows is None:
             return {
                 "uncertainty": rss(self.look[(a, bench)][1], self.look[(b, bench)][1]),
-                "seed_sem": rss(self.seed_sem.get((a, bench)), self.seed_sem.get((b, bench))),
+                "seed_sem": rss(self.seed_sem.get((a, bench)), self.seed_sem.get((b, bench)), 0.0),
                 "item_se": float("nan"),
                 "paired": False,
             }
@@ -154,7 +154,7 @@ class Changes:
             return self.items.get((model, bench, metric))
 
         a_rows = [get(m) for m, _ in partners]
-        b_rows, partner_sem = [], 0.0
+        b_mean, partner_sem = None, 0.0
         if any(p is None for _, p in partners):
             b_all = [get(m) for m in self.models.get(b, {}).values()]
             if not b_all or any(x is None for x in b_all):
@@ -162,8 +162,8 @@ class Changes:
             b_mean = np.mean(b_all, axis=0)
             partner_sem = self.seed_sem.get((b, bench), 0.0)
         b_rows = [get(p) if p is not None else b_mean for _, p in partners]
-        if any(x is None for x in a_rows + b_rows):
-            return None
+        if any(x is None or len(x) < 2 for x in a_rows + b_rows):
+            return None  # a log is missing, or one item: no spread to estimate
         return a_rows, b_rows, partner_sem
 
 

@@ -2,6 +2,8 @@
 """Build the report: score tables, figures and claim verdicts from score files and training metrics.
 
 Reads   {scores-dir}/{model}/{benchmark}.json       for every model in --models-json and every benchmark
+        {scores-dir}/{model}/{benchmark}.samples.jsonl  beside each (the per-item scores that pair a change's
+                                                     standard error over the items; without one: unpaired, marked)
         {metrics-dir}/{run}/seed{seed}/metrics.jsonl  for every trained model
 Judges  every claim of --claims (config/claims.yaml)
 Writes  {tables-dir}/{scores,delta_vs_base,delta_vs_teacher,retention}.{csv,md,tex,html}, claims.{md,html,json}

@@ -1,7 +1,7 @@
 """The report: score tables, figures and a verdict for each claim of ``config/claims.yaml``.
 
-Everything here reads the files other rules write (``results/{experiment}/scores/{model}/{benchmark}.json`` and
-``results/{experiment}/models/{run}/seed{seed}/metrics.jsonl``) and turns them into
+Everything here reads the files other rules write (``results/{experiment}/scores/{model}/{benchmark}.json``, the per-sample
+logs beside them, and ``results/{experiment}/models/{run}/seed{seed}/metrics.jsonl``) and turns them into
 
 * tables (``results/{experiment}/tables/{name}.csv|.md|.tex|.html``): ``scores``, ``delta_vs_base``, ``delta_vs_teacher``,
   ``retention``, plus ``claims.md`` / ``claims.html`` / ``claims.json``;
@@ -28,13 +28,15 @@ from . import figures as F
 from . import tables as T
 from .claims import QUANTITIES, check_thresholds, resolve_roles, verdicts
 from .figures import FIGURE_FORMATS, FIGURES, run_colors, save_figure
-from .load import BASE, load_metrics, load_scores, normalize_models, run_methods, run_order, target_and_retention
-from .statistics import summarize
+from .load import (BASE, load_items, load_metrics, load_scores, normalize_models, run_methods, run_order,
+                   target_and_retention)  # fmt: skip
+from .statistics import Changes, summarize
 from .tables import TABLE_FORMATS, TABLES, Table, build_tables, claims_markdown, write_claims, write_table
 
 __all__ = [
     "BASE", "FIGURES", "FIGURE_FORMATS", "QUANTITIES", "TABLES", "TABLE_FORMATS", "Table", "build_tables",
-    "check_thresholds", "claims_markdown", "load_claims", "load_metrics", "load_scores", "make_report",
+    "Changes", "check_thresholds", "claims_markdown", "load_claims", "load_items", "load_metrics", "load_scores",
+    "make_report",
     "normalize_models", "output_paths", "resolve_roles", "run_colors", "run_order", "save_figure", "summarize",
     "verdicts", "write_claims", "write_table",
 ]  # fmt: skip
@@ -82,13 +84,15 @@ def make_report(
     runs = run_order(norm)
     colors = F.run_colors(runs)
     scores = load_scores(scores_dir, norm, benchmarks)
+    items = load_items(scores_dir, scores)  # per-item scores: the changes' standard errors pair over the items
     metrics = load_metrics(metrics_dir, norm)
     summary = summarize(scores, runs=runs, benchmarks=benchmarks)
-    tables = T.build_tables(scores, norm, target, retention, summary=summary)
+    tables = T.build_tables(scores, norm, target, retention, summary=summary, items=items)
     for t in tables.values():
         T.write_table(t, tables_dir)
     def judge(summary):
-        return C.verdicts(summary, roles, th, claims=spec, target=target, retention=retention)
+        changes = Changes(summary, norm, items)
+        return C.verdicts(summary, roles, th, claims=spec, target=target, retention=retention, changes=changes)
 
     results = T.with_other_metrics(judge(summary), scores, judge, runs=runs, benchmarks=benchmarks)
     T.write_claims(results, tables_dir, roles, retention)

@@ -4,8 +4,9 @@ A claims file lists claims, each with the roles it needs (``mild``, ``stress``, 
 ``claims.roles``, or a derived role such as ``opd_teacher``, the teacher named by the opd run), its checks (a
 quantity, ``op`` ``>``/``<`` and a threshold key of ``claims.thresholds``) and quantities it only reports. The
 vocabulary of quantities is ``QUANTITIES``; each is computed from the summary's means with the uncertainty convention
-of :mod:`statepost.report.statistics`. Adding a quantity: a function here, an entry in ``QUANTITIES`` and its name in
-the ``quantity`` enum of ``workflow/schemas/claims.schema.yaml``.
+of :mod:`statepost.report.statistics` (a change's standard error paired over the test items where the per-item
+scores are given, and each check and quantity then says whether it is: ``paired``). Adding a quantity: a function
+here, an entry in ``QUANTITIES`` and its name in the ``quantity`` enum of ``workflow/schemas/claims.schema.yaml``.
 
 A check passes when it holds by more than ``z`` standard errors, fails when violated by more, else is uncertain. A
 claim is "not reproduced" if any check fails, "inconclusive" if none fails but one is uncertain, "reproduced" if all
@@ -75,16 +76,27 @@ def resolve_roles(models, roles: Mapping[str, str] | None = None, claims=None) -
 
 
 class _Context:
-    """What a quantity reads: (run, benchmark) -> (mean, uncertainty), the roles, target and retention."""
+    """What a quantity reads: (run, benchmark) -> (mean, uncertainty), the roles, target and retention, and the
+    standard error of a change (``changes``, a :class:`.statistics.Changes`; None: the two scores' uncertainties
+    in quadrature, with no pairing to report)."""
 
-    def __init__(self, look, roles, target, retention, rss):
-        self.look, self.roles, self.target, self.retention, self.rss = look, roles, target, retention, rss
+    def __init__(self, look, roles, target, retention, changes=None):
+        self.look, self.roles, self.target, self.retention = look, roles, target, retention
+        self.changes = changes
 
     def run(self, role: str) -> str:
         return BASE if role == BASE else self.roles[role]
 
     def score(self, role: str, bench: str) -> tuple[float, float]:
         return self.look[(self.run(role), bench)]
+
+    def change(self, a: str, b: str, bench: str) -> tuple[float, float, bool | None]:
+        """Role ``a`` minus role ``b`` on ``bench``: (value, standard error, whether paired; None: not asked)."""
+        (v, u), (bv, bu) = self.score(a, bench), self.score(b, bench)
+        if self.changes is None:
+            return v - bv, rss(u, bu), None
+        c = self.changes(self.run(a), self.run(b), bench)
+        return v - bv, c["uncertainty"], c["paired"]
 
     def benches(self, which: str) -> list[str]:
         """A ``benchmark:`` value as benchmarks: each (target first), target, retention or one name."""
@@ -95,33 +107,32 @@ class _Context:
 def _gain(ctx: _Context, q: dict):
     """The role minus base on the target benchmark (or ``benchmark``); positive = better."""
     for b in ctx.benches(q.get("benchmark", "target")):
-        (v, u), (bv, bu) = ctx.score(q["role"], b), ctx.score(BASE, b)
-        yield f"{ctx.run(q['role'])} {b} gain", v - bv, ctx.rss(u, bu)
+        yield f"{ctx.run(q['role'])} {b} gain", *ctx.change(q["role"], BASE, b)
 
 
 def _drop(ctx: _Context, q: dict):
     """Base minus the role on ``benchmark``; positive = forgetting."""
     for b in ctx.benches(q["benchmark"]):
-        (v, u), (bv, bu) = ctx.score(q["role"], b), ctx.score(BASE, b)
-        yield f"{ctx.run(q['role'])} {b} drop", bv - v, ctx.rss(u, bu)
+        v, u, paired = ctx.change(BASE, q["role"], b)
+        yield f"{ctx.run(q['role'])} {b} drop", v, u, paired
 
 
 def _retention_drop(ctx: _Context, q: dict):
     """Minus the mean change against base on the retention benchmarks; positive = forgetting."""
-    ds = [ctx.score(q["role"], b)[0] - ctx.score(BASE, b)[0] for b in ctx.retention]
-    us = [ctx.rss(ctx.score(q["role"], b)[1], ctx.score(BASE, b)[1]) for b in ctx.retention]
-    yield f"{ctx.run(q['role'])} retention drop", -sum(ds) / len(ds), ctx.rss(*us) / len(us)
+    cs = [ctx.change(q["role"], BASE, b) for b in ctx.retention]
+    paired = None if any(c[2] is None for c in cs) else all(c[2] for c in cs)
+    value, unc = -sum(c[0] for c in cs) / len(cs), rss(*(c[1] for c in cs)) / len(cs)
+    yield f"{ctx.run(q['role'])} retention drop", value, unc, paired
 
 
 def _difference(ctx: _Context, q: dict):
     """The first role minus the second on ``benchmark`` (either may be ``base``)."""
     a, b = q["roles"]
     for bench in ctx.benches(q["benchmark"]):
-        (v, u), (tv, tu) = ctx.score(a, bench), ctx.score(b, bench)
-        yield f"{ctx.run(a)} − {ctx.run(b)} on {bench}", v - tv, ctx.rss(u, tu)
+        yield f"{ctx.run(a)} − {ctx.run(b)} on {bench}", *ctx.change(a, b, bench)
 
 
-# name -> (function yielding (name, value, uncertainty) per benchmark it covers, whether it reads base)
+# name -> (function yielding (name, value, uncertainty, paired) per benchmark it covers, whether it reads base)
 QUANTITIES = {
     "gain": (_gain, lambda q: True),
     "drop": (_drop, lambda q: True),
@@ -226,13 +237,16 @@ def _missing(claim: dict, ctx: _Context, present_runs: set, benches: list[str]) 
 
 
 def verdicts(table, roles: Mapping[str, str], thresholds: Mapping[str, float] | None = None, *, claims=None,
-             target: str | None = None, retention=None) -> list[dict]:  # fmt: skip
+             target: str | None = None, retention=None, changes=None) -> list[dict]:  # fmt: skip
     """Judge every claim of ``claims`` (a claims file, ``load_claims``'s result, or None: the default file).
 
     ``table``: one row per run x benchmark with columns run, benchmark, mean, uncertainty (``summarize``'s output;
     base is the run ``"base"``). ``roles``: role -> run, derived roles resolved (``resolve_roles``).
     ``thresholds``: overrides of the schema's ``claims.thresholds``. ``target``/``retention`` default to the roles
-    of the table's benchmarks. Pure: no I/O besides reading the claims file.
+    of the table's benchmarks. ``changes``: a :class:`.statistics.Changes` on the same table, for the standard
+    errors of changes (paired over the items where it has per-item scores; every check and quantity then has
+    ``paired``); None: the two scores' uncertainties in quadrature, unmarked. Pure: no I/O besides reading the
+    claims file.
     """
 
     spec = load_claims(claims)
@@ -242,7 +256,7 @@ def verdicts(table, roles: Mapping[str, str], thresholds: Mapping[str, float] | 
     default_target, default_retention = target_and_retention(dict.fromkeys(table["benchmark"]))
     target = target or default_target
     retention = list(default_retention if retention is None else retention)
-    ctx = _Context(look, roles, target, retention, rss)
+    ctx = _Context(look, roles, target, retention, changes)
     out = []
     for claim in spec["claims"]:
         keys = dict.fromkeys([c["threshold"] for c in claim["checks"]] + ["z"])
@@ -253,10 +267,14 @@ def verdicts(table, roles: Mapping[str, str], thresholds: Mapping[str, float] | 
             continue
         quantities, checks = {}, []
         for q in claim["checks"] + claim["reports"]:
-            for name, v, u in QUANTITIES[q["quantity"]][0](ctx, q):
+            for name, v, u, paired in QUANTITIES[q["quantity"]][0](ctx, q):
                 quantities[name] = {"value": v, "uncertainty": None if math.isnan(u) else u}
+                if paired is not None:
+                    quantities[name]["paired"] = paired
                 if "op" in q:
                     checks.append(_check(name, v, u, q["op"], th[q["threshold"]], th["z"], q["threshold"]))
+                    if paired is not None:
+                        checks[-1]["paired"] = paired
                     if "part" in q:
                         checks[-1]["part"] = q["part"]
         out.append(_combine(claim["id"], claim["statement"], checks, sub, quantities))

@@ -172,7 +172,8 @@ def retention_vs_gain_figure(
     thresholds: Mapping[str, float] | None = None,
 ):
     """The study's central picture: x = target (GSM8K) change vs base, y = mean retention change vs base.
-    One point per run with error bars of ``z`` combined standard errors; base at the origin; dashed zero lines.
+    One point per run with error bars of ``z`` standard errors of the change (paired over the items where the
+    per-sample logs allow; the note says so); base at the origin; dashed zero lines.
     With ``thresholds``, dotted lines mark the claims' "little forgetting" and "substantial loss" levels.
     ``target`` defaults to the benchmark of the table's ``{target}_gain`` column."""
     if target is None:
@@ -224,7 +225,9 @@ def retention_vs_gain_figure(
         ax.set_title("Gain against retention")
         ax.grid(alpha=0.25)
         ax.set_axisbelow(True)
-        err_note = "error bars: ±1 combined std. error" if z == 1 else f"error bars: ±{z:g} combined std. errors"
+        paired = [c for c in retention.columns if c.endswith("_paired")]
+        how = "paired over the items" if paired and retention[paired].all(axis=None) else "some unpaired"
+        err_note = f"error bars: ±{z:g} std. error{'s' if z != 1 else ''} ({how})"
         ax.text(0.99, 0.01, err_note, transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5, color="0.35")
         _place_labels(
             fig,

@@ -25,6 +25,8 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import numpy as np
 import pandas as pd
 
 from statepost import benchmarks as bench_facts
@@ -212,6 +214,68 @@ def _number(v, path, fld, allow_none=False) -> float:
         raise DataError(f"{path}: field {fld} must be a number, got {v!r}")
     # lm-eval writes "N/A" for stderr where none exists; JSON null is handled above
     return float(v)
+
+
+# --------------------------------------------------------------------------------------------- per-item scores
+
+
+def samples_path(scores_dir, model: str, bench: str) -> Path:
+    """lm-eval's per-sample log beside a score file: ``{scores_dir}/{model}/{bench}.samples.jsonl``."""
+    return Path(scores_dir) / model / f"{bench}.samples.jsonl"
+
+
+def load_items(scores_dir, scores: pd.DataFrame) -> dict[tuple[str, str, str], np.ndarray]:
+    """Per-item scores from the per-sample logs beside the score files, to pair changes over the test items.
+
+    ``scores`` is :func:`load_scores`' frame. Returns ``(model, benchmark, metric) -> array`` over the benchmark's
+    items in ``(task, doc_id)`` order (the same order for every model: MMLU's items are keyed by their subject's
+    task), for each metric of the score file that the log carries (the primary always). A model x benchmark
+    without a log is left out: its changes fall back to the unpaired convention (:class:`.statistics.Changes`).
+
+    A log must belong to its score file: DataError, naming the log, when its item count differs from the score's
+    ``n``, an item repeats or lacks the primary metric, a metric's per-item mean is not the score file's value,
+    or two models' logs on one benchmark cover different items.
+    """
+    out: dict[tuple[str, str, str], np.ndarray] = {}
+    first: dict[str, tuple[list, Path]] = {}  # benchmark -> (item keys, the log they came from)
+    for (model, bench), rows in scores.groupby(["model", "benchmark"], sort=False):
+        path = samples_path(scores_dir, model, bench)
+        if not path.is_file():
+            continue
+        per_item: dict[tuple[str, int], dict] = {}
+        for i, line in enumerate(read_jsonl(path), 1):
+            task, doc = line.get("task"), line.get("doc_id")
+            if not isinstance(task, str) or isinstance(doc, bool) or not isinstance(doc, int):
+                raise DataError(f"{path}:{i}: a sample needs a 'task' name and an integer 'doc_id'")
+            if (task, doc) in per_item:
+                raise DataError(f"{path}:{i}: item ({task}, {doc}) appears twice")
+            per_item[(task, doc)] = line.get("metrics") or {}
+        keys = sorted(per_item)
+        if not keys:
+            raise DataError(f"{path}: no samples")
+        n = rows["n"].iloc[0]
+        if not pd.isna(n) and len(keys) != int(n):
+            raise DataError(f"{path}: {len(keys)} items, but its score file scored n = {int(n)}")
+        for r in rows.itertuples():
+            if not math.isfinite(r.value):
+                continue
+            vals = [per_item[k].get(r.metric) for k in keys]
+            if not r.primary and all(v is None for v in vals):
+                continue  # a metric the log does not carry: its changes stay unpaired
+            bad = [k for k, v in zip(keys, vals) if isinstance(v, bool) or not isinstance(v, (int, float))]
+            if bad:
+                raise DataError(f"{path}: item {bad[0]} has no number for {r.metric!r}")
+            arr = np.asarray(vals, dtype=float)
+            if not math.isclose(float(arr.mean()), r.value, rel_tol=1e-9, abs_tol=1e-12):
+                raise DataError(
+                    f"{path}: the mean of {r.metric!r} over its {arr.size} items is {arr.mean():.10g}, but the "
+                    f"score file says {r.value:.10g}: this log does not belong to that score"
+                )
+            out[(model, bench, r.metric)] = arr
+        if bench in first and first[bench][0] != keys:
+            raise DataError(f"{path} and {first[bench][1]}: the two models were scored on different items")
+        first.setdefault(bench, (keys, path))
+    return out
 
 
 # --------------------------------------------------------------------------------------------- metrics

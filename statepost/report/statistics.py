@@ -1,10 +1,21 @@
 """Summaries of the scores and the one uncertainty convention every table, figure and verdict uses.
 
-The uncertainty of a run's mean score on a benchmark is ``sqrt(seed_sem**2 + eval_stderr**2)`` where ``seed_sem``
-is the standard error of the mean over seeds (0 with one seed) and ``eval_stderr`` is lm-eval's bootstrap/analytic
-standard error, root-mean-square over seeds (it does not shrink with more seeds: every seed is scored on the same
-test items). A difference of two such numbers has uncertainty ``sqrt(u1**2 + u2**2)``; a mean of ``k`` changes has
-``sqrt(sum u_i**2) / k``. These are 1-sigma standard errors; verdicts compare against ``z`` of them.
+A run's score on a benchmark: its uncertainty is ``sqrt(seed_sem**2 + eval_stderr**2)``, ``seed_sem`` the standard
+error of the mean over seeds (0 with one seed) and ``eval_stderr`` lm-eval's standard error, root-mean-square over
+seeds (it does not shrink with more seeds: every seed is scored on the same test items).
+
+A change of run A against run B on a benchmark (a run against base, OPD against its teacher): every model is scored
+on the same test items, so the item-sampling errors of A's and B's scores are strongly correlated and are not
+added. The change's uncertainty is ``sqrt(seed_sem**2 + item_se**2)`` (:func:`paired_change`): per item ``i``,
+``d_i`` = the mean over A's seeds ``s`` of ``A_s,i - B_s,i`` (B's same seed; base has none; where B lacks some of
+A's seeds, B's item mean over its seeds, and B's seed standard error is added to ``seed_sem``);
+``item_se = std(d, ddof=1) / sqrt(n)`` over the ``n`` items; ``seed_sem`` is the standard error over seeds of the
+per-seed changes (0 with one seed). The per-item scores are lm-eval's per-sample logs (:func:`.load.load_items`).
+Where a model involved has no log, the change falls back to the unpaired ``sqrt(u_A**2 + u_B**2)`` of the two
+scores' uncertainties and is marked unpaired (``paired`` False), so the two conventions never mix unseen.
+
+A mean of ``k`` changes (the mean retention change) has ``sqrt(sum u_i**2) / k``. These are 1-sigma standard
+errors; verdicts compare against ``z`` of them.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from .load import BASE, target_and_retention
+from .load import BASE, normalize_models, target_and_retention
 
 
 def rss(*us) -> float:
@@ -58,14 +69,115 @@ def lookup(summary: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float]]:
     return {(r.run, r.benchmark): (float(r.mean), float(r.uncertainty)) for r in summary.itertuples()}
 
 
-def deltas_vs_base(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per run (not base) x benchmark: delta = run mean - base, uncertainty = rss of both."""
+def sem(values) -> float:
+    """Standard error of the mean (``ddof=1``); 0 for a single value."""
+    v = np.asarray(values, dtype=float)
+    return float(np.std(v, ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
+
+
+def paired_change(a_rows, b_rows, partner_sem: float = 0.0) -> dict:
+    """The change A - B on one benchmark from per-item scores, with its paired standard error.
+
+    ``a_rows``: one array per seed of A over the benchmark's ``n`` items; ``b_rows``: each one's partner over the
+    same items (B's same seed, base, or B's item mean over its seeds). ``partner_sem``: B's seed standard error,
+    added in quadrature where a partner is B's mean (its seed noise is not in the per-seed changes). Returns
+    ``delta`` (mean per-seed change), ``seed_sem`` (standard error over seeds of the per-seed changes, with
+    ``partner_sem``), ``item_se`` (``std(d, ddof=1) / sqrt(n)`` of the per-item changes ``d`` averaged over seeds)
+    and ``uncertainty`` (the two in quadrature).
+    """
+    diff = np.asarray(a_rows, dtype=float) - np.asarray(b_rows, dtype=float)  # seeds x items
+    if diff.ndim != 2 or diff.shape[1] < 2:
+        raise ValueError(f"paired_change: expected seeds x items (at least 2 items), got shape {diff.shape}")
+    per_seed = diff.mean(axis=1)
+    seed_sem = rss(sem(per_seed), partner_sem)
+    item_se = sem(diff.mean(axis=0))
+    return {
+        "delta": float(per_seed.mean()),
+        "seed_sem": seed_sem,
+        "item_se": item_se,
+        "uncertainty": float(np.hypot(seed_sem, item_se)),
+    }
+
+
+class Changes:
+    """The uncertainty of a change between two runs on one benchmark, paired over the items where it can be.
+
+    ``summary``: :func:`summarize`'s table (means, uncertainties and the metric each benchmark is read on);
+    ``models``: the model list (which model is which run's seed); ``items``: :func:`.load.load_items`' per-item
+    scores. Without ``models`` or ``items`` (or with a single item) every change is unpaired. Calling it gives
+    ``{"uncertainty", "seed_sem", "item_se", "paired"}``; an unpaired change has ``item_se`` NaN and ``seed_sem`` the
+    two runs' seed standard errors in quadrature.
+    """
+
+    def __init__(self, summary: pd.DataFrame, models=None, items: dict | None = None):
+        self.look = lookup(summary)
+        rows = list(summary.itertuples())
+        self.metric = {(r.run, r.benchmark): getattr(r, "metric", None) for r in rows}
+        self.seed_sem = {(r.run, r.benchmark): float(getattr(r, "seed_sem", np.nan)) for r in rows}
+        self.models: dict[str, dict] = {}  # run -> {seed: model name}
+        for name, info in (normalize_models(models) if models is not None else {}).items():
+            self.models.setdefault(info["run"], {})[info["seed"]] = name
+        self.items = dict(items or {})
+
+    def partners(self, a: str, b: str) -> list[tuple[str, str | None]]:
+        """Each model of run ``a`` with its partner in run ``b``: base; ``b``'s same seed when ``b`` has exactly
+        ``a``'s seeds; else None (``b``'s item mean over its seeds)."""
+        a_models, b_models = self.models.get(a, {}), self.models.get(b, {})
+        if b == BASE:
+            return [(m, b_models.get(None)) for m in a_models.values()]
+        same = set(a_models) == set(b_models)
+        return [(m, b_models[s] if same else None) for s, m in a_models.items()]
+
+    def __call__(self, a: str, b: str, bench: str, partners: list[tuple[str, str | None]] | None = None) -> dict:
+        """Run ``a`` minus run ``b`` on ``bench``; ``partners`` as :meth:`partners` gives them (the default)."""
+        if a == BASE and b != BASE and partners is None:
+            return self(b, a, bench)  # the same items, the same standard error
+        rows = self._rows(a, b, bench, partners if partners is not None else self.partners(a, b))
+        if rows is None:
+            return {
+                "uncertainty": rss(self.look[(a, bench)][1], self.look[(b, bench)][1]),
+                "seed_sem": rss(self.seed_sem.get((a, bench)), self.seed_sem.get((b, bench)), 0.0),
+                "item_se": float("nan"),
+                "paired": False,
+            }
+        out = paired_change(*rows)
+        del out["delta"]  # the callers' value is the summary's mean difference
+        return {**out, "paired": True}
+
+    def _rows(self, a, b, bench, partners):
+        """(A's rows, their partners' rows, B's seed sem if a partner is B's mean), or None where a log is missing."""
+        metric = self.metric.get((a, bench))
+        if not partners or metric is None or self.metric.get((b, bench)) != metric:
+            return None
+
+        def get(model):
+            return self.items.get((model, bench, metric))
+
+        a_rows = [get(m) for m, _ in partners]
+        b_mean, partner_sem = None, 0.0
+        if any(p is None for _, p in partners):
+            b_all = [get(m) for m in self.models.get(b, {}).values()]
+            if not b_all or any(x is None for x in b_all):
+                return None
+            b_mean = np.mean(b_all, axis=0)
+            partner_sem = self.seed_sem.get((b, bench), 0.0)
+        b_rows = [get(p) if p is not None else b_mean for _, p in partners]
+        if any(x is None or len(x) < 2 for x in a_rows + b_rows):
+            return None  # a log is missing, or one item: no spread to estimate
+        return a_rows, b_rows, partner_sem
+
+
+def deltas_vs_base(summary: pd.DataFrame, changes: Changes | None = None) -> pd.DataFrame:
+    """Per run (not base) x benchmark: delta = run mean - base, its uncertainty, seed_sem and item_se
+    (``changes``; default: unpaired) and whether it is paired over the items."""
     look = lookup(summary)
+    changes = changes or Changes(summary)
     rows = []
     for r in summary.itertuples():
         if r.run == BASE or (BASE, r.benchmark) not in look:
             continue
-        b, ub = look[(BASE, r.benchmark)]
+        b, _ = look[(BASE, r.benchmark)]
+        c = changes(r.run, BASE, r.benchmark)
         rows.append(
             {
                 "run": r.run,
@@ -74,16 +186,22 @@ def deltas_vs_base(summary: pd.DataFrame) -> pd.DataFrame:
                 "run_mean": r.mean,
                 "base": b,
                 "delta": r.mean - b,
-                "uncertainty": rss(r.uncertainty, ub),
+                "uncertainty": c["uncertainty"],
+                "seed_sem": c["seed_sem"],
+                "item_se": c["item_se"],
+                "paired": c["paired"],
             }
         )
-    return pd.DataFrame(rows, columns=["run", "benchmark", "n_seeds", "run_mean", "base", "delta", "uncertainty"])
+    cols = ["run", "benchmark", "n_seeds", "run_mean", "base", "delta", "uncertainty", "seed_sem", "item_se", "paired"]
+    return pd.DataFrame(rows, columns=cols)
 
 
-def retention_summary(summary: pd.DataFrame, target: str | None = None, retention: Iterable[str] | None = None):
-    """Per run: target gain vs base, change on each retention benchmark, and their mean (with uncertainties).
+def retention_summary(summary: pd.DataFrame, target: str | None = None, retention: Iterable[str] | None = None,
+                      changes: Changes | None = None):  # fmt: skip
+    """Per run: target gain vs base, change on each retention benchmark, and their mean (with uncertainties, and
+    whether each is paired over the items: ``*_paired``; the mean's when all its changes are).
     ``target`` and ``retention`` default to the roles (``statepost.benchmarks``) of the summary's benchmarks."""
-    d = deltas_vs_base(summary)
+    d = deltas_vs_base(summary, changes)
     default_target, default_retention = target_and_retention(dict.fromkeys(summary["benchmark"]))
     target = target or default_target
     retention = list(default_retention if retention is None else retention)
@@ -93,18 +211,24 @@ def retention_summary(summary: pd.DataFrame, target: str | None = None, retentio
         row = {"run": run, "n_seeds": int(by["n_seeds"].max())}
         row[f"{target}_gain"] = by["delta"].get(target, np.nan)
         row[f"{target}_gain_unc"] = by["uncertainty"].get(target, np.nan)
-        changes, uncs = [], []
+        values, uncs = [], []
         for b in retention:
             row[f"{b}_change"] = by["delta"].get(b, np.nan)
             row[f"{b}_change_unc"] = by["uncertainty"].get(b, np.nan)
-            changes.append(row[f"{b}_change"])
+            values.append(row[f"{b}_change"])
             uncs.append(row[f"{b}_change_unc"])
-        row["retention_change"] = float(np.mean(changes)) if retention else np.nan
+        row["retention_change"] = float(np.mean(values)) if retention else np.nan
         row["retention_change_unc"] = rss(*uncs) / len(uncs) if retention else np.nan
+        row[f"{target}_gain_paired"] = bool(by["paired"].get(target, False))
+        for b in retention:
+            row[f"{b}_change_paired"] = bool(by["paired"].get(b, False))
+        row["retention_change_paired"] = bool(retention) and all(row[f"{b}_change_paired"] for b in retention)
         rows.append(row)
     cols = (
         ["run", "n_seeds", f"{target}_gain", f"{target}_gain_unc"]
         + [c for b in retention for c in (f"{b}_change", f"{b}_change_unc")]
-        + ["retention_change", "retention_change_unc"]
+        + ["retention_change", "retention_change_unc", f"{target}_gain_paired"]
+        + [f"{b}_change_paired" for b in retention]
+        + ["retention_change_paired"]
     )
     return pd.DataFrame(rows, columns=cols)

@@ -23,7 +23,7 @@ from statepost.io import ConfigError, atomic_file, write_json
 
 from statepost.config import claim_defaults
 from .load import BASE, label, normalize_models, run_methods, run_order, target_and_retention, teacher_ref
-from .statistics import deltas_vs_base, lookup, retention_summary, rss, summarize
+from .statistics import Changes, deltas_vs_base, lookup, retention_summary, summarize
 
 TABLES = ("scores", "delta_vs_base", "delta_vs_teacher", "retention")
 TABLE_FORMATS = ("csv", "md", "tex", "html")
@@ -68,6 +68,28 @@ def _fmt(v, u=None, signed=False, digits=3) -> str:
     if u is not None and not (isinstance(u, float) and math.isnan(u)):
         s += f" ± {u:.{digits}f}"
     return s
+
+
+UNPAIRED = " †"  # marks a change whose standard error is not paired over the items
+_SE_HOW = (
+    "paired over the test items every model is scored on (the standard error of the per-item differences, "
+    "averaged over seeds) and the standard error over seeds of the per-seed changes, in quadrature."
+)
+_SE_NOTE = "± one standard error of the change: " + _SE_HOW
+_UNPAIRED_NOTE = (
+    " † unpaired: a per-sample log is missing, so the two scores' standard errors (lm-eval's and the seeds') are "
+    "added in quadrature as if independent, which overstates it."
+)
+
+
+def _change(v, u, paired) -> str:
+    """A signed change ± its standard error, marked when unpaired."""
+    s = _fmt(v, u, signed=True)
+    return s + UNPAIRED if s != "–" and paired is not None and not paired else s
+
+
+def _se_note(paired: Iterable) -> str:
+    return _SE_NOTE + (_UNPAIRED_NOTE if not all(bool(p) for p in paired) else "")
 
 
 def _shown(methods: Methods | None) -> bool:
@@ -126,33 +148,33 @@ def scores_table(summary: pd.DataFrame, methods: Methods | None = None) -> Table
     return Table("scores", _data_with_method(data, methods), pd.DataFrame(rows), note, "Benchmark scores per run")
 
 
-def delta_vs_base_table(summary: pd.DataFrame, methods: Methods | None = None) -> Table:
-    d = deltas_vs_base(summary)
+def delta_vs_base_table(summary: pd.DataFrame, methods: Methods | None = None, changes: Changes | None = None):
+    d = deltas_vs_base(summary, changes)
     benches = list(dict.fromkeys(summary["benchmark"]))
     rows = []
     for run, g in d.groupby("run", sort=False):
         by = g.set_index("benchmark")
         row = {"run": run, "seeds": int(by["n_seeds"].max())}
         for b in benches:
-            row[label(b)] = _fmt(by["delta"].get(b), by["uncertainty"].get(b), signed=True) if b in by.index else "–"
+            row[label(b)] = _change(by["delta"][b], by["uncertainty"][b], by["paired"][b]) if b in by.index else "–"
         rows.append(_with_method(row, run, methods))
-    note = (
-        "Change in accuracy against the base model (run mean − base), ± combined standard error "
-        "(seed standard error and lm-eval standard error of run and base, added in quadrature)."
-    )
+    note = "Change in accuracy against the base model (run mean − base). " + _se_note(d["paired"])
     return Table(
         "delta_vs_base", _data_with_method(d, methods), pd.DataFrame(rows), note, "Change against the base model"
     )
 
 
-def delta_vs_teacher_table(scores: pd.DataFrame, models, summary: pd.DataFrame | None = None) -> Table:
+def delta_vs_teacher_table(scores: pd.DataFrame, models, summary: pd.DataFrame | None = None,
+                           changes: Changes | None = None) -> Table:  # fmt: skip
     """For runs with a teacher: run − teacher per benchmark, paired by seed where the teacher has that seed."""
     norm = normalize_models(models)
+    names = {(info["run"], info["seed"]): name for name, info in norm.items()}
     methods = run_methods(norm)
     prim = scores[scores["primary"]] if "primary" in scores else scores
     if summary is None:
         summary = summarize(scores, runs=run_order(norm))
     look = lookup(summary)
+    changes = changes or Changes(summary)
     benches = list(dict.fromkeys(summary["benchmark"]))
     val = {(r.run, r.seed if not pd.isna(r.seed) else None, r.benchmark): r.value for r in prim.itertuples()}
     rows, skipped = [], []
@@ -169,26 +191,29 @@ def delta_vs_teacher_table(scores: pd.DataFrame, models, summary: pd.DataFrame |
             skipped.append(f"{run} (teacher {t_run} has no scores)")
             continue
         for b in benches:
-            diffs, paired = [], 0
+            diffs, paired, partners = [], 0, []
             for seed, teacher in members:
                 _, t_seed = teacher_ref(teacher)
                 s_val = val.get((run, seed, b))
                 if s_val is None:
                     continue
+                partner = None  # the teacher's mean
                 if t_run == BASE and (BASE, None, b) in val:
-                    tv = val[(BASE, None, b)]
-                    paired += 1
+                    partner = (BASE, None)
                 elif t_seed is not None and (t_run, t_seed, b) in val:
-                    tv = val[(t_run, t_seed, b)]
-                    paired += 1
+                    partner = (t_run, t_seed)
                 elif (t_run, seed, b) in val:
-                    tv = val[(t_run, seed, b)]
-                    paired += 1
-                else:
+                    partner = (t_run, seed)
+                if partner is None:
                     tv = look[(t_run, b)][0]
+                else:
+                    tv = val[(*partner, b)]
+                    paired += 1
                 diffs.append(s_val - tv)
+                partners.append((names[(run, seed)], names[partner] if partner else None))
             if not diffs:
                 continue
+            c = changes(run, t_run, b, partners)
             rows.append(
                 {
                     "run": run,
@@ -199,23 +224,23 @@ def delta_vs_teacher_table(scores: pd.DataFrame, models, summary: pd.DataFrame |
                     "run_mean": look[(run, b)][0],
                     "teacher_mean": look[(t_run, b)][0],
                     "delta": float(np.mean(diffs)),
-                    "uncertainty": rss(look[(run, b)][1], look[(t_run, b)][1]),
+                    **c,
                 }
             )
     cols = ["run", "teacher", "benchmark", "n_seeds", "paired_seeds", "run_mean", "teacher_mean", "delta"]
-    cols.append("uncertainty")
+    cols += ["uncertainty", "seed_sem", "item_se", "paired"]
     d = pd.DataFrame(rows, columns=cols)
     disp = []
     for (run, teacher), g in d.groupby(["run", "teacher"], sort=False):
         by = g.set_index("benchmark")
         row = {"run": run, "teacher": teacher, "seeds (paired)": f"{by['n_seeds'].max()} ({by['paired_seeds'].min()})"}
         for b in benches:
-            row[label(b)] = _fmt(by["delta"].get(b), by["uncertainty"].get(b), signed=True) if b in by.index else "–"
+            row[label(b)] = _change(by["delta"][b], by["uncertainty"][b], by["paired"][b]) if b in by.index else "–"
         disp.append(_with_method(row, run, methods))
     note = (
         "Change in accuracy against the run's teacher (run − teacher), averaged over the run's seeds; a seed is "
-        "compared with the teacher's same seed where it exists ('paired'), else with the teacher's mean. "
-        "± combined standard error of the two means."
+        "compared with the teacher's same seed where it exists ('paired'), else with the teacher's mean (whose "
+        "seed standard error is then added). " + _se_note(d["paired"])
     )
     if not students:
         note = "No run in the config has a teacher. " + note
@@ -231,21 +256,23 @@ def retention_table(
     target: str | None = None,
     retention: Iterable[str] | None = None,
     methods: Methods | None = None,
+    changes: Changes | None = None,
 ) -> Table:
     if target is None:
         target = target_and_retention(dict.fromkeys(summary["benchmark"]))[0]
-    r = retention_summary(summary, target, retention)
+    r = retention_summary(summary, target, retention, changes)
     retention = [c[: -len("_change")] for c in r.columns if c.endswith("_change") and c != "retention_change"]
+
+    def cells(name):  # the change ``name`` (e.g. gsm8k_gain), ± its standard error, marked when unpaired
+        return [_change(*x) for x in zip(r[name], r[f"{name}_unc"], r[f"{name}_paired"])]
+
     disp = pd.DataFrame(
         {
             "run": r["run"],
             "seeds": r["n_seeds"],
-            f"{label(target)} gain": [_fmt(v, u, True) for v, u in zip(r[f"{target}_gain"], r[f"{target}_gain_unc"])],
-            **{
-                f"{label(b)} Δ": [_fmt(v, u, True) for v, u in zip(r[f"{b}_change"], r[f"{b}_change_unc"])]
-                for b in retention
-            },
-            "mean retention Δ": [_fmt(v, u, True) for v, u in zip(r["retention_change"], r["retention_change_unc"])],
+            f"{label(target)} gain": cells(f"{target}_gain"),
+            **{f"{label(b)} Δ": cells(f"{b}_change") for b in retention},
+            "mean retention Δ": cells("retention_change"),
         }
     )
     if _shown(methods):
@@ -253,7 +280,9 @@ def retention_table(
     note = (
         f"Gain on {label(target)} and change on the retention benchmarks "
         f"({', '.join(label(b) for b in retention)}) against the base model; 'mean retention Δ' is their mean "
-        "(negative = forgetting). ± combined standard error."
+        "(negative = forgetting). "
+        + _se_note(r[[c for c in r.columns if c.endswith("_paired")]].to_numpy().ravel())
+        + " The mean of k changes has sqrt(sum of their squared standard errors) / k."
     )
     return Table("retention", _data_with_method(r, methods), disp, note, "Gain against retention")
 
@@ -301,17 +330,20 @@ def build_tables(
     target: str | None = None,
     retention: Iterable[str] | None = None,
     summary: pd.DataFrame | None = None,
+    items: dict | None = None,
 ) -> dict[str, Table]:
-    """Every table, in ``TABLES`` order."""
+    """Every table, in ``TABLES`` order. ``items``: the per-item scores (:func:`.load.load_items`) that pair the
+    changes' standard errors over the test items (None: every change unpaired, and marked so)."""
     norm = normalize_models(models)
     methods = run_methods(norm)
     if summary is None:
         summary = summarize(scores, runs=run_order(norm))
+    changes = Changes(summary, norm, items)
     return {
         "scores": scores_table(summary, methods),
-        "delta_vs_base": delta_vs_base_table(summary, methods),
-        "delta_vs_teacher": delta_vs_teacher_table(scores, norm, summary),
-        "retention": retention_table(summary, target, retention, methods),
+        "delta_vs_base": delta_vs_base_table(summary, methods, changes),
+        "delta_vs_teacher": delta_vs_teacher_table(scores, norm, summary, changes),
+        "retention": retention_table(summary, target, retention, methods, changes),
     }
 
 
@@ -355,11 +387,17 @@ def with_other_metrics(results: list[dict], scores: pd.DataFrame, judge: Callabl
     return out
 
 
+def _mark(q: Mapping) -> str:
+    """The unpaired mark for a check or quantity judged with pairing that is not paired."""
+    return UNPAIRED if q.get("paired") is False else ""
+
+
 def _others(q: Mapping, digits: int = 4) -> dict[str, str]:
     """A check's or quantity's values on other metrics, formatted, by metric name."""
     return {
         _metric_name(m): "–" if v["value"] is None or math.isnan(v["value"]) else f"{v['value']:+.{digits}f}"
         + ("" if v["uncertainty"] is None or math.isnan(v["uncertainty"]) else f" ± {v['uncertainty']:.{digits}f}")
+        + _mark(v)
         for m, v in (q.get("other_metrics") or {}).items()
     }
 
@@ -368,17 +406,23 @@ def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None,
     """Render verdicts: a table of checks per claim and the verdict in bold."""
     retention = list(bench_facts.RETENTION if retention is None else retention)
     lines = ["# Claim verdicts", ""]
+    parts = [q for r in results for q in [*r["checks"], *r["quantities"].values()]]
+    parts += [v for q in parts for v in q.get("other_metrics", {}).values()]
+    if not any("paired" in q for q in parts):
+        se = "± is one combined standard error. "
+    else:
+        se = "± is one standard error of the change: " + _SE_HOW + " "
+        se += _UNPAIRED_NOTE.strip() + " " if any(q.get("paired") is False for q in parts) else ""
     if results:
         z = results[0]["thresholds"].get("z", claim_defaults()["thresholds"]["z"])
         lines += [
             "Accuracy differences are fractions (0.02 = 2 points). Retention drop = minus the mean change on "
             f"{_and([bench_facts.get(b).label for b in retention])} against base (positive = forgetting). "
-            "± is one combined standard error. "
-            f"A check passes (fails) when it holds (is violated) by more than z = {z:g} standard errors; "
+            + se
+            + f"A check passes (fails) when it holds (is violated) by more than z = {z:g} standard errors; "
             "otherwise it is uncertain, and a claim whose outcome hinges on an uncertain check is inconclusive.",
             "",
         ]
-    parts = [q for r in results for q in [*r["checks"], *r["quantities"].values()]]
     metrics = {m for q in parts for m in q.get("other_metrics", {})}
     others = sorted({_metric_name(m) for m in metrics})
     if others:
@@ -398,7 +442,7 @@ def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None,
                 {
                     "check": c["quantity"],
                     "value": f"{c['value']:+.4f}",
-                    "± (1 se)": "–" if c["uncertainty"] is None else f"{c['uncertainty']:.4f}",
+                    "± (1 se)": "–" if c["uncertainty"] is None else f"{c['uncertainty']:.4f}{_mark(c)}",
                     **{m: _others(c).get(m, "–") for m in others},
                     "requirement": f"{c['op']} {c['threshold']:g} ({c['threshold_key']})",
                     "outcome": c["outcome"],
@@ -413,7 +457,7 @@ def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None,
                 "Also: "
                 + "; ".join(
                     f"{k} = {v['value']:+.4f}"
-                    + ("" if v["uncertainty"] is None else f" ± {v['uncertainty']:.4f}")
+                    + ("" if v["uncertainty"] is None else f" ± {v['uncertainty']:.4f}{_mark(v)}")
                     + "".join(f" ({m}: {t})" for m, t in _others(v).items())
                     for k, v in extra.items()
                 ),

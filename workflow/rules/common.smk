@@ -62,8 +62,17 @@ def score_path(model, benchmark):
     return f"{RESULTS}/scores/{model}/{benchmark}.json"
 
 
+def samples_path(model, benchmark):
+    """lm-eval's per-sample log beside the score file (the report pairs changes over its items)."""
+    return score_path(model, benchmark).removesuffix(".json") + ".samples.jsonl"
+
+
 def all_scores():
     return [score_path(m, b) for m in MODELS for b in BENCHMARKS]
+
+
+def all_samples():
+    return [samples_path(m, b) for m in MODELS for b in BENCHMARKS]
 
 
 def resources_for(group, run=None):

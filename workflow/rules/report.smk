@@ -1,4 +1,4 @@
-# Tables, figures and the claim verdicts, from every score file and every run's metrics.
+# Tables, figures and the claim verdicts, from every score file (and its per-sample log) and every run's metrics.
 REPORT_RES, REPORT_CPUS = resources_for("report")
 CLAIMS_FILE = config["claims"]["definitions"]
 # A malformed claims file fails here, when the DAG is built, not after the runs it judges.
@@ -14,6 +14,7 @@ DIAG_FIGURES = ["drift_vs_retention", "state_nll"]
 rule report:
     input:
         scores=all_scores(),
+        samples=all_samples(),
         models=[model_path(m) for m in MODELS if m != "base"],
         claims=CLAIMS_FILE,
         diagnostics=[diagnostics_path(m) for m in MODELS],

@@ -3,9 +3,11 @@
 accelerate builds FSDP only on an accelerator, so the launches go through tests/_fsdp_cpu.py, which turns
 accelerate's CPU state into FSDP right after the Accelerator is made; the rest (accelerate's FSDP2
 prepare, torch's fully_shard over a CPU mesh, the gathering of the shards, the loop) runs as on GPUs.
-An SFT run killed after step 3 resumes from its step-2 checkpoint and ends with the weights of a
-1-process run of the same global batch; an on-policy distillation run (learner sampling on the sharded
-policy, a replicated teacher) ends with the weights of the same run data parallel.
+An SFT run (with gradient accumulation) killed after step 3 resumes from its step-2 checkpoint and
+ends with the weights of a 1-process run of the same global batch; an on-policy distillation run
+(learner sampling on the sharded policy, generations of different lengths on the two processes, a
+replicated teacher) ends with the weights of the same run data parallel. Without synced_gpus that
+run hangs (checked by hand: every forward gathers the shards, so the processes must run as many).
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ def _rows(model_dir: Path) -> list[dict]:
 def test_sft_under_fsdp_resumes_and_matches_one_process(world, sft_one_process, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    cfg = run_cfg(batch_size=2, max_steps=4)  # a checkpoint every 2 steps
+    # 2 processes x batch 1 x 2 micro-batches (against 1 x 4), a checkpoint every 2 steps
+    cfg = run_cfg(batch_size=1, grad_accum=2, max_steps=4)
     killed = _launch(world, tmp_path, "fsdp", cfg, STATEPOST_TEST_FAIL_AFTER_STEP="3")
     assert killed.returncode != 0 and "stopped after step 3" in killed.stderr, killed.stderr[-3000:]
     assert (tmp_path / "state-fsdp" / "ckpt-00000002" / "model.safetensors").is_file()

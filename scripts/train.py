@@ -3,6 +3,7 @@
 
 Single process:   python scripts/train.py --run-json @run.json --init results/toy/models/base --out DIR
 Data parallel:    accelerate launch --num_processes N scripts/train.py ...   (same arguments)
+FSDP (GPUs):      accelerate launch --config_file profiles/accelerate/fsdp.yaml --num_processes N scripts/train.py ...
 
 Writes DIR (save_pretrained safetensors + tokenizer + generation_config + run.json + metrics.jsonl)
 atomically at the end. Resumable state goes to --state-dir every checkpoint.every steps; rerunning

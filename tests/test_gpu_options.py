@@ -1,6 +1,7 @@
 """Options for GPU boxes, checked without a GPU: lm-eval's vLLM backend (evaluation.backend), experiment
 tracking and an accelerate config for multi-GPU training plan fine in a dry run of the paper config;
-the FSDP config parses into accelerate's own config class; a missing vllm is named before any work."""
+the FSDP config parses into accelerate's own config class with settings the loop accepts (training under it:
+tests/test_fsdp.py); a missing vllm is named before any work."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def test_fsdp_config_parses_into_accelerates_config_class():
 
     cfg = load_config_from_file(str(FSDP))
     assert isinstance(cfg, ClusterConfig) and cfg.distributed_type == DistributedType.FSDP
-    assert cfg.fsdp_config["fsdp_version"] == 2
+    # the settings the training loop accepts (statepost.train.distributed.check_fsdp)
+    assert cfg.fsdp_config["fsdp_version"] == 2 and cfg.fsdp_config["fsdp_cpu_ram_efficient_loading"] is False
     # `accelerate launch` turns each fsdp_config key into its option of the same name: all must exist
     options = {o for a in launch_command_parser()._actions for o in a.option_strings}
     assert {f"--{k}" for k in cfg.fsdp_config} <= options, {f"--{k}" for k in cfg.fsdp_config} - options

@@ -5,8 +5,9 @@ Layout of a state directory::
     state_dir/
       metrics.jsonl              live metrics (copied into the model directory at the end)
       ckpt-00000050/             one complete resumable state per kept step
-        model.safetensors        policy weights (tied weights stored once)
-        optimizer.pt             optimizer state_dict (identical on every process under DDP)
+        model.safetensors        policy weights (tied weights stored once; gathered from the shards under FSDP)
+        optimizer.pt             optimizer state_dict (identical on every process under DDP; under FSDP the
+                                 whole model's, keyed by parameter name, gathered from the shards)
         scheduler.pt             lr scheduler state_dict
         accelerate.pt            accelerate's own state: its step counter and grad scaler
         rng-rank{r}.pt           python, numpy, torch CPU and CUDA generator states of process r
@@ -47,6 +48,10 @@ import safetensors.torch
 import torch
 
 from statepost.io import fsync_dir, fsync_file, sha256_file, utc_now, write_json, write_jsonl
+
+from .distributed import (
+    full_model_state, full_optimizer_state, is_fsdp, load_full_model_state, load_full_optimizer_state,
+)
 
 log = logging.getLogger("statepost.train")
 
@@ -160,7 +165,7 @@ class Checkpointer:
     def find_resumable(self, key: dict) -> tuple[Path, dict] | None:
         """The newest checkpoint that passes its check, if its stored key equals ``key``; logs why not otherwise.
 
-        ``key`` has ``config_hash``, ``inputs_hash`` and ``num_processes``. Checkpoints that fail their
+        ``key`` has ``config_hash``, ``inputs_hash``, ``num_processes`` and ``fsdp``. Checkpoints that fail their
         check are set aside (:meth:`set_aside`) and the next older one is tried.
         """
         self.clean_stale()
@@ -194,6 +199,9 @@ class Checkpointer:
                 "not resuming: number of processes changed (%s in %s, %d now)",
                 info.get("num_processes"), path.name, key["num_processes"],
             )
+            return None
+        if bool(info.get("fsdp", False)) != bool(key.get("fsdp", False)):
+            log.warning("not resuming: %s was saved %s FSDP", path.name, "under" if info.get("fsdp") else "without")
             return None
         return path, info
 
@@ -258,10 +266,16 @@ class Checkpointer:
             torch.save(obj, tmp / name)
             fsync_file(tmp / name)  # each process its own files: the main process hashes them next
         accelerator.wait_for_everyone()
+        fsdp = is_fsdp(accelerator)  # every process gathers its shards to the main process (collective)
+        weights_state = full_model_state(accelerator, model, tied_once=True) if fsdp else None
+        optimizer_state = full_optimizer_state(accelerator, model, optimizer) if fsdp else None
         if accelerator.is_main_process:
             weights = str(tmp / "model.safetensors")
-            safetensors.torch.save_model(accelerator.unwrap_model(model), weights, metadata={"format": "pt"})
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            if fsdp:
+                safetensors.torch.save_file(weights_state, weights, metadata={"format": "pt"})
+            else:
+                safetensors.torch.save_model(accelerator.unwrap_model(model), weights, metadata={"format": "pt"})
+            torch.save(optimizer_state if fsdp else optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             scaler = getattr(accelerator, "scaler", None)
             torch.save(
@@ -288,10 +302,17 @@ class Checkpointer:
         accelerator = self.accelerator
         path = Path(path)
         info = _read_json(path / STATE)
-        unwrapped = accelerator.unwrap_model(model)
-        device = next(unwrapped.parameters()).device
-        safetensors.torch.load_model(unwrapped, str(path / "model.safetensors"), strict=True, device=str(device))
-        optimizer.load_state_dict(_load(path / "optimizer.pt"))
+        if is_fsdp(accelerator):  # the main process reads, every process takes its shards (collective)
+            main = accelerator.is_main_process
+            load_full_model_state(
+                accelerator, model, safetensors.torch.load_file(path / "model.safetensors") if main else None
+            )
+            load_full_optimizer_state(accelerator, model, optimizer, _load(path / "optimizer.pt") if main else None)
+        else:
+            unwrapped = accelerator.unwrap_model(model)
+            device = next(unwrapped.parameters()).device
+            safetensors.torch.load_model(unwrapped, str(path / "model.safetensors"), strict=True, device=str(device))
+            optimizer.load_state_dict(_load(path / "optimizer.pt"))
         scheduler.load_state_dict(_load(path / "scheduler.pt"))
         accelerate_state = _load(path / "accelerate.pt")
         accelerator.step = int(accelerate_state["step"])

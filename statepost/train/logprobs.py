@@ -133,6 +133,15 @@ def _unwrap(model):
     return getattr(model, "_orig_mod", model)
 
 
+def _is_fsdp(model) -> bool:
+    """Sharded by FSDP2 (``fully_shard``)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def _takes(model, name: str) -> bool:
     try:
         return name in inspect.signature(model.forward).parameters
@@ -170,7 +179,13 @@ def completion_states(model, batch) -> CompletionStates:
         handle.remove()
     if "hidden" not in seen:
         raise RuntimeError(f"{type(base).__name__}: its decoder {type(trunk).__name__} did not run in forward")
-    states = CompletionStates(seen["hidden"][:, :-1][keep], targets, head, seen["autocast"])
+    hidden = seen["hidden"]
+    if _is_fsdp(base):
+        # FSDP2 runs the root's pre-backward hook (which readies its parameters, the head's among them, for
+        # the backward) only when a gradient reaches one of the forward's outputs; the loss here reaches the
+        # trunk's output only. An exact zero from the (empty) logits ties them in: values are unchanged.
+        hidden = hidden + out.logits[..., :0].sum()
+    states = CompletionStates(hidden[:, :-1][keep], targets, head, seen["autocast"])
     if verify:
         _check_head(base, states, out.logits[:, -1], seen["hidden"][:, -1])
     return states

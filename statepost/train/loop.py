@@ -51,7 +51,9 @@ from statepost.models import (
 )
 
 from .checkpoint import Checkpointer
-from .distributed import broadcast, make_accelerator, mean_dicts, mean_over_processes, sum_over_processes
+from .distributed import (
+    broadcast, full_model_state, is_fsdp, make_accelerator, mean_dicts, mean_over_processes, sum_over_processes,
+)
 from .registry import SIGNALS, data_path, make_signal, make_state_source, read_rows
 from .signals import Signal, check_same_tokenizer
 from .state_nll import StateNLL
@@ -97,7 +99,7 @@ class Run:
     source: StateSource
     signal: Signal
     checkpointer: Checkpointer
-    resume_key: dict  # config_hash, inputs_hash, num_processes: what a checkpoint must match
+    resume_key: dict  # config_hash, inputs_hash, num_processes, fsdp: what a checkpoint must match
     total_steps: int
     t_start: float
     prior_time: float = 0.0  # training time before the resumed checkpoint
@@ -198,6 +200,7 @@ def train(
         "config_hash": training_config_hash(cfg),
         "inputs_hash": hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16],
         "num_processes": accelerator.num_processes,
+        "fsdp": is_fsdp(accelerator),  # sharded optimizer state is saved by parameter name: not interchangeable
     }
 
     # steps, optimiser, schedule
@@ -272,8 +275,9 @@ def train(
             "started": started,
             "finished": utc_now(),
         }
+        weights = full_model_state(accelerator, run.model)  # FSDP: gathered from the shards (collective); else None
         if accelerator.is_main_process:
-            save_model(run, tokenizer, record, out_dir, Path(metrics_path) if metrics_path else None)
+            save_model(run, tokenizer, record, out_dir, Path(metrics_path) if metrics_path else None, weights)
             _info(accelerator, "saved %s (step %d, %.1f s)", out_dir, total_steps, wall)
         accelerator.wait_for_everyone()
         run.checkpointer.remove_all()
@@ -449,14 +453,15 @@ def train_step(run: Run, step: int, metrics_log: MetricsLog) -> None:
         )
 
 
-def save_model(run: Run, tokenizer, record: dict, out_dir: Path, metrics_path: Path | None) -> None:
-    """Write the final model, tokenizer, metrics.jsonl and run.json to ``out_dir`` atomically (main process)."""
+def save_model(run: Run, tokenizer, record: dict, out_dir: Path, metrics_path: Path | None, weights=None) -> None:
+    """Write the final model, tokenizer, metrics.jsonl and run.json to ``out_dir`` atomically (main process).
+    ``weights``: the whole model's state dict under FSDP (the module holds only this process's shard)."""
     rows = list(read_jsonl(run.checkpointer.metrics_path)) if run.checkpointer.metrics_path.is_file() else []
     final = run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
     if run.cfg["optim"]["gradient_checkpointing"]:
         set_gradient_checkpointing(final, False)
     with atomic_dir(out_dir) as tmp:
-        final.save_pretrained(tmp)
+        final.save_pretrained(tmp, **({"state_dict": weights} if weights is not None else {}))
         tokenizer.save_pretrained(tmp)
         if getattr(final, "generation_config", None) is not None and not (tmp / "generation_config.json").exists():
             final.generation_config.save_pretrained(tmp)

@@ -19,6 +19,7 @@ from transformers import GenerationConfig, StoppingCriteriaList
 from statepost import gsm8k
 
 from .batch import StateBatch, collate_states
+from .distributed import is_fsdp
 from .logprobs import completion_token_logprobs
 from .stopping import StopStrings
 
@@ -196,7 +197,8 @@ class LearnerStates:
     order (``states_age`` steps old, ``gen_time_s`` 0). Nothing is cached after a resume: the next
     call draws (keeping the refresh phase), so a resume inside a refresh period is not bit-identical.
 
-    Sampling: ``generate`` on the unwrapped policy in eval mode, ``temperature`` / ``top_p``,
+    Sampling: ``generate`` on the unwrapped policy in eval mode (under FSDP with ``synced_gpus``: every
+    process runs as many forwards, as the sharded weights are gathered in each), ``temperature`` / ``top_p``,
     ``top_k=0`` and no other logits processor (the model's own generation_config is set aside), up
     to and including the first EOS or the token that completes the first ``stop`` string; seeded by
     ``(seed, process_index, cursor)`` in ``fork_rng``, so the global RNG is untouched. Signals score
@@ -258,6 +260,9 @@ class LearnerStates:
         self.refresh_every = int(refresh_every)
         self.keep, self.record_old_logprobs = keep, record_old_logprobs
         self.accelerator = accelerator
+        # FSDP: every forward gathers the sharded weights from all processes, so every process must run as many:
+        # generate goes on (synced_gpus) until all are done, and the old log-probs are scored even when empty
+        self.lockstep = is_fsdp(accelerator)
         self.device = accelerator.device if accelerator is not None else None  # None: the policy's device
         num_processes = accelerator.num_processes if accelerator is not None else 1
         process_index = accelerator.process_index if accelerator is not None else 0
@@ -361,6 +366,7 @@ class LearnerStates:
                 attention_mask=attention_mask.to(device),
                 generation_config=gen_cfg,
                 stopping_criteria=StoppingCriteriaList([stops] if stops else []),
+                **({"synced_gpus": True} if self.lockstep else {}),
             )
         finally:
             if saved_cfg is not None:
@@ -436,7 +442,7 @@ class LearnerStates:
             completions=[texts[k] for k in kept],
         )
         batch.metrics.update(metrics)
-        if self.record_old_logprobs and not empty:
+        if self.record_old_logprobs and (self.lockstep or not empty):  # empty: an all-zero mask, so all zeros
             batch.extras["old_logprobs"] = self._old_logprobs(policy, batch, device)
         return batch
 

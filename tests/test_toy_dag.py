@@ -1,5 +1,5 @@
 """The whole toy DAG, run once (conftest.toy_run): every output checked against its documented schema,
-and the user stories of DESIGN.md checked against the finished run."""
+and what a user checks on the finished run."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ Every error names the key path. What is checked, and why:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from . import benchmarks as bench_facts
 from .io import ConfigError
@@ -128,11 +129,21 @@ def processes(config: dict, run: str) -> int:
     return max(1, gpus)
 
 
+def accelerate_config(config: dict, run: str) -> None:
+    """A run's accelerate config file exists (relative to the workflow's folder), so a typo stops the DAG, not the job."""
+    own = config["runs"][run].get("resources", {})
+    path = own.get("accelerate_config", config["resources"]["train"].get("accelerate_config"))
+    if path and not Path(path).is_file():
+        key = f"runs.{run}.resources" if "accelerate_config" in own else "resources.train"
+        fail(f"{key}.accelerate_config", f"{path}: no such file (an accelerate config, e.g. profiles/accelerate/fsdp.yaml)")
+
+
 def run_checks(config: dict, run: str, cfg: dict) -> None:
     where, states, signal, optim = f"runs.{run}", cfg["states"], cfg["signal"], cfg["optim"]
     if run.startswith("data_") and run[len("data_"):] in bench_facts.NAMES:
         fail(where, f"'{run}' is the name of the rule that prepares benchmark {run[len('data_'):]}; choose another run name")
     _lr(f"{where}.optim.lr", optim["lr"])
+    accelerate_config(config, run)
     data, split = states["data"], states["split"]
     if data != "gsm8k":
         fail(f"{where}.states.data", f"states are built from rows with a text question and a worked text answer "

@@ -110,6 +110,8 @@ BAD = [
     ("teacher on nll", [(("runs", "sft_mild", "signal", "teacher"), "base")], "runs.sft_mild.signal.teacher"),
     ("unknown signal", [(("runs", "sft_mild", "signal", "type"), "dpo")], "runs.sft_mild.signal.type"),
     ("beta without jsd", [(("runs", "opd", "signal", "beta"), 0.3)], "runs.opd.signal.beta"),
+    ("accelerate config missing", [(("runs", "opd", "resources"), {"accelerate_config": "profiles/accelerate/fsdp.yml"})],
+     "runs.opd.resources.accelerate_config"),
     ("unknown state source", [(("runs", "sft_mild", "states", "source"), "replay")], "runs.sft_mild.states.source"),
     ("learner without temperature", [(("runs", "opd", "states", "temperature"), DELETE)], "runs.opd.states.temperature"),
     ("learner without max_new_tokens", [(("runs", "rl", "states", "max_new_tokens"), DELETE)], "runs.rl.states.max_new_tokens"),

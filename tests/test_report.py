@@ -628,3 +628,23 @@ def test_cli_claims_file(workspace):
     proc = run_cli(*[a if a != str(workspace / "t") else str(workspace / "t2") for a in args])
     assert proc.returncode == 2 and f"{claims_file}: claims.3.checks.0.op" in proc.stderr, proc.stderr
     assert not (workspace / "t2").exists()
+
+
+def test_state_nll_figure_names_the_seeds_and_the_base_references():
+    """Each run's seeds differ by line style, so the legend says which style is which seed; the base's reference
+    lines are thin solid lines that no seed uses."""
+    from statepost.report import diagnostics
+
+    rows = [{"run": run, "seed": seed, "step": step, "state_nll": 0.3 + 0.01 * step}
+            for run in ("sft_mild", "rl") for seed in (1, 2) for step in (1, 2, 3)]  # fmt: skip
+    diag = pd.DataFrame([{"run": "base", "dataset_nll_base": 0.2, "own_nll_base": 0.15}])
+    fig = diagnostics.state_nll_figure(pd.DataFrame(rows), diag, {"sft_mild": "C0", "rl": "C1"},
+                                       ["base", "sft_mild", "rl"])  # fmt: skip
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    line = dict(zip(labels, handles))
+    assert [lab for lab in labels if lab.startswith("seed")] == ["seed 1", "seed 2"]
+    assert line["seed 1"].get_linestyle() != line["seed 2"].get_linestyle()
+    refs = [line[lab] for lab in labels if lab.startswith("base:")]
+    # thin solid lines: a seed's smoothed line is thick, and only the first seed is solid
+    assert len(refs) == 2 and all(r.get_linestyle() == "-" and r.get_linewidth() < line["seed 1"].get_linewidth()
+                                  for r in refs)  # fmt: skip

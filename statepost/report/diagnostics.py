@@ -152,7 +152,7 @@ def state_nll_figure(metrics: pd.DataFrame, diag: pd.DataFrame, colors: Mapping[
     with F._rc():
         fig = F._figure((8.0, 4.0))
         ax = fig.add_subplot()
-        drawn = False
+        drawn, seeds = False, {}
         for run in [r for r in runs if r != BASE]:
             sub = metrics[metrics["run"] == run] if "state_nll" in metrics else metrics.iloc[:0]
             for k, seed in enumerate(dict.fromkeys(sub["seed"])):
@@ -163,12 +163,17 @@ def state_nll_figure(metrics: pd.DataFrame, diag: pd.DataFrame, colors: Mapping[
                 ax.plot(s["step"], y, color=colors[run], alpha=0.25, lw=0.8)
                 ax.plot(s["step"], F._smooth(y, len(y)), color=colors[run], lw=1.8, ls=styles[k % len(styles)],
                         label=run if k == 0 else None)  # fmt: skip
+                seeds.setdefault(k, seed)
                 drawn = True
+        if len(seeds) > 1:  # a run's seeds differ by line style: say which is which (the k-th seed of each run)
+            for k, seed in sorted(seeds.items()):
+                ax.plot([], [], color="0.45", lw=1.8, ls=styles[k % len(styles)], label=f"seed {seed}")
         base = diag[diag["run"] == BASE]
-        for col, text, ls in (("dataset_nll_base", "base: GSM8K test solutions", ":"),
-                              ("own_nll_base", "base: its own samples", "-.")):  # fmt: skip
+        # thin solid lines in black and grey: no seed's style, so the references are not read as a seed
+        for col, text, color in (("dataset_nll_base", "base: GSM8K test solutions", "black"),
+                                 ("own_nll_base", "base: its own samples", "0.6")):  # fmt: skip
             if not base.empty and col in base and pd.notna(base[col].iloc[0]):
-                ax.axhline(float(base[col].iloc[0]), color=F.BASE_COLOR, lw=1.0, ls=ls, label=text)
+                ax.axhline(float(base[col].iloc[0]), color=color, lw=1.0, label=text, zorder=1.5)
         if not drawn:
             ax.text(0.5, 0.5, "(no state_nll logged: diagnostics.state_nll is off)", ha="center", va="center",
                     transform=ax.transAxes, fontsize=8.5, color="0.4")  # fmt: skip

@@ -148,7 +148,7 @@ def drift_vs_retention_figure(data: pd.DataFrame, colors: Mapping[str, str], run
 
 def state_nll_figure(metrics: pd.DataFrame, diag: pd.DataFrame, colors: Mapping[str, str], runs):
     """The init model's NLL of each run's training states per optimiser step, every run and seed on one axis."""
-    styles = ["-", "--", ":", "-."]
+    styles = F.SEED_STYLES
     with F._rc():
         fig = F._figure((8.0, 4.0))
         ax = fig.add_subplot()

@@ -99,6 +99,9 @@ def _grid(n: int, max_cols: int) -> tuple[int, int]:
     return rows, max(1, math.ceil(n / rows))
 
 
+# How a run's seeds differ in every figure that draws them on one axis: the k-th seed's line style.
+SEED_STYLES = ("-", "--", ":", "-.")
+
 # A bar lower than this fraction of its axis is drawn as a marker at its value, with the value written above it.
 LOW_BAR = 0.02
 
@@ -360,7 +363,7 @@ def training_curves_figure(
     seconds = {r: SIGNAL_PANEL.get((signals or {}).get(r)) for r in runs}
     per_run = 2 if any(seconds.values()) else 1  # panels per run, stacked
     grid_rows, ncols = _grid(len(runs), max_cols)
-    styles = ["-", "--", ":", "-."]
+    styles = SEED_STYLES
     with _rc():
         fig = _figure((max(4.0, 3.3 * ncols), (2.3 * per_run + 0.35) * grid_rows + 0.4))
         grid = fig.add_gridspec(grid_rows * per_run, ncols)

@@ -310,12 +310,12 @@ def markdown_page(text: str, title: str) -> str:
 def write_table(table: Table, tables_dir) -> list[Path]:
     """Write ``{name}.csv`` (numbers), ``{name}.md``, ``{name}.tex`` and ``{name}.html`` (formatted) atomically."""
     tables_dir = Path(tables_dir)
-    paths = []
+    paths, md = [], table.markdown()
     for ext, text in (
         ("csv", table.data.to_csv(index=False, float_format="%.6g")),
-        ("md", table.markdown()),
+        ("md", md),
         ("tex", table.latex()),
-        ("html", markdown_page(table.markdown(), table.caption or table.name)),
+        ("html", markdown_page(md, table.caption or table.name)),
     ):
         path = tables_dir / f"{table.name}.{ext}"
         with atomic_file(path) as tmp:

@@ -96,15 +96,16 @@ def append_markdown(path: Path, rec: dict) -> None:
               "MFU against the matmul peak measured in the same run. Schema: results/README.md.\n\n"
               "| date | mode | machine | load avg (start/end) | batch x tokens | matmul peak GFLOP/s | "
               "SFT ours/TRL | SFT ours/plain | SFT fused/loop AdamW | OPD ours/TRL | GRPO ours/TRL | "
-              "generation ours/plain (min over batch) | SFT MFU | eval job s |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+              "rollout ours/plain (G > 1) | generation ours/plain (all shapes) | SFT MFU | eval job s |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     f = lambda x, d=2: "n/a" if x is None else f"{x:.{d}f}"  # noqa: E731
     r, m, s = rec["ratios"], rec["machine"], rec["settings"]
     row = (f"| {rec['date'][:16]} | {rec['mode']} | {m['gpu'] or m['cpu']}, {m['nproc']} cpus, "
            f"{m['torch_threads']} threads | {f(rec['loadavg_start'][0], 1)}/{f(rec['loadavg_end'][0], 1)} | "
            f"{s['batch']} x {s['prompt_len'] + s['completion_len']} | {f(rec['peak']['flop_per_s'] / 1e9, 1)} | "
            f"{f(r['sft_ours_over_trl'])} | {f(r['sft_ours_over_plain'])} | {f(r['sft_fused_over_loop_adamw'])} | "
-           f"{f(r['opd_ours_over_trl'])} | {f(r['grpo_ours_over_trl'])} | {f(r['generation_ours_over_plain'])} | "
+           f"{f(r['opd_ours_over_trl'])} | {f(r['grpo_ours_over_trl'])} | {f(r.get('rollout_ours_over_plain'))} | "
+           f"{f(r['generation_ours_over_plain'])} | "
            f"{f(r['sft_mfu'], 3)} | {f(rec.get('evaluation', {}).get('wall_s'), 1)} |\n")
     text = path.read_text() if path.exists() else "# Measurements\n"
     if "## scripts/benchmark.py runs" not in text:

@@ -17,8 +17,10 @@ in the training dtype (fp32 on CPU, bf16 autocast on CUDA):
 * **grpo**: group-normalised policy gradient, ours against ``GRPOTrainer``, split into generation /
   rewards / update (both reward alternate rows 1 and 0 after computing the GSM8K reward, so every
   group has signal; a random model answers nothing right);
-* **generation**: rollout generation (``LearnerStates.generate``) against a plain ``model.generate``
-  with the same prompts and sampling settings, at several batch sizes;
+* **generation**: rollout generation (``LearnerStates.generate``: a group's prompt prefilled once,
+  finished rows dropped) against a plain ``model.generate`` on the same rows (each prompt repeated
+  once per sample) and sampling settings, for each ``--gen-shapes`` ``PxG`` (P prompts x G samples);
+  random weights never end a row early, so only the prefill saving shows here;
 * **evaluation**: one ``scripts/evaluate.py`` job on the toy GSM8K with an untrained toy model.
 
 Implementations are interleaved round robin (ours, plain, TRL, ours, ...), and each figure is the
@@ -64,13 +66,13 @@ QWEN3_0_6B = dict(
 TINY = {**QWEN3_0_6B, "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 512}
 SIZES = {  # batch and lengths of each section; full: fits 10 minutes on 2 CPU cores
-    "full": dict(batch=1, prompt_len=32, completion_len=32, prompts=1, group=2, new_tokens=16, gen_batches=[1, 4],
-                 gen_tokens=16, steps=2, warmup=1, matmul=4096, eval_limit=16),
-    "tiny": dict(batch=2, prompt_len=12, completion_len=12, prompts=2, group=2, new_tokens=6, gen_batches=[1, 4],
-                 gen_tokens=6, steps=2, warmup=1, matmul=256, eval_limit=4),
+    "full": dict(batch=1, prompt_len=32, completion_len=32, prompts=1, group=2, new_tokens=16, gen_shapes=["4x1", "1x8"],
+                 gen_prompt_len=96, gen_tokens=16, steps=2, warmup=1, matmul=4096, eval_limit=16),
+    "tiny": dict(batch=2, prompt_len=12, completion_len=12, prompts=2, group=2, new_tokens=6, gen_shapes=["2x1", "1x4"],
+                 gen_prompt_len=12, gen_tokens=6, steps=2, warmup=1, matmul=256, eval_limit=4),
 }
 TARGETS = {"sft_ours_over_trl": 1.15, "sft_ours_over_plain": 1.0, "opd_ours_over_trl": 1.15,
-           "grpo_ours_over_trl": 1.15, "generation_ours_over_plain": 1.5, "sft_mfu": 0.70}
+           "grpo_ours_over_trl": 1.15, "rollout_ours_over_plain": 1.5, "sft_mfu": 0.70}
 log = logging.getLogger("benchmark")
 
 
@@ -78,10 +80,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny Qwen3 and few steps (seconds): a smoke run")
     for key, kind in (("batch", int), ("prompt_len", int), ("completion_len", int), ("prompts", int), ("group", int),
-                      ("new_tokens", int), ("gen_tokens", int), ("steps", int), ("warmup", int), ("matmul", int),
-                      ("eval_limit", int)):
+                      ("new_tokens", int), ("gen_prompt_len", int), ("gen_tokens", int), ("steps", int),
+                      ("warmup", int), ("matmul", int), ("eval_limit", int)):
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None, help=f"override the mode's {key}")
-    p.add_argument("--gen-batches", type=int, nargs="+", default=None, help="generation batch sizes")
+    p.add_argument("--gen-shapes", nargs="+", default=None, metavar="PxG",
+                   help="generation shapes: P prompts x G samples per prompt (e.g. 4x1 1x8)")
     p.add_argument("--sections", nargs="+", default=["sft", "opd", "grpo", "generation", "evaluation"],
                    choices=["sft", "opd", "grpo", "generation", "evaluation"])
     p.add_argument("--no-trl", action="store_true", help="leave out TRL's arms (TRL not installed)")
@@ -175,7 +178,6 @@ def share_moments(base, *others) -> None:
 def section_sft(args, ctx) -> dict:
     import torch
 
-    from statepost.train.loop import make_optimizer
     from statepost.train.registry import make_signal
     from statepost.train.states import DatasetStates, encode_sft_example
 
@@ -230,14 +232,14 @@ def section_sft(args, ctx) -> dict:
     return out
 
 
-def _learner(args, ctx, group: int, rows: list[dict]):
+def _learner(args, ctx, group: int, rows: list[dict], max_length: int | None = None):
     from statepost.train.states import LearnerStates
 
     s = args.size
     return LearnerStates(ctx["tokenizer"], [r["question"] for r in rows], [r["answer"] for r in rows],
                          temperature=1.0, top_p=1.0, max_new_tokens=s["new_tokens"], samples_per_prompt=group,
-                         refresh_every=1, batch_size=s["prompts"], grad_accum=1, max_length=4 * ctx["seq"], seed=0,
-                         accelerator=None)
+                         refresh_every=1, batch_size=s["prompts"], grad_accum=1,
+                         max_length=max_length or 4 * ctx["seq"], seed=0, accelerator=None)
 
 
 def section_opd(args, ctx) -> dict:
@@ -323,13 +325,14 @@ def section_generation(args, ctx) -> dict:
     import torch
     from transformers import GenerationConfig
 
-    s, model, tok = args.size, ctx["policy"], ctx["tokenizer"]
-    out = {"prompt_len": s["prompt_len"], "new_tokens": s["gen_tokens"], "batch_sizes": {}}
-    for bs in s["gen_batches"]:
-        rows = make_rows(8 * bs, s["prompt_len"], s["completion_len"], seed=3 + bs)
-        source = _learner(args, ctx, 1, rows)
-        source.order.batch_size, source.max_new_tokens = bs, s["gen_tokens"]
-        source.order = type(source.order)(len(source.prompt_ids), seed=0, batch_size=bs, grad_accum=1,
+    s, model = args.size, ctx["policy"]
+    out = {"prompt_len": s["gen_prompt_len"], "new_tokens": s["gen_tokens"], "shapes": {}}
+    for shape in s["gen_shapes"]:
+        n_prompts, group = (int(x) for x in shape.split("x"))
+        rows = make_rows(8 * n_prompts, s["gen_prompt_len"], s["completion_len"], seed=3 + n_prompts * group)
+        source = _learner(args, ctx, group, rows, max_length=s["gen_prompt_len"] + max(s["gen_tokens"], s["new_tokens"]))
+        source.max_new_tokens = s["gen_tokens"]
+        source.order = type(source.order)(len(source.prompt_ids), seed=0, batch_size=n_prompts, grad_accum=1,
                                           num_processes=1, process_index=0)
         counter = iter(range(10**9))
         gen_cfg = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
@@ -341,25 +344,25 @@ def section_generation(args, ctx) -> dict:
             n = float((batch.completion_mask > 0).sum())
             return {"total_s": time.perf_counter() - t0, "new_tokens": n}
 
-        def plain():
+        def plain():  # what generate costs for the same rows: each prompt once per sample
             _, idx = source.order.micro_batch(next(counter))
-            ids = torch.tensor([source.prompt_ids[i] for i in idx], device=ctx["device"])  # equal lengths: no pad
+            ids = torch.tensor([source.prompt_ids[i] for i in idx for _ in range(group)], device=ctx["device"])
             t0 = time.perf_counter()
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad():  # equal prompt lengths: no padding
                 gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen_cfg)
             model.train()
             return {"total_s": time.perf_counter() - t0, "new_tokens": float(gen[:, ids.shape[1]:].numel())}
 
-        res = interleave({"ours": ours, "plain": plain}, s["steps"], s["warmup"], f"generate x{bs}")
-        entry = {}
+        res = interleave({"ours": ours, "plain": plain}, s["steps"], s["warmup"], f"generate {shape}")
+        entry = {"prompts": n_prompts, "samples_per_prompt": group}
         for name, recs in res.items():
             med_t = statistics.median(r["total_s"] for r in recs)
             new = statistics.median(r["new_tokens"] for r in recs)
             entry[name] = {"median_s": med_t, "new_tokens": new, "tokens_per_s": new / med_t,
                            "fraction_of_peak": 2 * ctx["n_params"] * new / med_t / ctx["peak"]}
         entry["ours_over_plain"] = entry["ours"]["tokens_per_s"] / entry["plain"]["tokens_per_s"]
-        out["batch_sizes"][str(bs)] = entry
+        out["shapes"][shape] = entry
     return out
 
 
@@ -404,8 +407,10 @@ def ratios(res: dict) -> dict:
            "opd_ours_over_trl": div(get("opd", "ours"), get("opd", "trl")),
            "grpo_ours_over_trl": div(get("grpo", "ours"), get("grpo", "trl")),
            "sft_mfu": res.get("sft", {}).get("arms", {}).get("ours", {}).get("fraction_of_peak")}
-    gen = res.get("generation", {}).get("batch_sizes", {})
-    out["generation_ours_over_plain"] = min((v["ours_over_plain"] for v in gen.values()), default=None)
+    shapes = res.get("generation", {}).get("shapes", {}).values()
+    out["generation_ours_over_plain"] = min((v["ours_over_plain"] for v in shapes), default=None)
+    out["rollout_ours_over_plain"] = min((v["ours_over_plain"] for v in shapes if v["samples_per_prompt"] > 1),
+                                         default=None)
     return out
 
 

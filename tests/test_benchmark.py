@@ -32,7 +32,7 @@ def section(arms: list[str], split: list[str] = ()) -> dict:
 
 
 RATIOS = ["sft_ours_over_trl", "sft_ours_over_plain", "sft_fused_over_loop_adamw", "opd_ours_over_trl",
-          "grpo_ours_over_trl", "generation_ours_over_plain", "sft_mfu"]
+          "grpo_ours_over_trl", "generation_ours_over_plain", "rollout_ours_over_plain", "sft_mfu"]
 SCHEMA = {
     "type": "object",
     "required": ["schema", "date", "mode", "device", "dtype", "machine", "loadavg_start", "loadavg_end", "settings",
@@ -48,9 +48,10 @@ SCHEMA = {
         "sft": section(["ours", "ours_loop_adamw", "plain", "trl"]),
         "opd": section(["ours", "trl"], ["generation_s", "teacher_s", "update_s"]),
         "grpo": section(["ours", "trl"], ["generation_s", "reward_s", "update_s"]),
-        "generation": {"type": "object", "required": ["prompt_len", "new_tokens", "batch_sizes"],
-                       "properties": {"batch_sizes": {"type": "object", "minProperties": 1, "additionalProperties": {
-                           "type": "object", "required": ["ours", "plain", "ours_over_plain"],
+        "generation": {"type": "object", "required": ["prompt_len", "new_tokens", "shapes"],
+                       "properties": {"shapes": {"type": "object", "minProperties": 2, "additionalProperties": {
+                           "type": "object", "required": ["prompts", "samples_per_prompt", "ours", "plain",
+                                                          "ours_over_plain"],
                            "properties": {"ours_over_plain": NUM}}}}},
         "evaluation": {"type": "object", "required": ["benchmark", "rows", "wall_s", "timing_s"],
                        "properties": {"rows": {"type": "integer", "minimum": 1}, "wall_s": NUM}},
@@ -69,7 +70,7 @@ def tiny_run(tmp_path_factory):
     md = tmp / "BENCHMARKS.md"
     md.write_text("# Measurements\n\nearlier text\n")
     rec = benchmark.main(["--tiny", "--threads", "1", "--out", str(tmp / "out"), "--markdown", str(md),
-                          "--gen-batches", "2", "--steps", "1", "--before"])
+                          "--steps", "1", "--before"])
     return rec, tmp / "out" / f"{rec['device']}.json", md
 
 
@@ -88,6 +89,14 @@ def test_tiny_run_writes_the_documented_json(tiny_run):
     sft = on_disk["sft"]["arms"]
     assert on_disk["ratios"]["sft_ours_over_trl"] == pytest.approx(sft["ours"]["tokens_per_s"] / sft["trl"]["tokens_per_s"])
     assert on_disk["targets"]["sft_mfu"]["value"] == on_disk["ratios"]["sft_mfu"]
+    # generation: both paths made every row's tokens; the rollout ratio is over the shapes with groups
+    shapes = on_disk["generation"]["shapes"]
+    for shape, entry in shapes.items():
+        p, g = (int(x) for x in shape.split("x"))
+        assert (entry["prompts"], entry["samples_per_prompt"]) == (p, g)
+        assert entry["ours"]["new_tokens"] == entry["plain"]["new_tokens"] == p * g * s["gen_tokens"]
+    assert on_disk["ratios"]["rollout_ours_over_plain"] == min(
+        e["ours_over_plain"] for e in shapes.values() if e["samples_per_prompt"] > 1)
 
 
 def test_tiny_run_appends_one_dated_row(tiny_run):

@@ -21,7 +21,8 @@ from statepost import gsm8k
 from .batch import StateBatch, collate_states
 from .distributed import is_fsdp
 from .logprobs import completion_token_logprobs
-from .stopping import StopStrings
+from .rollout import sample_groups
+from .stopping import StopStrings, holds_stop
 
 
 def encode_sft_example(tokenizer, question: str, answer: str) -> tuple[list[int], int]:
@@ -197,9 +198,11 @@ class LearnerStates:
     order (``states_age`` steps old, ``gen_time_s`` 0). Nothing is cached after a resume: the next
     call draws (keeping the refresh phase), so a resume inside a refresh period is not bit-identical.
 
-    Sampling: ``generate`` on the unwrapped policy in eval mode (under FSDP with ``synced_gpus``: every
-    process runs as many forwards, as the sharded weights are gathered in each), ``temperature`` / ``top_p``,
-    ``top_k=0`` and no other logits processor (the model's own generation_config is set aside), up
+    Sampling: the unwrapped policy in eval mode draws what ``generate`` would draw (``temperature`` /
+    ``top_p``, ``top_k=0`` and no other logits processor; the model's own generation_config is set
+    aside), through :func:`~statepost.train.rollout.sample_groups`, which prefills a group's prompt once
+    and drops finished rows from the batch; under FSDP through ``generate`` with ``synced_gpus`` (every
+    process runs as many forwards, as the sharded weights are gathered in each). Each sample runs up
     to and including the first EOS or the token that completes the first ``stop`` string; seeded by
     ``(seed, process_index, cursor)`` in ``fork_rng``, so the global RNG is untouched. Signals score
     at temperature 1: only 1.0 / 1.0 is exactly on-policy.
@@ -334,10 +337,30 @@ class LearnerStates:
         except StopIteration:  # pragma: no cover
             return torch.device("cpu")
 
+    def _sample(self, model, prompts: list[int], device) -> tuple[list[list[int]], list[bool]]:
+        """``G`` sampled completion token lists per prompt (rows grouped by prompt), up to and including
+        the first EOS or the token that completes the first stop string, and whether each ended at a
+        stop string. The fast path (:func:`~statepost.train.rollout.sample_groups`) draws what
+        ``generate`` draws; FSDP's lockstep needs ``generate(synced_gpus=True)``."""
+        was_training = model.training
+        model.eval()
+        try:
+            if self.lockstep:
+                rows = [self.prompt_ids[i] for i in prompts for _ in range(self.group_size)]
+                return self._generate_tokens(model, rows, device)
+            return sample_groups(
+                model, [self.prompt_ids[i] for i in prompts], self.group_size,
+                temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                eos_token_id=int(self.eos_token_id), pad_token_id=int(self.pad_token_id),
+                stopped=(lambda rows: holds_stop(self.tokenizer, self.stop, rows)) if self.stop else None,
+                device=device,
+            )
+        finally:
+            model.train(was_training)
+
     @torch.no_grad()
     def _generate_tokens(self, model, prompt_ids: list[list[int]], device) -> tuple[list[list[int]], list[bool]]:
-        """Sampled completion token lists per prompt row, up to and including the first EOS or the
-        token that completes the first stop string, and whether each ended at a stop string."""
+        """What :meth:`_sample` returns, from ``generate`` on the prompt rows (each prompt ``G`` times)."""
         width = max(len(p) for p in prompt_ids)
         n = len(prompt_ids)
         input_ids = torch.full((n, width), int(self.pad_token_id), dtype=torch.long)
@@ -357,8 +380,6 @@ class LearnerStates:
         )
         stops = StopStrings(self.tokenizer, self.stop, width) if self.stop else None
         saved_cfg = getattr(model, "generation_config", None)
-        was_training = model.training
-        model.eval()
         try:
             model.generation_config = GenerationConfig()  # no hub sampling defaults leak in
             out = model.generate(
@@ -371,7 +392,6 @@ class LearnerStates:
         finally:
             if saved_cfg is not None:
                 model.generation_config = saved_cfg
-            model.train(was_training)
         gen = out[:, width:].tolist()
         completions, stopped = [], []
         eos = int(self.eos_token_id)
@@ -397,7 +417,7 @@ class LearnerStates:
         fork_devices = [device] if torch.device(device).type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
-            completions, stopped = self._generate_tokens(model, [self.prompt_ids[i] for i in rows], device)
+            completions, stopped = self._sample(model, [int(i) for i in prompts], device)
         gen_time = time.perf_counter() - t0
         self.cursor += 1
 

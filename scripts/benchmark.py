@@ -453,14 +453,13 @@ def main(argv=None) -> dict:
             t0 = time.perf_counter()
             rec[name] = globals()[f"section_{name}"](args, ctx)
             rec[name]["section_wall_s"] = time.perf_counter() - t0
-            if not args.profile:  # let the section's trainers and optimisers go before the next one
-                ctx["profile_arms"].clear()
+            if args.profile:  # one profiled step per arm, while this section's arms exist
+                profile_arms(ctx["profile_arms"], args.profile, device)
+            ctx["profile_arms"].clear()  # let the section's trainers and optimisers go before the next one
             if name == "opd":
                 ctx["teacher"] = None
             gc.collect()
             write_json(args.out / f"{device}.partial.json", rec)  # what is measured survives a crash
-        if args.profile:
-            profile_arms(ctx["profile_arms"], args.profile, device)
     rec["ratios"] = ratios(rec)
     rec["targets"] = {k: {"target": v, "value": rec["ratios"][k],
                           "met": None if rec["ratios"][k] is None else rec["ratios"][k] >= v} for k, v in TARGETS.items()}

@@ -198,3 +198,42 @@ def test_logits_that_are_not_head_of_trunk_raise():
     model = Scaled(qwen(0).config)
     with pytest.raises(ValueError, match="not get_output_embeddings"):
         NLLSignal()(model, make_batch())
+
+
+def test_fp32_head_is_nn_linear_bit_for_bit_with_a_fresh_weight_gradient():
+    """The fp32 head (``_LinearHead``) computes what ``nn.Linear`` computes, value and gradients bit for
+    bit, but its weight gradient is no view, so a tied embedding's gradient is added to it in place."""
+    torch.manual_seed(0)
+    weight = torch.randn(VOCAB, 32, requires_grad=True)
+    hidden = torch.randn(7, 32, requires_grad=True)
+    grad = torch.randn(7, VOCAB)
+    ours = logprobs._LinearHead.apply(hidden, weight)
+    theirs = torch.nn.functional.linear(hidden, weight)
+    assert torch.equal(ours, theirs)
+    g_ours = torch.autograd.grad(ours, (hidden, weight), grad)
+    g_theirs = torch.autograd.grad(theirs, (hidden, weight), grad)
+    assert all(torch.equal(a, b) for a, b in zip(g_ours, g_theirs))
+    assert g_ours[1]._base is None and g_theirs[1]._base is not None
+
+
+def test_tied_weight_gradients_are_summed_in_place():
+    """A tied Qwen3's two V x H gradients (head and input embedding) are summed without a third V x H
+    tensor: no out-of-place add of that shape in the backward, and the same gradient as before."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = qwen(0)
+    batch = make_batch()
+    ref = copy.deepcopy(model)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        (-logprobs.completion_token_logprobs(model, batch).mean()).backward()
+    shape = [VOCAB, 32]
+    adds = [e for e in prof.key_averages(group_by_input_shape=True)
+            if e.key == "aten::add" and e.input_shapes[:2] == [shape, shape]]
+    assert not adds
+    # the module path (a transposed-view gradient) gives the same numbers
+    states = logprobs.completion_states(ref, batch)
+    with torch.autocast("cpu", enabled=False):
+        head = states.head
+        logits = torch.nn.functional.linear(states.hidden, head.weight).float()
+    (-logprobs.token_logprobs(logits, states.targets).mean()).backward()
+    assert torch.equal(model.model.embed_tokens.weight.grad, ref.model.embed_tokens.weight.grad)

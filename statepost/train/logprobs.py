@@ -31,7 +31,8 @@ before any log-softmax. Here no ``[B, T, V]`` (nor ``[N, V]``) tensor exists:
    and the backward recomputes that chunk's logits, so at most one chunk's ``[n, V]`` temporaries
    are alive at any time, forward or backward. The price is one more head matmul per state, and
    a fixed ``V x H`` one: each chunk's weight gradient exists next to the running sum before
-   autograd adds them (a fused linear + loss kernel would avoid both).
+   autograd adds them (a fused linear + loss kernel would avoid both). In fp32 the head is applied
+   by ``_LinearHead``, whose weight gradient autograd can accumulate into in place (see there).
 3. The head runs under the autocast state the model's forward ran under (recorded by the hook), so
    with bf16 mixed precision the logits are bf16 ``head(hidden)`` cast to float32, exactly what the
    model's own forward would have returned at those positions.
@@ -72,6 +73,28 @@ def chunk_rows(vocab_size: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, int(vocab_size)))
 
 
+class _LinearHead(torch.autograd.Function):
+    """``hidden @ weight.T``, as ``nn.Linear`` without bias computes it, forward and backward (the same
+    matmuls), except that the weight's gradient is a fresh ``[V, H]`` tensor where ``nn.Linear``'s is a
+    transposed view. With tied embeddings (Qwen3) autograd sums the head's and the input embedding's
+    ``V x H`` gradients; it adds in place into a tensor it holds the last reference to, and into a view
+    it cannot, so it allocates a third ``V x H`` tensor for the sum (0.6B: 622 MB, about a fifth of an
+    SFT step on a CPU, mostly page faults). Used without autocast (fp32); under autocast the weight's
+    cast already gives a fresh gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight):
+        ctx.save_for_backward(hidden, weight)
+        return hidden.mm(weight.t())
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight = ctx.saved_tensors
+        grad_hidden = grad.mm(weight) if ctx.needs_input_grad[0] else None
+        grad_weight = grad.t().mm(hidden) if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight
+
+
 @dataclass
 class CompletionStates:
     """The N completion states of a batch, before the head.
@@ -99,6 +122,8 @@ class CompletionStates:
         if self.head is None:
             return hidden.float()
         device_type, dtype, enabled = self.autocast
+        if not enabled and type(self.head) is torch.nn.Linear and self.head.bias is None:
+            return _LinearHead.apply(hidden, self.head.weight).float()
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             return self.head(hidden).float()
 

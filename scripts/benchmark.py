@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput of the training loop against a plain PyTorch loop, TRL's trainers and the device's own matmul peak.
 
-    python scripts/benchmark.py            # Qwen3-0.6B architecture, random weights (no download); < 10 min on 2 CPU cores
+    python scripts/benchmark.py            # Qwen3-0.6B architecture, random weights (no download); ~6 min on 2 idle CPU cores
     python scripts/benchmark.py --tiny     # a tiny Qwen3 and 2 timed steps: seconds (the test runs this)
 
 Builds the Qwen3-0.6B-Base architecture from a ``Qwen3Config`` (random weights) and a word-level
@@ -12,9 +12,11 @@ in the training dtype (fp32 on CPU, bf16 autocast on CUDA):
 * **sft**: one optimiser step of the NLL signal on dataset states: ``ours`` (``train_step`` of
   statepost.train.loop), ``ours_loop_adamw`` (the same with the per-tensor AdamW loop the loop used
   before), ``plain`` (forward with labels, backward, clip, fused AdamW) and ``trl`` (SFTTrainer);
-* **opd**: on-policy distillation (reverse KL to a frozen teacher of the same architecture), ours
-  against TRL's ``DistillationTrainer``, split into generation / teacher scoring / update;
-* **grpo**: group-normalised policy gradient, ours against ``GRPOTrainer``, split into generation /
+* **opd**: on-policy distillation (reverse KL to a frozen teacher of the same architecture) on
+  ``--opd-prompts`` prompts, one sample each (as the paper's ``opd``), ours against TRL's
+  ``DistillationTrainer``, split into generation / teacher scoring / update;
+* **grpo**: group-normalised policy gradient on ``--grpo-prompts`` x ``--group`` samples (full: 1 x 8,
+  the paper's ``rl`` group), ours against ``GRPOTrainer``, split into generation /
   rewards / update (both reward alternate rows 1 and 0 after computing the GSM8K reward, so every
   group has signal; a random model answers nothing right);
 * **generation**: rollout generation (``LearnerStates.generate``: a group's prompt prefilled once,
@@ -25,7 +27,9 @@ in the training dtype (fp32 on CPU, bf16 autocast on CUDA):
 
 Implementations are interleaved round robin (ours, plain, TRL, ours, ...), and each figure is the
 median over ``--steps`` steps after ``--warmup``: load from other processes hits every arm alike, so
-the ratios hold where single timings do not. All arms of a section share one model and one set of
+the ratios hold where single timings do not. On a CPU a 0.6B step's time also depends on page faults of
+fresh ``V x H`` gradient tensors, which vary from run to run (BENCHMARKS.md): use ``--steps`` 6 or more
+(and ``--sections``) to settle one ratio. All arms of a section share one model and one set of
 AdamW moments (memory). Throughput: tokens (prompt + completion, every row) per second; FLOP/s:
 6 N tokens per training step and 2 N per generated or scored token, N = the parameter count (the
 tied head counted once). Writes ``{out}/{device}.json`` (schema: results/README.md) and appends
@@ -65,10 +69,12 @@ QWEN3_0_6B = dict(
 )
 TINY = {**QWEN3_0_6B, "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 512}
-SIZES = {  # batch and lengths of each section; full: fits 10 minutes on 2 CPU cores
-    "full": dict(batch=1, prompt_len=32, completion_len=32, prompts=1, group=2, new_tokens=16, gen_shapes=["4x1", "1x8"],
+SIZES = {  # batch and lengths of each section; full: the paper runs' group sizes, about 6 minutes on 2 idle CPU cores
+    "full": dict(batch=1, prompt_len=32, completion_len=32, opd_prompts=4, grpo_prompts=1, group=8, new_tokens=16,
+                 gen_shapes=["4x1", "1x8"],
                  gen_prompt_len=96, gen_tokens=16, steps=2, warmup=1, matmul=4096, eval_limit=16),
-    "tiny": dict(batch=2, prompt_len=12, completion_len=12, prompts=2, group=2, new_tokens=6, gen_shapes=["2x1", "1x4"],
+    "tiny": dict(batch=2, prompt_len=12, completion_len=12, opd_prompts=2, grpo_prompts=2, group=2, new_tokens=6,
+                 gen_shapes=["2x1", "1x4"],
                  gen_prompt_len=12, gen_tokens=6, steps=2, warmup=1, matmul=256, eval_limit=4),
 }
 TARGETS = {"sft_ours_over_trl": 1.15, "sft_ours_over_plain": 1.0, "opd_ours_over_trl": 1.15,
@@ -79,7 +85,8 @@ log = logging.getLogger("benchmark")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny Qwen3 and few steps (seconds): a smoke run")
-    for key, kind in (("batch", int), ("prompt_len", int), ("completion_len", int), ("prompts", int), ("group", int),
+    for key, kind in (("batch", int), ("prompt_len", int), ("completion_len", int), ("opd_prompts", int),
+                      ("grpo_prompts", int), ("group", int),
                       ("new_tokens", int), ("gen_prompt_len", int), ("gen_tokens", int), ("steps", int),
                       ("warmup", int), ("matmul", int), ("eval_limit", int)):
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None, help=f"override the mode's {key}")
@@ -232,13 +239,13 @@ def section_sft(args, ctx) -> dict:
     return out
 
 
-def _learner(args, ctx, group: int, rows: list[dict], max_length: int | None = None):
+def _learner(args, ctx, group: int, rows: list[dict], prompts: int, max_length: int | None = None):
     from statepost.train.states import LearnerStates
 
     s = args.size
     return LearnerStates(ctx["tokenizer"], [r["question"] for r in rows], [r["answer"] for r in rows],
                          temperature=1.0, top_p=1.0, max_new_tokens=s["new_tokens"], samples_per_prompt=group,
-                         refresh_every=1, batch_size=s["prompts"], grad_accum=1,
+                         refresh_every=1, batch_size=prompts, grad_accum=1,
                          max_length=max_length or 4 * ctx["seq"], seed=0, accelerator=None)
 
 
@@ -247,23 +254,24 @@ def section_opd(args, ctx) -> dict:
     from statepost.train.registry import make_signal
 
     s, model = args.size, ctx["policy"]
-    rows = make_rows(64 * s["prompts"], s["prompt_len"], s["completion_len"], seed=1)
+    rows = make_rows(64 * s["opd_prompts"], s["prompt_len"], s["completion_len"], seed=1)
     signal_cfg = {"type": "teacher_kl", "teacher": "t", "direction": "reverse", "estimator": "full"}
     cfg = run_cfg({"source": "learner", "data": "gsm8k", "samples_per_prompt": 1, "max_new_tokens": s["new_tokens"],
                    "temperature": 1.0, "top_p": 1.0},
-                  signal_cfg, s["prompts"], 4 * ctx["seq"])
-    run, ours = our_arm(model, cfg, _learner(args, ctx, 1, rows), make_signal(cfg["signal"], teacher=ctx["teacher"]),
+                  signal_cfg, s["opd_prompts"], 4 * ctx["seq"])
+    source = _learner(args, ctx, 1, rows, s["opd_prompts"])
+    run, ours = our_arm(model, cfg, source, make_signal(cfg["signal"], teacher=ctx["teacher"]),
                         ctx["tmp"] / "opd", split=(("generation_s", "gen_time_s"), ("teacher_s", "teacher_time_s")))
     arms = {"ours": ours}
     if not args.no_trl:
         import bench_trl
 
         trainer, arms["trl"] = bench_trl.distillation(
-            model, ctx["teacher"], ctx["tokenizer"], [format_prompt(r["question"]) for r in rows], s["prompts"],
+            model, ctx["teacher"], ctx["tokenizer"], [format_prompt(r["question"]) for r in rows], s["opd_prompts"],
             s["new_tokens"], 1e-6, ctx["tmp"] / "trl_opd")
         share_moments(run.optimizer, trainer.optimizer)
     ctx["profile_arms"]["opd"] = arms
-    return _on_policy_summary(arms, s["prompts"], args, ctx, "opd", ("teacher_s",))
+    return _on_policy_summary(arms, s["opd_prompts"], args, ctx, "opd", ("teacher_s",))
 
 
 def section_grpo(args, ctx) -> dict:
@@ -274,7 +282,7 @@ def section_grpo(args, ctx) -> dict:
     from statepost.train.signals import RewardSignal
 
     s, model, g = args.size, ctx["policy"], args.size["group"]
-    rows = make_rows(64 * s["prompts"], s["prompt_len"], s["completion_len"], seed=2)
+    rows = make_rows(64 * s["grpo_prompts"], s["prompt_len"], s["completion_len"], seed=2)
     signal_cfg = {"type": "reward", "kl_coef": 0.0}
 
     class AlternatingReward(RewardSignal):  # the real reward's work, then 1/0 by row: every group has signal
@@ -289,9 +297,9 @@ def section_grpo(args, ctx) -> dict:
 
     cfg = run_cfg({"source": "learner", "data": "gsm8k", "samples_per_prompt": g, "max_new_tokens": s["new_tokens"],
                    "temperature": 1.0, "top_p": 1.0},
-                  signal_cfg, s["prompts"], 4 * ctx["seq"])
+                  signal_cfg, s["grpo_prompts"], 4 * ctx["seq"])
     signal = AlternatingReward(with_defaults(signal_cfg, "signal"))
-    run, ours = our_arm(model, cfg, _learner(args, ctx, g, rows), signal, ctx["tmp"] / "grpo",
+    run, ours = our_arm(model, cfg, _learner(args, ctx, g, rows, s["grpo_prompts"]), signal, ctx["tmp"] / "grpo",
                         split=(("generation_s", "gen_time_s"), ("reward_s", "reward_time_s")))
     arms = {"ours": ours}
     if not args.no_trl:
@@ -299,10 +307,10 @@ def section_grpo(args, ctx) -> dict:
 
         trainer, arms["trl"] = bench_trl.grpo(
             model, ctx["tokenizer"], [gsm8k.format_prompt(r["question"]) for r in rows], [r["answer"] for r in rows],
-            trl_reward, g, s["prompts"], s["new_tokens"], 1e-6, ctx["tmp"] / "trl_grpo")
+            trl_reward, g, s["grpo_prompts"], s["new_tokens"], 1e-6, ctx["tmp"] / "trl_grpo")
         share_moments(run.optimizer, trainer.optimizer)
     ctx["profile_arms"]["grpo"] = arms
-    return _on_policy_summary(arms, s["prompts"] * g, args, ctx, "grpo", ("reward_s",))
+    return _on_policy_summary(arms, s["grpo_prompts"] * g, args, ctx, "grpo", ("reward_s",))
 
 
 def _on_policy_summary(arms, n_rows, args, ctx, desc, scoring) -> dict:
@@ -330,7 +338,8 @@ def section_generation(args, ctx) -> dict:
     for shape in s["gen_shapes"]:
         n_prompts, group = (int(x) for x in shape.split("x"))
         rows = make_rows(8 * n_prompts, s["gen_prompt_len"], s["completion_len"], seed=3 + n_prompts * group)
-        source = _learner(args, ctx, group, rows, max_length=s["gen_prompt_len"] + max(s["gen_tokens"], s["new_tokens"]))
+        source = _learner(args, ctx, group, rows, n_prompts,
+                          max_length=s["gen_prompt_len"] + max(s["gen_tokens"], s["new_tokens"]))
         source.max_new_tokens = s["gen_tokens"]
         source.order = type(source.order)(len(source.prompt_ids), seed=0, batch_size=n_prompts, grad_accum=1,
                                           num_processes=1, process_index=0)

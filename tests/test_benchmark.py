@@ -84,7 +84,8 @@ def test_tiny_run_writes_the_documented_json(tiny_run):
     # every arm did the same work: tokens per step are one number per section
     s = on_disk["settings"]
     assert on_disk["sft"]["tokens_per_step"] == s["batch"] * (s["prompt_len"] + s["completion_len"])
-    assert on_disk["grpo"]["tokens_per_step"] == s["prompts"] * s["group"] * (s["prompt_len"] + s["new_tokens"])
+    assert on_disk["grpo"]["tokens_per_step"] == s["grpo_prompts"] * s["group"] * (s["prompt_len"] + s["new_tokens"])
+    assert on_disk["opd"]["tokens_per_step"] == s["opd_prompts"] * (s["prompt_len"] + s["new_tokens"])
     # the ratios are those of the arms' throughputs
     sft = on_disk["sft"]["arms"]
     assert on_disk["ratios"]["sft_ours_over_trl"] == pytest.approx(sft["ours"]["tokens_per_s"] / sft["trl"]["tokens_per_s"])

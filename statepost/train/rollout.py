@@ -18,9 +18,8 @@ step, a finished row drawing from a one-hot at the pad token, so the random stre
 ``generate`` consumes it. On CPU a seed gives the same tokens as ``generate`` (``tests/test_rollout.py``;
 the toy DAG's weights are bit-identical either way); on a GPU a kernel may round differently at
 another batch size, which changes samples as run-to-run noise does, not their distribution. It is
-not used under FSDP, whose sharded forwards must run in lockstep
-on every process: there :class:`~statepost.train.states.LearnerStates` calls ``generate`` with
-``synced_gpus``.
+not used under FSDP, whose sharded forwards must run in lockstep on every process: there
+:class:`~statepost.train.states.LearnerStates` calls ``generate`` with ``synced_gpus``.
 """
 
 from __future__ import annotations
@@ -59,9 +58,8 @@ def sample_groups(
 
     Each completion runs up to and including its first EOS, or the token after which it is first
     ``stopped`` (a stop string: ``stopped(completions)`` answers for a list of token lists), or
-    ``max_new_tokens``. Returns the completion
-    token lists and, per row, whether it ended by ``stopped``. The model is run as it is (call it in
-    eval mode); the caller seeds the global RNG.
+    ``max_new_tokens``. Returns the completion token lists and, per row, whether it ended by
+    ``stopped``. The model is run as it is (call it in eval mode); the caller seeds the global RNG.
     """
     if group_size < 1 or max_new_tokens < 1 or not prompt_ids:
         raise ValueError(f"sample_groups: {len(prompt_ids)} prompts, group_size {group_size}, "
@@ -101,15 +99,14 @@ def sample_groups(
         probs[active] = torch.softmax(warpers(None, logits), dim=-1)
         next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)[active]
 
-        going = []  # batch entries whose row did not end at EOS
-        for j, (row, tok) in enumerate(zip(active.tolist(), next_tokens.tolist())):
+        rows, tokens = active.tolist(), next_tokens.tolist()  # one host sync per step
+        for row, tok in zip(rows, tokens):
             completions[row].append(tok)
-            if tok != eos:
-                going.append(j)
-        held = stopped([completions[int(active[j])] for j in going]) if stopped is not None else [False] * len(going)
+        going = [j for j, tok in enumerate(tokens) if tok != eos]  # batch entries not ended at EOS
+        held = stopped([completions[rows[j]] for j in going]) if stopped is not None else [False] * len(going)
         keep = []
         for j, h in zip(going, held):
-            by_stop[int(active[j])] = bool(h)
+            by_stop[rows[j]] = bool(h)
             if not h:
                 keep.append(j)
         if not keep or step == max_new_tokens - 1:

@@ -6,8 +6,9 @@ prepare, torch's fully_shard over a CPU mesh, the gathering of the shards, the l
 An SFT run (with gradient accumulation) killed after step 3 resumes from its step-2 checkpoint and
 ends with the weights of a 1-process run of the same global batch; an on-policy distillation run
 (learner sampling on the sharded policy, generations of different lengths on the two processes, a
-replicated teacher) ends with the weights of the same run data parallel. Without synced_gpus that
-run hangs (checked by hand: every forward gathers the shards, so the processes must run as many).
+replicated teacher) ends with the weights of the same run data parallel. Without lockstep decoding
+that run hangs: every forward gathers the shards, so the processes must run as many (checked by hand
+with `generate` without `synced_gpus`, the sampler's reference).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def sft_one_process(world, tmp_path_factory):
 @pytest.fixture(scope="module")
 def eager(world, tmp_path_factory):
     """The base with an EOS that ends about half the samples within 8 tokens, at different lengths: the
-    processes' generate calls then finish at different steps (the case synced_gpus is for)."""
+    processes' samplers then finish at different steps (the case lockstep decoding is for)."""
     from transformers import AutoModelForCausalLM
 
     out = tmp_path_factory.mktemp("eager") / "base"

@@ -21,7 +21,7 @@ from statepost.config import with_defaults
 from statepost.io import ConfigError
 from statepost.train.registry import learner_states
 from statepost.train.signals import RewardSignal, TeacherKL
-from statepost.train.stopping import StopStrings
+from statepost.train.stopping import holds_stop
 
 WORDS = ["Question:", "Answer:", "What", "is", "1", "+", "2", "?", "so", "3", "Tell", "me", "####", "7"]
 QUESTION = "What is 1 + 2 ?"
@@ -182,16 +182,12 @@ def test_stop_strings_over_bpe_tokens_and_special_tokens():
     for text, expect in [(" 3 + 4 = 7.\n\nQuestion: how", "Question:"), (" 7.<|im_end|>The answer", "<|im_end|>"),
                          (" 7.\nThe answer is 7.", None)]:
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        crit = StopStrings(tok, stop, prompt_width=2)
-        fired = None
-        for k in range(1, len(ids) + 1):
-            done = crit(torch.tensor([[0, 0] + ids[:k]]), None)
-            if done[0] and fired is None:
-                fired = k
+        held = holds_stop(tok, stop, [ids[:k] for k in range(1, len(ids) + 1)])
+        fired = held.index(True) + 1 if any(held) else None
         if expect is None:
-            assert fired is None and not crit.stopped_at
+            assert fired is None
             continue
-        assert crit.stopped_at == {0: fired}
+        assert all(held[fired - 1 :])  # once held, held at every later length
         prefix = tok.decode(ids[:fired], skip_special_tokens=False)
         assert prefix.endswith(expect) or expect in prefix and expect not in tok.decode(ids[: fired - 1])
         assert expect not in tok.decode(ids[: fired - 1], skip_special_tokens=False)

@@ -14,12 +14,12 @@ for it:
 
 The sampling itself is ``generate``'s: the same logits warpers (transformers' temperature and top-p
 warpers, ``top_k`` off), softmax in float32, and one ``torch.multinomial`` over all ``P * G`` rows per
-step, a finished row drawing from a one-hot at the pad token, so the random stream is consumed as
-``generate`` consumes it. On CPU a seed gives the same tokens as ``generate`` (``tests/test_rollout.py``;
+step (a dropped row draws from a one-hot at the pad token, its draw unused), so the random stream is
+consumed as ``generate`` consumes it. On CPU a seed gives the same tokens as ``generate`` (``tests/test_rollout.py``;
 the toy DAG's weights are bit-identical either way); on a GPU a kernel may round differently at
-another batch size, which changes samples as run-to-run noise does, not their distribution. It is
-not used under FSDP, whose sharded forwards must run in lockstep on every process: there
-:class:`~statepost.train.states.LearnerStates` calls ``generate`` with ``synced_gpus``.
+another batch size, which changes samples as run-to-run noise does, not their distribution. Under
+FSDP, whose sharded forwards must run in lockstep on every process, rows are not dropped and every
+process decodes until all are done (``all_done``), as ``generate(synced_gpus=True)`` does.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def sample_groups(
     pad_token_id: int,
     stopped: Callable[[list[list[int]]], list[bool]] | None = None,
     device=None,
+    all_done: Callable[[bool], bool] | None = None,
 ) -> tuple[list[list[int]], list[bool]]:
     """``group_size`` sampled completions per prompt, rows grouped by prompt (``P * G`` rows).
 
@@ -60,6 +61,11 @@ def sample_groups(
     ``stopped`` (a stop string: ``stopped(completions)`` answers for a list of token lists), or
     ``max_new_tokens``. Returns the completion token lists and, per row, whether it ended by
     ``stopped``. The model is run as it is (call it in eval mode); the caller seeds the global RNG.
+
+    ``all_done`` (FSDP, whose sharded forwards every process must run as many times): called once per
+    step with whether this process's rows have all ended, it returns whether every process's have.
+    Ended rows then stay in the batch, fed the pad token, and decoding goes on until every process is
+    done, as ``generate(synced_gpus=True)`` does; the prompts are still prefilled once per group.
     """
     if group_size < 1 or max_new_tokens < 1 or not prompt_ids:
         raise ValueError(f"sample_groups: {len(prompt_ids)} prompts, group_size {group_size}, "
@@ -89,29 +95,38 @@ def sample_groups(
     warpers = _warpers(float(temperature), float(top_p))
     eos = int(eos_token_id)
     completions: list[list[int]] = [[] for _ in range(n_rows)]
-    by_stop = [False] * n_rows
+    by_stop, ended = [False] * n_rows, [False] * n_rows
     active = torch.arange(n_rows, device=device)  # the row each batch entry holds
     vocab = logits.shape[-1]
     for step in range(max_new_tokens):
-        # one multinomial over every row, as generate draws it (a finished row: a one-hot at pad)
+        # one multinomial over every row, as generate draws it (a dropped row: a one-hot at pad)
         probs = torch.zeros((n_rows, vocab), dtype=torch.float32, device=device)
         probs[:, int(pad_token_id)] = 1.0
         probs[active] = torch.softmax(warpers(None, logits), dim=-1)
         next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)[active]
 
         rows, tokens = active.tolist(), next_tokens.tolist()  # one host sync per step
-        for row, tok in zip(rows, tokens):
-            completions[row].append(tok)
-        going = [j for j, tok in enumerate(tokens) if tok != eos]  # batch entries not ended at EOS
+        fresh = [j for j, row in enumerate(rows) if not ended[row]]  # entries whose row was still going
+        for j in fresh:
+            completions[rows[j]].append(tokens[j])
+        going = [j for j in fresh if tokens[j] != eos]  # ... and did not end at EOS now
         held = stopped([completions[rows[j]] for j in going]) if stopped is not None else [False] * len(going)
+        for j in fresh:
+            ended[rows[j]] = True
         keep = []
         for j, h in zip(going, held):
             by_stop[rows[j]] = bool(h)
             if not h:
+                ended[rows[j]] = False
                 keep.append(j)
-        if not keep or step == max_new_tokens - 1:
+        done = not keep if all_done is None else all_done(not keep)
+        if done or step == max_new_tokens - 1:
             break
-        if len(keep) < len(active):
+        if all_done is not None:  # lockstep: every row stays; one that ended before this step is fed pad
+            was_going = set(fresh)
+            feed = [tok if j in was_going else int(pad_token_id) for j, tok in enumerate(tokens)]
+            next_tokens = torch.tensor(feed, dtype=torch.long, device=device)
+        elif len(keep) < len(active):
             index = torch.tensor(keep, dtype=torch.long, device=device)
             cache.batch_select_indices(index)
             active, next_tokens = active[index], next_tokens[index]

@@ -14,15 +14,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from transformers import GenerationConfig, StoppingCriteriaList
 
 from statepost import gsm8k
 
 from .batch import StateBatch, collate_states
-from .distributed import is_fsdp
+from .distributed import is_fsdp, sum_over_processes
 from .logprobs import completion_token_logprobs
 from .rollout import sample_groups
-from .stopping import StopStrings, holds_stop
+from .stopping import holds_stop
 
 
 def encode_sft_example(tokenizer, question: str, answer: str) -> tuple[list[int], int]:
@@ -199,10 +198,11 @@ class LearnerStates:
     call draws (keeping the refresh phase), so a resume inside a refresh period is not bit-identical.
 
     Sampling: the unwrapped policy in eval mode draws what ``generate`` would draw (``temperature`` /
-    ``top_p``, ``top_k=0`` and no other logits processor; the model's own generation_config is set
-    aside), through :func:`~statepost.train.rollout.sample_groups`, which prefills a group's prompt once
-    and drops finished rows from the batch; under FSDP through ``generate`` with ``synced_gpus`` (every
-    process runs as many forwards, as the sharded weights are gathered in each). Each sample runs up
+    ``top_p``, ``top_k=0`` and no other logits processor; the model's own generation_config plays no
+    part), through :func:`~statepost.train.rollout.sample_groups`, which prefills a group's prompt once
+    and drops finished rows from the batch; under FSDP it keeps them and every process decodes until all
+    are done (every process runs as many forwards, as the sharded weights are gathered in each), as
+    ``generate(synced_gpus=True)`` would. Each sample runs up
     to and including the first EOS or the token that completes the first ``stop`` string; seeded by
     ``(seed, process_index, cursor)`` in ``fork_rng``, so the global RNG is untouched. Signals score
     at temperature 1: only 1.0 / 1.0 is exactly on-policy.
@@ -264,7 +264,7 @@ class LearnerStates:
         self.keep, self.record_old_logprobs = keep, record_old_logprobs
         self.accelerator = accelerator
         # FSDP: every forward gathers the sharded weights from all processes, so every process must run as many:
-        # generate goes on (synced_gpus) until all are done, and the old log-probs are scored even when empty
+        # sampling decodes until all are done, and the old log-probs are scored even when empty
         self.lockstep = is_fsdp(accelerator)
         self.device = accelerator.device if accelerator is not None else None  # None: the policy's device
         num_processes = accelerator.num_processes if accelerator is not None else 1
@@ -340,67 +340,24 @@ class LearnerStates:
     def _sample(self, model, prompts: list[int], device) -> tuple[list[list[int]], list[bool]]:
         """``G`` sampled completion token lists per prompt (rows grouped by prompt), up to and including
         the first EOS or the token that completes the first stop string, and whether each ended at a
-        stop string. The fast path (:func:`~statepost.train.rollout.sample_groups`) draws what
-        ``generate`` draws; FSDP's lockstep needs ``generate(synced_gpus=True)``."""
+        stop string (:func:`~statepost.train.rollout.sample_groups`, in lockstep under FSDP)."""
+        all_done = None
+        if self.lockstep:  # every process decodes until every process's rows have ended
+            def all_done(local: bool) -> bool:
+                going = torch.tensor([0.0 if local else 1.0], device=device)
+                return float(sum_over_processes(self.accelerator, going)) == 0.0
         was_training = model.training
         model.eval()
         try:
-            if self.lockstep:
-                rows = [self.prompt_ids[i] for i in prompts for _ in range(self.group_size)]
-                return self._generate_tokens(model, rows, device)
             return sample_groups(
                 model, [self.prompt_ids[i] for i in prompts], self.group_size,
                 temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
                 eos_token_id=int(self.eos_token_id), pad_token_id=int(self.pad_token_id),
                 stopped=(lambda rows: holds_stop(self.tokenizer, self.stop, rows)) if self.stop else None,
-                device=device,
+                device=device, all_done=all_done,
             )
         finally:
             model.train(was_training)
-
-    @torch.no_grad()
-    def _generate_tokens(self, model, prompt_ids: list[list[int]], device) -> tuple[list[list[int]], list[bool]]:
-        """What :meth:`_sample` returns, from ``generate`` on the prompt rows (each prompt ``G`` times)."""
-        width = max(len(p) for p in prompt_ids)
-        n = len(prompt_ids)
-        input_ids = torch.full((n, width), int(self.pad_token_id), dtype=torch.long)
-        attention_mask = torch.zeros((n, width), dtype=torch.long)
-        for i, p in enumerate(prompt_ids):  # LEFT padding for generation
-            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            attention_mask[i, width - len(p) :] = 1
-        gen_cfg = GenerationConfig(
-            do_sample=True,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=0,
-            max_new_tokens=self.max_new_tokens,
-            eos_token_id=int(self.eos_token_id),
-            pad_token_id=int(self.pad_token_id),
-            use_cache=True,
-        )
-        stops = StopStrings(self.tokenizer, self.stop, width) if self.stop else None
-        saved_cfg = getattr(model, "generation_config", None)
-        try:
-            model.generation_config = GenerationConfig()  # no hub sampling defaults leak in
-            out = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                generation_config=gen_cfg,
-                stopping_criteria=StoppingCriteriaList([stops] if stops else []),
-                **({"synced_gpus": True} if self.lockstep else {}),
-            )
-        finally:
-            if saved_cfg is not None:
-                model.generation_config = saved_cfg
-        gen = out[:, width:].tolist()
-        completions, stopped = [], []
-        eos = int(self.eos_token_id)
-        for r, row in enumerate(gen):
-            eos_at = row.index(eos) + 1 if eos in row else len(row)
-            at = stops.stopped_at.get(r) if stops else None  # generate pads a stopped row (pad may be EOS)
-            stopped.append(at is not None and at <= len(row) and (at < eos_at or row[eos_at - 1] != eos))
-            completions.append(row[: at if stopped[-1] else eos_at])
-        return completions, stopped
 
     def generate(self, policy) -> StateBatch:
         """Draw a fresh micro-batch of ``B*G`` samples from ``policy`` (advances the prompt cursor)."""

@@ -239,13 +239,13 @@ def section_sft(args, ctx) -> dict:
     return out
 
 
-def _learner(args, ctx, group: int, rows: list[dict], prompts: int, max_length: int | None = None):
+def _learner(args, ctx, group: int, rows: list[dict], prompts: int, new_tokens: int | None = None,
+             max_length: int | None = None):
     from statepost.train.states import LearnerStates
 
-    s = args.size
     return LearnerStates(ctx["tokenizer"], [r["question"] for r in rows], [r["answer"] for r in rows],
-                         temperature=1.0, top_p=1.0, max_new_tokens=s["new_tokens"], samples_per_prompt=group,
-                         refresh_every=1, batch_size=prompts, grad_accum=1,
+                         temperature=1.0, top_p=1.0, max_new_tokens=new_tokens or args.size["new_tokens"],
+                         samples_per_prompt=group, refresh_every=1, batch_size=prompts, grad_accum=1,
                          max_length=max_length or 4 * ctx["seq"], seed=0, accelerator=None)
 
 
@@ -338,11 +338,8 @@ def section_generation(args, ctx) -> dict:
     for shape in s["gen_shapes"]:
         n_prompts, group = (int(x) for x in shape.split("x"))
         rows = make_rows(8 * n_prompts, s["gen_prompt_len"], s["completion_len"], seed=3 + n_prompts * group)
-        source = _learner(args, ctx, group, rows, n_prompts,
-                          max_length=s["gen_prompt_len"] + max(s["gen_tokens"], s["new_tokens"]))
-        source.max_new_tokens = s["gen_tokens"]
-        source.order = type(source.order)(len(source.prompt_ids), seed=0, batch_size=n_prompts, grad_accum=1,
-                                          num_processes=1, process_index=0)
+        source = _learner(args, ctx, group, rows, n_prompts, new_tokens=s["gen_tokens"],
+                          max_length=s["gen_prompt_len"] + s["gen_tokens"])
         counter = iter(range(10**9))
         gen_cfg = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                                    max_new_tokens=s["gen_tokens"], eos_token_id=1, pad_token_id=1)

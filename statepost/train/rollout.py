@@ -14,9 +14,9 @@ for it:
 
 The sampling itself is ``generate``'s: the same logits warpers (transformers' temperature and top-p
 warpers, ``top_k`` off), softmax in float32, and one ``torch.multinomial`` over all ``P * G`` rows per
-step (a dropped row draws from a one-hot at the pad token, its draw unused), so the random stream is
-consumed as ``generate`` consumes it. On CPU a seed gives the same tokens as ``generate`` (``tests/test_rollout.py``;
-the toy DAG's weights are bit-identical either way); on a GPU a kernel may round differently at
+step (a dropped row's draw unused), so the random stream is consumed as ``generate`` consumes it.
+On CPU a seed gives the same tokens as ``generate`` (``tests/test_rollout.py``; the toy DAG's
+weights are bit-identical either way); on a GPU a kernel may round differently at
 another batch size, which changes samples as run-to-run noise does, not their distribution. Under
 FSDP, whose sharded forwards must run in lockstep on every process, rows are not dropped and every
 process decodes until all are done (``all_done``), as ``generate(synced_gpus=True)`` does.
@@ -97,11 +97,11 @@ def sample_groups(
     completions: list[list[int]] = [[] for _ in range(n_rows)]
     by_stop, ended = [False] * n_rows, [False] * n_rows
     active = torch.arange(n_rows, device=device)  # the row each batch entry holds
-    vocab = logits.shape[-1]
+    # one multinomial over every row per step, as generate draws it: the batch's rows get this step's
+    # distribution, a dropped row keeps a valid one (a one-hot at pad, or its last) and its draw is unused
+    probs = torch.zeros((n_rows, logits.shape[-1]), dtype=torch.float32, device=device)
+    probs[:, int(pad_token_id)] = 1.0
     for step in range(max_new_tokens):
-        # one multinomial over every row, as generate draws it (a dropped row: a one-hot at pad)
-        probs = torch.zeros((n_rows, vocab), dtype=torch.float32, device=device)
-        probs[:, int(pad_token_id)] = 1.0
         probs[active] = torch.softmax(warpers(None, logits), dim=-1)
         next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)[active]
 

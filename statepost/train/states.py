@@ -202,8 +202,8 @@ class LearnerStates:
     part), through :func:`~statepost.train.rollout.sample_groups`, which prefills a group's prompt once
     and drops finished rows from the batch; under FSDP it keeps them and every process decodes until all
     are done (every process runs as many forwards, as the sharded weights are gathered in each), as
-    ``generate(synced_gpus=True)`` would. Each sample runs up
-    to and including the first EOS or the token that completes the first ``stop`` string; seeded by
+    ``generate(synced_gpus=True)`` would. Each sample runs up to and including the first EOS or the
+    token that completes the first ``stop`` string; seeded by
     ``(seed, process_index, cursor)`` in ``fork_rng``, so the global RNG is untouched. Signals score
     at temperature 1: only 1.0 / 1.0 is exactly on-policy.
 

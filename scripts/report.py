@@ -20,7 +20,8 @@ Each *-json option takes the JSON text itself or @FILE (a JSON or YAML file).
                       in the tables and pick the second training-curve panel). Also accepted: a
                       mapping {name: {"run", "seed", "teacher", ...}} or a plain list of names.
   --thresholds-json  {"little_forgetting": 0.02, "substantial_loss": 0.05, "min_gain": 0.0,
-                      "surpass_margin": 0.0, "z": 1.96}  (missing keys: the config schema's defaults)
+                      "no_loss": 0.0, "surpass_margin": 0.0, "alpha": 0.025}
+                      (missing keys: the config schema's defaults)
   --roles-json       {"mild": "sft_mild", "stress": "sft_stress", "opd": "opd", "rl": "rl"}
                       (missing keys: the config schema's defaults; opd_teacher is the teacher the
                       opd run names, see derived_roles in the claims file)

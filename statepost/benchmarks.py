@@ -62,6 +62,13 @@ class Benchmark:
     metrics: tuple[str, ...]
     toy_rows: dict
 
+    def metric_key(self, name: str) -> str | None:
+        """The metric key named ``name`` (a key, or its part after the comma: ``flexible-extract``), else None."""
+        for key in (self.primary_metric, *self.metrics):
+            if name in (key, key.split(",", 1)[-1]):
+                return key
+        return None
+
     @property
     def splits(self) -> list[str]:
         """The splits scoring needs, few-shot split first (the standard split order of the data rule)."""

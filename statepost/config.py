@@ -352,9 +352,19 @@ def main(argv=None) -> int:
 # --------------------------------------------------------------------------------------------- the claims file
 
 
-def claim_defaults() -> dict:
-    """The config schema's ``claims`` defaults: ``{"definitions", "roles", "thresholds"}``."""
+@lru_cache(maxsize=1)
+def _claims_schema() -> dict:
+    return yaml.safe_load(CLAIMS_SCHEMA_PATH.read_text())
+
+
+@lru_cache(maxsize=1)
+def _claim_defaults() -> dict:
     return with_defaults({}, "claims")
+
+
+def claim_defaults() -> dict:
+    """The config schema's ``claims`` defaults: ``{"definitions", "roles", "thresholds"}`` (a copy)."""
+    return copy.deepcopy(_claim_defaults())
 
 
 def default_claims_path() -> Path:
@@ -386,14 +396,14 @@ def _validate_claims(raw, where: str) -> dict:
                 key += f" (claim {claim['id']})"
         raise ConfigError(f"{where}: {key}: {msg}")
 
-    schema = yaml.safe_load(CLAIMS_SCHEMA_PATH.read_text())
+    schema = _claims_schema()
     err = best_match(Draft202012Validator(schema).iter_errors(raw))
     if err is not None:
         fail(_key_path(err), err.message)
     spec = {"path": where, "derived_roles": dict(raw.get("derived_roles") or {}), "claims": []}
 
     config_roles = list(claim_defaults()["roles"])
-    thresholds = [k for k in claim_defaults()["thresholds"] if k != "z"]
+    thresholds = [k for k in claim_defaults()["thresholds"] if k != "alpha"]
     for name, how in spec["derived_roles"].items():
         if name in config_roles or name == "base":
             fail(f"derived_roles.{name}", f"{name!r} is already a role of the config")
@@ -422,6 +432,14 @@ def _validate_claims(raw, where: str) -> dict:
                 if on is not None and on not in CLAIM_BENCHMARKS and on not in bench_facts.NAMES:
                     fail(f"{key}.{part}.{j}.benchmark", f"{on!r} is neither a benchmark ({', '.join(bench_facts.NAMES)}) "
                          f"nor one of {', '.join(CLAIM_BENCHMARKS)}")  # fmt: skip
+                if "metric" in q:
+                    covered = [on] if on in bench_facts.NAMES else {
+                        "each": list(bench_facts.NAMES), "retention": list(bench_facts.RETENTION)
+                    }.get(on, [bench_facts.TARGET])  # fmt: skip
+                    lacking = [b for b in covered if bench_facts.get(b).metric_key(q["metric"]) is None]
+                    if lacking:
+                        fail(f"{key}.{part}.{j}.metric", f"{q['metric']!r} is not a metric of {', '.join(lacking)} "
+                             "(workflow/tasks/benchmarks.yaml: primary_metric and metrics)")  # fmt: skip
                 if part == "checks" and q["threshold"] not in thresholds:
                     fail(f"{key}.{part}.{j}.threshold", f"unknown threshold {q['threshold']!r} (claims.thresholds "
                          f"has {', '.join(thresholds)})")  # fmt: skip

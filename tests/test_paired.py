@@ -94,6 +94,7 @@ def test_paired_change_by_hand():
     assert one["delta"] == pytest.approx(0.5)
     assert one["seed_sem"] == 0.0 and one["item_se"] == pytest.approx(math.sqrt(1 / 3) / 2)
     assert one["uncertainty"] == pytest.approx(math.sqrt(1 / 3) / 2)
+    assert one["df"] == pytest.approx(3.0)  # the item term alone: n - 1
     # two seeds against one base: per-seed changes 0.5 and 0.25 (seed sem 0.125); d = [1, -0.5, 0, 1],
     # std(d, ddof=1) = 0.75, item se 0.375; together sqrt(0.125^2 + 0.375^2) = sqrt(0.15625)
     base = [0, 1, 0, 0]
@@ -101,6 +102,8 @@ def test_paired_change_by_hand():
     assert two["delta"] == pytest.approx(0.375)
     assert two["seed_sem"] == pytest.approx(0.125) and two["item_se"] == pytest.approx(0.375)
     assert two["uncertainty"] == pytest.approx(math.sqrt(0.15625))
+    # Satterthwaite: 0.15625^2 / (0.125^4 / 1 + 0.375^4 / 3) = 0.0244140625 / 0.0068359375 = 25 / 7
+    assert two["df"] == pytest.approx(25 / 7)
     # a partner that is B's mean over seeds: B's seed standard error is added in quadrature
     with_partner = statistics.paired_change([[1, 0, 1, 1]], [[0, 0, 1, 0]], partner_sem=0.3)
     assert with_partner["seed_sem"] == pytest.approx(0.3)
@@ -163,27 +166,31 @@ def test_tables_pair_changes_over_items(scores_dir):
     assert r.loc["rl", "retention_change_paired"] and r.loc["rl", "gsm8k_gain_paired"]
 
 
+ROLES = {"mild": "sft_mild", "stress": "sft_stress", "opd": "opd", "rl": "rl", "opd_teacher": "sft_stress"}
+
+
+def judged(scores, items, summary, changes):
+    """Verdicts with GSM8K's flexible-extract paired over its own per-item scores, as the report judges them."""
+    runs = load.run_order(models_list())
+    others = statistics.metric_summaries(scores, runs, BENCHES)
+    metrics = {m: (s, statistics.Changes(s, models_list(), items)) for m, s in others.items()}
+    return {r["claim"]: r for r in verdicts(summary, ROLES, {}, changes=changes, metrics=metrics)}
+
+
 def test_claims_are_judged_on_paired_standard_errors(scores_dir):
-    _, _, summary, changes = changes_for(scores_dir)
-    roles = {"mild": "sft_mild", "stress": "sft_stress", "opd": "opd", "rl": "rl", "opd_teacher": "sft_stress"}
-    res = {r["claim"]: r for r in verdicts(summary, roles, {}, changes=changes)}
+    res = judged(*changes_for(scores_dir))
     gain = next(c for c in res["claim1"]["checks"] if c["quantity"] == "sft_mild gsm8k gain")
     assert gain["paired"] is True and gain["uncertainty"] == pytest.approx(math.sqrt(0.15625))
+    assert gain["df"] == pytest.approx(25 / 7)
     diff = res["claim2"]["quantities"]["opd − sft_stress on gsm8k"]
     assert diff["paired"] is True and diff["uncertainty"] == pytest.approx(math.sqrt(0.0625 + 1 / 24))
     assert all(c["paired"] for r in res.values() for c in r["checks"])
-    md = tables.claims_markdown(list(res.values()), roles)
+    md = tables.claims_markdown(list(res.values()), ROLES)
     assert "paired over the test items" in md and "†" not in md
-    # GSM8K's flexible-extract, shown for reference, is paired over its own per-item scores
-    scores, items = loaded(scores_dir)
-
-    def judge(s):
-        return verdicts(s, roles, {}, changes=statistics.Changes(s, models_list(), items))
-
-    runs = load.run_order(models_list())
-    flex = tables.with_other_metrics(judge(summary), scores, judge, runs=runs, benchmarks=BENCHES)
-    gain = next(c for c in flex[0]["checks"] if c["quantity"] == "sft_mild gsm8k gain")["other_metrics"][FLEX]
-    assert gain == {"value": pytest.approx(0.375), "uncertainty": pytest.approx(math.sqrt(0.15625)), "paired": True}
+    # GSM8K's flexible-extract check is paired over its own per-item scores (here the same as strict-match's)
+    flex = next(c for c in res["claim1"]["checks"] if c["quantity"] == "sft_mild gsm8k gain (flexible-extract)")
+    assert flex["paired"] is True and flex["value"] == pytest.approx(0.375)
+    assert flex["uncertainty"] == pytest.approx(math.sqrt(0.15625))
 
 
 def test_a_missing_log_falls_back_to_unpaired_and_says_so(scores_dir):
@@ -201,11 +208,11 @@ def test_a_missing_log_falls_back_to_unpaired_and_says_so(scores_dir):
     r = built["retention"].data.set_index("run")
     assert not r.loc["rl", "gsm8k_gain_paired"] and r.loc["rl", "retention_change_paired"]
 
-    roles = {"mild": "sft_mild", "stress": "sft_stress", "opd": "opd", "rl": "rl", "opd_teacher": "sft_stress"}
-    res = {r["claim"]: r for r in verdicts(summary, roles, {}, changes=changes)}
+    res = judged(scores, items, summary, changes)
     gain = next(c for c in res["claim3"]["checks"] if c["quantity"] == "rl gsm8k gain")
     assert gain["paired"] is False and gain["uncertainty"] == pytest.approx(math.hypot(STDERR, STDERR))
-    md = tables.claims_markdown(list(res.values()), roles)
+    assert gain["df"] is None  # lm-eval's standard errors, with one rl seed: no estimated term
+    md = tables.claims_markdown(list(res.values()), ROLES)
     line = next(x for x in md.splitlines() if x.startswith("| rl gsm8k gain"))
     assert "0.2828 †" in line and "† unpaired" in md
 

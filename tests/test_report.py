@@ -559,7 +559,7 @@ def test_cli_end_to_end(workspace):
     models_file.write_text(json.dumps(models_list()))
     args = [
         "--scores-dir", str(workspace / "scores"), "--metrics-dir", str(workspace / "models"),
-        "--models-json", f"@{models_file}", "--thresholds-json", '{"little_forgetting": 0.02, "z": 1.96}',
+        "--models-json", f"@{models_file}", "--thresholds-json", '{"little_forgetting": 0.02, "alpha": 0.025}',
         "--roles-json", '{"mild": "sft_mild", "stress": "sft_stress", "opd": "opd", "rl": "rl"}',
         "--benchmarks-json", json.dumps(BENCHES),
         "--tables-dir", str(workspace / "t"), "--figures-dir", str(workspace / "f"),

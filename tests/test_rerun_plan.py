@@ -80,7 +80,7 @@ CASES = [
      {"evaluate": MODELS, "report": 1}),
     ("mmlu shots", setting("benchmarks.mmlu.eval.num_fewshot", 1), {"evaluate": MODELS, "report": 1}),
     ("evaluation dtype", setting("evaluation.dtype", "auto"), {"evaluate": MODELS * len(BENCHES), "report": 1}),
-    ("a verdict threshold", setting("claims.thresholds.z", 2.5), {"report": 1}),
+    ("a verdict threshold", setting("claims.thresholds.alpha", 0.01), {"report": 1}),
     ("diagnostics rows", setting("diagnostics.prompts", 16), {"diagnose": MODELS, "report": 1}),
     ("diagnostics batch size", setting("diagnostics.batch_size", 8), {"diagnose": MODELS, "report": 1}),
     ("diagnostics memory", setting("resources.diagnose.mem_mb", 3000), {}),

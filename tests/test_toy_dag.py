@@ -137,10 +137,16 @@ def test_tables_figures_and_claims(toy_run):
     for name in ("scores", "retention_vs_gain", "training_curves"):
         assert (figures / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (figures / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
-    claims = json.loads((tables / "claims.json").read_text())["claims"]
-    assert len(claims) == 3
-    for claim in claims:
-        assert claim["verdict"] in {"reproduced", "not reproduced", "inconclusive"}, claim
+    claims = {c["claim"]: c for c in json.loads((tables / "claims.json").read_text())["claims"]}
+    assert list(claims) == ["claim1", "claim2", "claim3"]
+    for claim in claims.values():  # one training seed: no claim is reproduced or not, whatever its checks say
+        assert claim["verdict"] == "provisional (1 seed)" and claim["n_seeds"] == 1, claim
+        assert claim["leaning"] in {"reproduced", "not reproduced", "format only", "inconclusive"}, claim
+    checks = {c: [x["quantity"] for x in claims[c]["checks"]] for c in claims}
+    assert "rl gsm8k gain (flexible-extract)" in checks["claim3"]  # a gain means more answers right
+    assert {"sft_stress truthfulqa_mc2 drop", "sft_stress mmlu drop"} <= set(checks["claim1"])  # "... and MMLU"
+    md = (tables / "claims.md").read_text()
+    assert md.count("**provisional (1 seed)**") == 3 and "| rl gsm8k gain (flexible-extract) |" in md
 
 
 def test_second_dry_run_has_nothing_to_do(toy_run):

@@ -30,7 +30,7 @@ from .claims import QUANTITIES, check_thresholds, resolve_roles, verdicts
 from .figures import FIGURE_FORMATS, FIGURES, run_colors, save_figure
 from .load import (BASE, load_items, load_metrics, load_scores, normalize_models, run_methods, run_order,
                    target_and_retention)  # fmt: skip
-from .statistics import Changes, summarize
+from .statistics import Changes, metric_summaries, summarize
 from .tables import TABLE_FORMATS, TABLES, Table, build_tables, claims_markdown, write_claims, write_table
 
 __all__ = [
@@ -90,11 +90,9 @@ def make_report(
     tables = T.build_tables(scores, norm, target, retention, summary=summary, items=items)
     for t in tables.values():
         T.write_table(t, tables_dir)
-    def judge(summary):
-        changes = Changes(summary, norm, items)
-        return C.verdicts(summary, roles, th, claims=spec, target=target, retention=retention, changes=changes)
-
-    results = T.with_other_metrics(judge(summary), scores, judge, runs=runs, benchmarks=benchmarks)
+    others = {m: (s, Changes(s, norm, items)) for m, s in metric_summaries(scores, runs, benchmarks).items()}
+    results = C.verdicts(summary, roles, th, claims=spec, target=target, retention=retention,
+                         changes=Changes(summary, norm, items), metrics=others)  # fmt: skip
     T.write_claims(results, tables_dir, roles, retention)
     signals = {run: signal for run, (_, signal) in run_methods(norm).items()}
     figs = {

@@ -15,7 +15,13 @@ Where a model involved has no log, the change falls back to the unpaired ``sqrt(
 scores' uncertainties and is marked unpaired (``paired`` False), so the two conventions never mix unseen.
 
 A mean of ``k`` changes (the mean retention change) has ``sqrt(sum u_i**2) / k``. These are 1-sigma standard
-errors; verdicts compare against ``z`` of them.
+errors.
+
+Degrees of freedom: a standard error that sums terms estimated from few values is itself uncertain. The seed term
+rests on ``k - 1`` degrees of freedom (``k`` seeds), the item term on ``n - 1`` (``n`` items), lm-eval's standard
+error on many. Each change carries ``df``, the Welch-Satterthwaite degrees of freedom of its squared standard error
+(:func:`satterthwaite`), and the verdicts compare against Student's t with ``df`` (:mod:`.claims`): with three seeds
+and a seed term that dominates, the critical value is near t(2) = 4.30 at one-sided 0.025, not 1.96.
 """
 
 from __future__ import annotations
@@ -64,9 +70,40 @@ def summarize(scores: pd.DataFrame, runs: Iterable[str] | None = None, benchmark
     return out
 
 
+def metric_summaries(scores: pd.DataFrame, runs=None, benchmarks=None) -> dict[str, pd.DataFrame]:
+    """Per metric that is not its benchmark's primary one (GSM8K's flexible-extract): :func:`summarize` with that
+    benchmark read on that metric (the other benchmarks on their primary one)."""
+    out = {}
+    if "primary" not in scores:
+        return out
+    for bench in dict.fromkeys(scores["benchmark"]):
+        rows = scores["benchmark"] == bench
+        for metric in dict.fromkeys(scores.loc[rows & ~scores["primary"], "metric"]):
+            swapped = scores.assign(primary=np.where(rows, scores["metric"] == metric, scores["primary"]))
+            out[metric] = summarize(swapped, runs=runs, benchmarks=benchmarks)
+    return out
+
+
 def lookup(summary: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float]]:
     """(run, benchmark) -> (mean, uncertainty)."""
-    return {(r.run, r.benchmark): (float(r.mean), float(r.uncertainty)) for r in summary.itertuples()}
+    keys = zip(summary["run"], summary["benchmark"])
+    return {k: (float(m), float(u)) for k, m, u in zip(keys, summary["mean"], summary["uncertainty"])}
+
+
+def satterthwaite(*terms: tuple[float, float]) -> float:
+    """Welch-Satterthwaite degrees of freedom of ``sum s_i**2`` from ``(s_i, df_i)`` terms: ``(sum s_i**2)**2 /
+    sum(s_i**4 / df_i)``. A term with ``s_i`` 0 or NaN adds nothing; ``df_i`` inf (a standard error known exactly)
+    adds no uncertainty; inf when no term is uncertain."""
+    num = den = 0.0
+    for s, df in terms:
+        if s is None or not np.isfinite(s) or s == 0:
+            continue
+        num += s**2
+        if np.isfinite(df):
+            if df <= 0:
+                return float("nan")
+            den += s**4 / df
+    return float(num**2 / den) if den > 0 else float("inf")
 
 
 def sem(values) -> float:
@@ -75,27 +112,32 @@ def sem(values) -> float:
     return float(np.std(v, ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
 
 
-def paired_change(a_rows, b_rows, partner_sem: float = 0.0) -> dict:
+def paired_change(a_rows, b_rows, partner_sem: float = 0.0, partner_df: float = float("inf")) -> dict:
     """The change A - B on one benchmark from per-item scores, with its paired standard error.
 
     ``a_rows``: one array per seed of A over the benchmark's ``n`` items; ``b_rows``: each one's partner over the
     same items (B's same seed, base, or B's item mean over its seeds). ``partner_sem``: B's seed standard error,
-    added in quadrature where a partner is B's mean (its seed noise is not in the per-seed changes). Returns
-    ``delta`` (mean per-seed change), ``seed_sem`` (standard error over seeds of the per-seed changes, with
-    ``partner_sem``), ``item_se`` (``std(d, ddof=1) / sqrt(n)`` of the per-item changes ``d`` averaged over seeds)
-    and ``uncertainty`` (the two in quadrature).
+    added in quadrature where a partner is B's mean (its seed noise is not in the per-seed changes), with
+    ``partner_df`` degrees of freedom. Returns ``delta`` (mean per-seed change), ``seed_sem`` (standard error over
+    seeds of the per-seed changes, with ``partner_sem``), ``item_se`` (``std(d, ddof=1) / sqrt(n)`` of the
+    per-item changes ``d`` averaged over seeds), ``uncertainty`` (the two in quadrature) and ``df`` (its
+    :func:`satterthwaite` degrees of freedom: ``k - 1`` for the seed term over ``k`` seeds, ``n - 1`` for the item
+    term).
     """
     diff = np.asarray(a_rows, dtype=float) - np.asarray(b_rows, dtype=float)  # seeds x items
     if diff.ndim != 2 or diff.shape[1] < 2:
         raise ValueError(f"paired_change: expected seeds x items (at least 2 items), got shape {diff.shape}")
     per_seed = diff.mean(axis=1)
-    seed_sem = rss(sem(per_seed), partner_sem)
+    own_sem = sem(per_seed)
+    seed_sem = rss(own_sem, partner_sem)
     item_se = sem(diff.mean(axis=0))
+    k, n = diff.shape
     return {
         "delta": float(per_seed.mean()),
         "seed_sem": seed_sem,
         "item_se": item_se,
         "uncertainty": float(np.hypot(seed_sem, item_se)),
+        "df": satterthwaite((own_sem, k - 1), (partner_sem, partner_df), (item_se, n - 1)),
     }
 
 
@@ -106,7 +148,8 @@ class Changes:
     ``models``: the model list (which model is which run's seed); ``items``: :func:`.load.load_items`' per-item
     scores. Without ``models`` or ``items`` (or with a single item) every change is unpaired. Calling it gives
     ``{"uncertainty", "seed_sem", "item_se", "paired"}``; an unpaired change has ``item_se`` NaN and ``seed_sem`` the
-    two runs' seed standard errors in quadrature.
+    two runs' seed standard errors in quadrature. Every change has ``df`` (:func:`satterthwaite`); an unpaired one
+    counts each run's seed term on ``k - 1`` degrees of freedom and lm-eval's standard errors as exact.
     """
 
     def __init__(self, summary: pd.DataFrame, models=None, items: dict | None = None):
@@ -114,6 +157,7 @@ class Changes:
         rows = list(summary.itertuples())
         self.metric = {(r.run, r.benchmark): getattr(r, "metric", None) for r in rows}
         self.seed_sem = {(r.run, r.benchmark): float(getattr(r, "seed_sem", np.nan)) for r in rows}
+        self.n_seeds = {(r.run, r.benchmark): int(getattr(r, "n_seeds", 1)) for r in rows}
         self.models: dict[str, dict] = {}  # run -> {seed: model name}
         for name, info in (normalize_models(models) if models is not None else {}).items():
             self.models.setdefault(info["run"], {})[info["seed"]] = name
@@ -134,15 +178,24 @@ class Changes:
             return self(b, a, bench)  # the same items, the same standard error
         rows = self._rows(a, b, bench, partners if partners is not None else self.partners(a, b))
         if rows is None:
+            terms = [self._unpaired_terms(run, bench) for run in (a, b)]
             return {
                 "uncertainty": rss(self.look[(a, bench)][1], self.look[(b, bench)][1]),
                 "seed_sem": rss(self.seed_sem.get((a, bench)), self.seed_sem.get((b, bench)), 0.0),
                 "item_se": float("nan"),
                 "paired": False,
+                "df": satterthwaite(*(t for pair in terms for t in pair)),
             }
         out = paired_change(*rows)
         del out["delta"]  # the callers' value is the summary's mean difference
         return {**out, "paired": True}
+
+    def _unpaired_terms(self, run, bench):
+        """A run's score uncertainty as (seed term, k - 1 degrees of freedom) and (lm-eval's term, exact)."""
+        total, seed = self.look[(run, bench)][1], self.seed_sem.get((run, bench), np.nan)
+        seed = 0.0 if not np.isfinite(seed) else seed
+        rest = float(np.sqrt(max(total**2 - seed**2, 0.0))) if np.isfinite(total) else 0.0
+        return (seed, self.n_seeds.get((run, bench), 1) - 1), (rest, float("inf"))
 
     def _rows(self, a, b, bench, partners):
         """(A's rows, their partners' rows, B's seed sem if a partner is B's mean), or None where a log is missing."""
@@ -164,7 +217,7 @@ class Changes:
         b_rows = [get(p) if p is not None else b_mean for _, p in partners]
         if any(x is None or len(x) < 2 for x in a_rows + b_rows):
             return None  # a log is missing, or one item: no spread to estimate
-        return a_rows, b_rows, partner_sem
+        return a_rows, b_rows, partner_sem, self.n_seeds.get((b, bench), 1) - 1.0
 
 
 def deltas_vs_base(summary: pd.DataFrame, changes: Changes | None = None) -> pd.DataFrame:

@@ -7,10 +7,9 @@
 
 from __future__ import annotations
 
-import copy
 import html
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from statepost import benchmarks as bench_facts
 from statepost.io import ConfigError, atomic_file, write_json
 
 from statepost.config import claim_defaults
+
+from .claims import MIN_SEEDS
 from .load import BASE, label, normalize_models, run_methods, run_order, target_and_retention, teacher_ref
 from .statistics import Changes, deltas_vs_base, lookup, retention_summary, summarize
 
@@ -354,52 +355,32 @@ def _and(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def _metric_name(metric: str) -> str:
-    """``exact_match,flexible-extract`` -> ``flexible-extract``."""
-    return metric.split(",", 1)[-1]
-
-
-def with_other_metrics(results: list[dict], scores: pd.DataFrame, judge: Callable[[pd.DataFrame], list[dict]],
-                       runs=None, benchmarks=None) -> list[dict]:  # fmt: skip
-    """``results`` (verdicts on the primary metrics) with the same quantities on each benchmark's other metrics
-    (``metrics`` in benchmarks.yaml: GSM8K's flexible-extract), for reference; the verdicts stay the primary's.
-
-    ``judge(summary)`` judges the claims on a summary; it is called once per other metric, on the summary with
-    that benchmark read on that metric. Each check and quantity that reads the benchmark (its name names it, as
-    every quantity of :mod:`.claims` that reads a benchmark does) gets ``other_metrics: {metric: {value,
-    uncertainty}}``.
-    """
-    out = copy.deepcopy(results)
-    if "primary" not in scores:
-        return out
-    for bench in dict.fromkeys(scores["benchmark"]):
-        rows = scores["benchmark"] == bench
-        for metric in bench_facts.get(bench).metrics:
-            if not (rows & (scores["metric"] == metric)).any():
-                continue
-            swapped = scores.assign(primary=np.where(rows, scores["metric"] == metric, scores["primary"]))
-            alt = {r["claim"]: r["quantities"] for r in judge(summarize(swapped, runs=runs, benchmarks=benchmarks))}
-            for r in out:
-                other = alt.get(r["claim"], {})
-                for name, q in [*r["quantities"].items(), *((c["quantity"], c) for c in r["checks"])]:
-                    if bench in name.split() and name in other:
-                        q.setdefault("other_metrics", {})[metric] = dict(other[name])
-    return out
-
-
 def _mark(q: Mapping) -> str:
     """The unpaired mark for a check or quantity judged with pairing that is not paired."""
     return UNPAIRED if q.get("paired") is False else ""
 
 
-def _others(q: Mapping, digits: int = 4) -> dict[str, str]:
-    """A check's or quantity's values on other metrics, formatted, by metric name."""
-    return {
-        _metric_name(m): "–" if v["value"] is None or math.isnan(v["value"]) else f"{v['value']:+.{digits}f}"
-        + ("" if v["uncertainty"] is None or math.isnan(v["uncertainty"]) else f" ± {v['uncertainty']:.{digits}f}")
-        + _mark(v)
-        for m, v in (q.get("other_metrics") or {}).items()
-    }
+def _requirement(c: Mapping) -> str:
+    if c.get("kind") == "guard":
+        bad = "<" if c["op"] == ">" else ">"
+        return f"not significantly {bad} {c['threshold']:g} ({c['threshold_key']})"
+    return f"{c['op']} {c['threshold']:g} ({c['threshold_key']})"
+
+
+def _power(c: Mapping) -> str:
+    """Where the true value must lie for the check to be decided with 80% probability (a guard: to fail)."""
+    if c["uncertainty"] is None:
+        return "–"
+    toward = 1 if c["op"] == ">" else -1
+    if c.get("kind") == "guard":
+        return f"{'<' if toward > 0 else '>'} {c['threshold'] - toward * c['decidable_at']:+.3f}"
+    return f"{c['op']} {c['threshold'] + toward * c['decidable_at']:+.3f}"
+
+
+def _verdict_line(r: Mapping) -> str:
+    seeds = f"{r['n_seeds']} training seed{'s' if r['n_seeds'] != 1 else ''}"
+    lean = f" (the checks alone: {r['leaning']})" if "leaning" in r else ""
+    return f"Verdict: **{r['verdict']}**{lean}, on {seeds}. {r['reason']}."
 
 
 def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None, retention=None) -> str:
@@ -407,30 +388,30 @@ def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None,
     retention = list(bench_facts.RETENTION if retention is None else retention)
     lines = ["# Claim verdicts", ""]
     parts = [q for r in results for q in [*r["checks"], *r["quantities"].values()]]
-    parts += [v for q in parts for v in q.get("other_metrics", {}).values()]
     if not any("paired" in q for q in parts):
         se = "± is one combined standard error. "
     else:
         se = "± is one standard error of the change: " + _SE_HOW + " "
         se += _UNPAIRED_NOTE.strip() + " " if any(q.get("paired") is False for q in parts) else ""
     if results:
-        z = results[0]["thresholds"].get("z", claim_defaults()["thresholds"]["z"])
+        alpha = results[0]["thresholds"].get("alpha", claim_defaults()["thresholds"]["alpha"])
+        primaries = _and([f"{b.label} on {b.primary_metric.split(',', 1)[-1]}" for b in bench_facts.BENCHMARKS.values()
+                          if b.metrics])  # fmt: skip
         lines += [
-            "Accuracy differences are fractions (0.02 = 2 points). Retention drop = minus the mean change on "
-            f"{_and([bench_facts.get(b).label for b in retention])} against base (positive = forgetting). "
-            + se
-            + f"A check passes (fails) when it holds (is violated) by more than z = {z:g} standard errors; "
-            "otherwise it is uncertain, and a claim whose outcome hinges on an uncertain check is inconclusive.",
+            "Accuracy differences are fractions (0.02 = 2 points); a drop is base minus the run (positive = "
+            f"forgetting); retention drop is the mean drop on {_and([bench_facts.get(b).label for b in retention])}. "
+            f"{primaries + ' unless the check names another metric. ' if primaries else ''}" + se,
             "",
-        ]
-    metrics = {m for q in parts for m in q.get("other_metrics", {})}
-    others = sorted({_metric_name(m) for m in metrics})
-    if others:
-        primaries = _and([f"{b.label} {_metric_name(b.primary_metric)}" for b in bench_facts.BENCHMARKS.values()
-                          if set(b.metrics) & metrics])  # fmt: skip
-        lines += [
-            f"Values are on each benchmark's primary metric ({primaries}): the outcomes and verdicts judge those. "
-            f"The {_and(others)} column gives the same quantity on that metric, for reference.",
+            f"Each check is a one-sided test at α = {alpha:g} against Student's t with the change's degrees of "
+            "freedom (df: few seeds make the seed spread uncertain). A check passes when the data show its "
+            "requirement holds; it fails when Holm's procedure over the claim's checks rejects its requirement; "
+            "else it is uncertain. A guard (GSM8K flexible-extract: more answers right, not only the format) passes "
+            f"unless it fails. So a claim's chance of a false \"reproduced\", and of a false \"not reproduced\", is "
+            "about α (up to 1.5 α when the spread over three seeds dominates: results/README.md, \"Verdicts and "
+            f"their error rates\"). A claim on fewer than {MIN_SEEDS} training seeds is provisional: its seed spread "
+            "is not known well enough. p: the one-sided p-values that the "
+            "requirement holds / is violated. 80% power: where the true value must lie for the check to be decided "
+            "(a guard: to fail) with probability 0.8 at this size.",
             "",
         ]
     if roles:
@@ -443,13 +424,15 @@ def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None,
                     "check": c["quantity"],
                     "value": f"{c['value']:+.4f}",
                     "± (1 se)": "–" if c["uncertainty"] is None else f"{c['uncertainty']:.4f}{_mark(c)}",
-                    **{m: _others(c).get(m, "–") for m in others},
-                    "requirement": f"{c['op']} {c['threshold']:g} ({c['threshold_key']})",
+                    "df": "∞" if c.get("df") is None else f"{c['df']:.1f}",
+                    "requirement": _requirement(c),
+                    "p holds / violated": f"{c['p_holds']:.3g} / {c['p_violated']:.3g}",
+                    "80% power": _power(c),
                     "outcome": c["outcome"],
                 }
                 for c in r["checks"]
             ]
-            align = ("left", "right", "right", *("right" for _ in others), "left", "left")
+            align = ("left", "right", "right", "right", "left", "right", "right", "left")
             lines += [pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True, colalign=align), ""]
         extra = {k: v for k, v in r["quantities"].items() if k not in {c["quantity"] for c in r["checks"]}}
         if extra:
@@ -458,12 +441,11 @@ def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None,
                 + "; ".join(
                     f"{k} = {v['value']:+.4f}"
                     + ("" if v["uncertainty"] is None else f" ± {v['uncertainty']:.4f}{_mark(v)}")
-                    + "".join(f" ({m}: {t})" for m, t in _others(v).items())
                     for k, v in extra.items()
                 ),
                 "",
             ]
-        lines += [f"Verdict: **{r['verdict']}**. {r['reason']}.", ""]
+        lines += [_verdict_line(r), ""]
     return "\n".join(lines)
 
 

@@ -18,14 +18,21 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed
 
+# Each toy target ends by writing its snapshot (docs/toy/{experiment}.md) and the blocks of README.md and
+# config/README.md that quote it: the docs' numbers are the run's (tests/test_snapshot.py checks).
+SNAPSHOT = $(BIN)/python scripts/snapshot.py --quote README.md config/README.md
+
 toy: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/toy.yaml
+	$(SNAPSHOT) --make "make toy" --configfile config/toy.yaml -- results/toy docs/toy/toy.md
 	@echo; cat results/toy/tables/scores.md; echo; cat results/toy/tables/claims.md
 
 # The toy with three training seeds (config/toy-seeds.yaml over config/toy.yaml, in results/toy-seeds/): the
-# README's claims table.
+# README's claims table and figure.
 toy-seeds: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/toy.yaml config/toy-seeds.yaml
+	$(SNAPSHOT) --make "make toy-seeds" --configfile config/toy.yaml config/toy-seeds.yaml -- results/toy-seeds docs/toy/toy-seeds.md
+	cp results/toy-seeds/figures/retention_vs_gain.png docs/toy/retention_vs_gain.png
 	@echo; cat results/toy-seeds/tables/scores.md; echo; cat results/toy-seeds/tables/claims.md
 
 test: install

@@ -126,7 +126,8 @@ def test_chunked_states_equal_full_logits(monkeypatch):
 
 def test_report_table_correlation_and_figures(tmp_path):
     """The diagnostics table and figures from hand-made files: off-task drift that falls exactly as retention
-    rises has Spearman rho = -1 (pandas' rank correlation), over every run and seed (base left out)."""
+    rises has Spearman rho = -1, over every run and seed (base left out) and over the runs' seed means, each with
+    its exact permutation p-value."""
     from test_report import BENCHES, METHODS, SCORES, models_list, write_metrics, write_score
 
     from statepost import report as R
@@ -154,7 +155,10 @@ def test_report_table_correlation_and_figures(tmp_path):
     table = out["tables"]["diagnostics"]
     assert len(table.data) == len(SCORES)
     assert table.data["retention_change"].iloc[0] == 0.0  # base against itself
-    assert "KL(model‖base): ρ = -1.000 (n = 7)" in table.note and "KL(base‖model): ρ = -1.000 (n = 7)" in table.note
+    # exact permutation p-values: 2 of the 7! pairings reach |rho| = 1; over the runs' seed means, 2 of 4!
+    assert "KL(model‖base): ρ = -1.000 (n = 7 runs × seeds, permutation p = 0.0004); ρ = -1.000 (n = 4 runs, seed " \
+        "means, permutation p = 0.083)" in table.note, table.note
+    assert "KL(base‖model): ρ = -1.000 (n = 7 runs × seeds, permutation p = 0.0004)" in table.note
     for p in R.output_paths(tmp_path / "t", tmp_path / "f", diagnostics=True):
         assert p.is_file() and p.stat().st_size > 0, p
 
@@ -252,3 +256,16 @@ def test_diagnostics_table_figures_and_report_page(toy_run, tmp_path):
     html = page.read_text(errors="replace")
     for name in ("diagnostics.html", "drift_vs_retention.png", "state_nll.png"):
         assert name in html, name
+
+
+def test_spearman_permutation_p_by_hand():
+    """n = 4 points: rho = 0.8 when one adjacent pair is swapped; |rho| >= 0.8 in 8 of the 24 pairings (the identity,
+    3 adjacent swaps, and their 4 reverses), so the two-sided p is 1/3."""
+    import pandas as pd
+
+    from statepost.report.diagnostics import spearman
+
+    data = pd.DataFrame({"run": ["a", "b", "c", "d"], "x": [1.0, 2.0, 3.0, 4.0], "retention_change": [1.0, 3.0, 2.0, 4.0]})
+    rho, n, p = spearman(data, "x")
+    assert (rho, n) == (pytest.approx(0.8), 4) and p == pytest.approx(8 / 24)
+    assert math.isnan(spearman(data.iloc[:2], "x")[0])  # two points: no correlation

@@ -11,7 +11,8 @@ here, an entry in ``QUANTITIES`` and its name in the ``quantity`` enum of ``work
 A check is judged by a one-sided test at level ``alpha`` (``claims.thresholds.alpha``) against Student's t with the
 change's degrees of freedom (:mod:`.statistics`): it passes when the data show its requirement holds, fails when
 Holm's procedure over the claim's checks rejects its requirement, else is uncertain. A check of ``kind: guard``
-(GSM8K's flexible-extract score not below base: more answers right, not only the format) passes unless it fails. A
+(GSM8K's flexible-extract score not significantly below base: more answers right, not only the format) fails when
+its own test rejects its requirement at ``alpha`` and passes otherwise. A
 claim is "reproduced" when every check passes, "not reproduced" when one fails (or the label a failing guard
 names, ``fails_as``, when it is the only failure: "format only"), "inconclusive" otherwise, and "not run" when a run
 it needs (or base, for quantities against base) has no scores. A claim resting on one training seed gets
@@ -234,18 +235,19 @@ def holm(pvalues: list[float], alpha: float) -> list[bool]:
 
 
 def _decide(checks: list[dict], alpha: float) -> None:
-    """Each check's outcome. fail: its requirement is rejected by Holm's procedure over the claim's checks (so a
-    claim whose requirements all hold is called "not reproduced" with probability at most ``alpha``). pass: a
-    check holds at one-sided level ``alpha`` (a claim is reproduced only when every check passes: an
-    intersection-union test, whose false "reproduced" rate is at most ``alpha``); a guard passes unless it fails.
-    uncertain: neither."""
-    for c, rejected in zip(checks, holm([c["p_violated"] for c in checks], alpha)):
-        if rejected:
-            c["outcome"] = "fail"
-        elif c["kind"] == "guard" or c["p_holds"] <= alpha:
-            c["outcome"] = "pass"
-        else:
-            c["outcome"] = "uncertain"
+    """Each check's outcome. A check of kind ``check`` fails when Holm's procedure over the claim's checks rejects
+    its requirement (so a claim whose requirements all hold is called "not reproduced" with probability at most
+    ``alpha``), passes when it holds at one-sided level ``alpha`` (a claim is reproduced only when every check
+    passes: an intersection-union test, whose false "reproduced" rate is at most ``alpha``), else is uncertain.
+    A guard asks its own question (is the gain only the answer format?): it fails when its requirement is rejected
+    at ``alpha`` by itself, and passes otherwise. Holm over the claim's other checks would make a guard weaker the
+    more unrelated checks its claim has (claim 1's flexible-extract guard would need p < alpha / 6)."""
+    family = [c for c in checks if c["kind"] != "guard"]
+    for c, rejected in zip(family, holm([c["p_violated"] for c in family], alpha)):
+        c["outcome"] = "fail" if rejected else "pass" if c["p_holds"] <= alpha else "uncertain"
+    for c in checks:
+        if c["kind"] == "guard":
+            c["outcome"] = "fail" if c["p_violated"] <= alpha else "pass"
 
 
 def _desc(c: dict) -> str:

@@ -71,11 +71,37 @@ def changes_vs_base(scores: pd.DataFrame, benchmarks, retention) -> pd.DataFrame
     return out.reset_index()
 
 
-def spearman(data: pd.DataFrame, x: str, y: str = "retention_change") -> tuple[float, int]:
-    """Spearman's rank correlation of two columns over the trained models (pandas), and how many there were."""
-    trained = data[data["run"] != BASE][[x, y]].dropna()
-    rho = trained[x].corr(trained[y], method="spearman") if len(trained) > 2 else float("nan")
-    return float(rho), len(trained)
+def spearman(data: pd.DataFrame, x: str, y: str = "retention_change", by_run: bool = False) -> tuple[float, int, float]:
+    """Spearman's rank correlation of two columns over the trained models (``by_run``: over runs, each its mean over
+    seeds), how many points there were, and its two-sided permutation p-value (exact up to 7 points, else 9,999
+    random pairings with a fixed seed). NaN where fewer than 3 points, or a column is constant."""
+    from scipy import stats
+
+    trained = data[data["run"] != BASE][["run", x, y]].dropna()
+    if by_run:
+        trained = trained.groupby("run", sort=False)[[x, y]].mean()
+    n = len(trained)
+    if n < 3 or trained[x].nunique() < 2 or trained[y].nunique() < 2:
+        return float("nan"), n, float("nan")
+
+    def rho(a):
+        return stats.spearmanr(a, trained[y].to_numpy()).statistic
+
+    res = stats.permutation_test((trained[x].to_numpy(),), rho, permutation_type="pairings", n_resamples=9999,
+                                 alternative="two-sided", rng=np.random.default_rng(0))  # fmt: skip
+    return float(res.statistic), n, float(res.pvalue)
+
+
+def spearman_text(data: pd.DataFrame, x: str, digits: int = 3, sep: str = "; ") -> str:
+    """ρ with n and the permutation p-value, over (run, seed) points and over runs (seed means)."""
+    parts = []
+    for by_run, over in ((False, "runs × seeds"), (True, "runs, seed means")):
+        rho, n, p = spearman(data, x, by_run=by_run) if x in data else (float("nan"), 0, float("nan"))
+        if by_run and n == len(data[data["run"] != BASE]):
+            continue  # one seed per run: the same points
+        parts.append(f"ρ = n/a (n = {n}, {over})" if math.isnan(rho) else
+                     f"ρ = {rho:+.{digits}f} (n = {n} {over}, permutation p = {p:.2g})")  # fmt: skip
+    return sep.join(parts)
 
 
 def diagnostics_table(diag: pd.DataFrame, changes: pd.DataFrame, models, benchmarks) -> Table:
@@ -98,15 +124,12 @@ def diagnostics_table(diag: pd.DataFrame, changes: pd.DataFrame, models, benchma
         for c in data.columns[2:]:
             shown[names[c]] = _fmt(row[c], digits=4 if "kl" in c else 3, signed="change" in c)
         disp.append(_with_method(shown, row["run"], methods))
-    notes = []
-    for key, name in DRIFT.items():
-        rho, n = spearman(data, f"off_task_{key}") if f"off_task_{key}" in data else (float("nan"), 0)
-        notes.append(f"{name}: ρ = {'n/a' if math.isnan(rho) else f'{rho:+.3f}'} (n = {n})")
+    notes = [f"{name}: {spearman_text(data, f'off_task_{key}')}" for key, name in DRIFT.items()]
     note = (
         "Mean per-token KL to the base model on off-task states (the retention benchmarks' prompts with a correct "
         "answer) and on the model's own GSM8K samples; accuracy change against base per benchmark (primary metric) "
         "and its mean over the retention benchmarks (negative = forgetting). Spearman rank correlation between "
-        "off-task drift and mean retention change over every run and seed: " + "; ".join(notes) + "."
+        "off-task drift and mean retention change, with its two-sided permutation p-value: " + "; ".join(notes) + "."
     )
     caption = "Drift from the base and forgetting"
     return Table(TABLE, _data_with_method(data, methods), pd.DataFrame(disp), note, caption)
@@ -131,9 +154,7 @@ def drift_vs_retention_figure(data: pd.DataFrame, colors: Mapping[str, str], run
                     continue
                 ax.scatter(sub[col], sub["retention_change"], s=130 if run == BASE else 50, marker=markers[run],
                            color=colors[run], edgecolor="black", linewidth=0.5, zorder=3, label=run)  # fmt: skip
-            rho, n = spearman(data, col) if col in data else (float("nan"), 0)
-            rho_text = "n/a" if math.isnan(rho) else f"{rho:+.2f}"
-            ax.set_title(f"{name}: Spearman ρ = {rho_text} (n = {n})", fontsize=10)
+            ax.set_title(f"{name}: Spearman\n{spearman_text(data, col, digits=2, sep=chr(10))}", fontsize=9)
             ax.set_xlabel(f"off-task {name} (nats/token)")
             ax.grid(alpha=0.25)
             ax.set_axisbelow(True)

@@ -224,7 +224,7 @@ def train(
         optimizer=optimizer, scheduler=scheduler, source=source, signal=signal,
         checkpointer=Checkpointer(state_dir, accelerator, keep=cfg["checkpoint"]["keep"]),
         resume_key=resume_key, total_steps=total_steps, t_start=t_start,
-        state_nll=StateNLL.build(state_nll_every, init_dir, models, accelerator.device),
+        state_nll=StateNLL.build(state_nll_every, init_dir, models, accelerator.device, compute_dtype),
     )
 
     run.checkpointer.lock()

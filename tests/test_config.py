@@ -22,9 +22,9 @@ def toy():
 
 
 def test_both_configs_validate_and_get_defaults():
-    for raw in (toy(), copy.deepcopy(PAPER)):
+    for raw, seeds in ((toy(), [0]), (copy.deepcopy(PAPER), [0, 1, 2])):  # the paper: a verdict needs 3 seeds
         cfg = cfglib.validate(raw)
-        assert cfg["seeds"] == [0]
+        assert cfg["seeds"] == seeds
         assert cfg["runs"]["opd"]["signal"]["direction"] == "reverse"
         assert "beta" not in cfg["runs"]["opd"]["signal"]  # jsd's weight: only a jsd run carries it
         assert cfg["runs"]["rl"]["signal"]["clip_eps"] == 0.2
@@ -363,9 +363,10 @@ def test_snakemake_names_file_line_column_of_the_default_config(tmp_path):
     """config/config.yaml (no --configfile) is read by the strict reader before Snakemake's own."""
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text(
-        (ROOT / "config" / "config.yaml").read_text().replace("seeds: [0]", "seeds: [0]\nseeds: [1]", 1))
+        (ROOT / "config" / "config.yaml").read_text().replace("seeds: [0, 1, 2]", "seeds: [0, 1, 2]\nseeds: [1]", 1))
+    line = (ROOT / "config" / "config.yaml").read_text().splitlines().index("seeds: [0, 1, 2]") + 1
     text = _no_job(_snakemake("-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path)))
-    assert "config/config.yaml:7:1: config key seeds: duplicate key (first at line 6)" in text
+    assert f"config/config.yaml:{line + 1}:1: config key seeds: duplicate key (first at line {line})" in text
     assert not (tmp_path / "results").exists()
 
 

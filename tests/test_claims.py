@@ -40,7 +40,8 @@ def table(values: dict, unc: float | dict = 0.001, seeds: int = 3) -> pd.DataFra
     for run, vals in values.items():
         for b, v in zip(BENCHES, vals):
             u = unc.get((run, b), 0.001) if isinstance(unc, dict) else unc
-            rows.append({"run": run, "benchmark": b, "mean": v, "uncertainty": u, "n_seeds": 1 if run == "base" else seeds})
+            n_seeds = 1 if run == "base" else seeds
+            rows.append({"run": run, "benchmark": b, "mean": v, "uncertainty": u, "n_seeds": n_seeds})
     return pd.DataFrame(rows)
 
 

@@ -136,7 +136,8 @@ def _gain(ctx: _Context, q: dict):
 def _drop(ctx: _Context, q: dict):
     """Base minus the role on ``benchmark``; positive = forgetting."""
     for b in ctx.benches(q["benchmark"]):
-        yield ctx.label(f"{ctx.run(q['role'])} {b} drop", b, q), *ctx.change(BASE, q["role"], b, ctx.metric(b, q.get("metric")))
+        m = ctx.metric(b, q.get("metric"))
+        yield ctx.label(f"{ctx.run(q['role'])} {b} drop", b, q), *ctx.change(BASE, q["role"], b, m)
 
 
 def _retention_drop(ctx: _Context, q: dict):
@@ -167,7 +168,7 @@ QUANTITIES = {
 
 # --------------------------------------------------------------------------------------------- verdicts
 
-# A claim resting on fewer training seeds than this gets no verdict but PROVISIONAL: with one seed the spread over
+# A claim resting on fewer training seeds than this gets no verdict but provisional(n): with one seed the spread over
 # seeds cannot be estimated at all, and with two the rule's false "reproduced" rate at alpha = 0.025 is about 0.055
 # when the seed spread dominates (tests/test_error_rates.py); three give about 0.036, five 0.028.
 MIN_SEEDS = 3

@@ -45,8 +45,9 @@ def _score_files(results: Path) -> pd.DataFrame:
         model = path.parent.relative_to(results / "scores").as_posix()
         run, _, seed = model.partition("/seed")
         for m in rec["metrics"]:
-            rows.append({"model": model, "run": run, "seed": int(seed) if seed else None, "benchmark": rec["benchmark"],
-                         "metric": m["metric"], "value": m["value"], "stderr": m.get("stderr"), "n": rec.get("n")})  # fmt: skip
+            rows.append({"model": model, "run": run, "seed": int(seed) if seed else None,
+                         "benchmark": rec["benchmark"], "metric": m["metric"], "value": m["value"],
+                         "stderr": m.get("stderr"), "n": rec.get("n")})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -58,7 +59,8 @@ def base_line(scores: pd.DataFrame) -> str:
             continue
         r = base.loc[(b.name, b.primary_metric)]
         metric = f" {_short(b.primary_metric)}" if b.metrics else ""
-        others = "".join(f"; {_short(m)} {base.loc[(b.name, m), 'value']:.3f}" for m in b.metrics if (b.name, m) in base.index)
+        others = "".join(f"; {_short(m)} {base.loc[(b.name, m), 'value']:.3f}"
+                         for m in b.metrics if (b.name, m) in base.index)  # fmt: skip
         parts.append(f"{b.label}{metric} **{r['value']:.3f} ± {r['stderr']:.3f}** ({int(r['n'])} items{others})")
     return "Base (one model; ± lm-eval's standard error): " + ", ".join(parts) + "."
 
@@ -86,7 +88,8 @@ def per_seed_table(scores: pd.DataFrame, runs: list[str]) -> str:
 
 
 def claims_table(claims: list[dict]) -> str:
-    """One row per check: value ± its standard error (df), requirement, outcome; the verdict on the claim's first row."""
+    """One row per check: value ± its standard error (df), requirement, outcome; the verdict on a claim's first
+    row."""
     rows = []
     for c in claims:
         first = True
@@ -96,8 +99,8 @@ def claims_table(claims: list[dict]) -> str:
                 lean = f" (checks: {c['leaning']})" if "leaning" in c else ""
                 verdict = f"**{c['verdict']}**{lean}, {c['n_seeds']} seed{'s' if c['n_seeds'] != 1 else ''}"
             if k is None:
-                rows.append({"claim": c["claim"], "check": "–", "value": "–", "requirement": "–", "outcome": "–",
-                             "verdict": verdict})  # fmt: skip
+                rows.append({"claim": c["claim"], "check": "–", "value": "–", "requirement": "–",
+                             "outcome": "–", "verdict": verdict})  # fmt: skip
                 continue
             df = "∞" if k.get("df") is None else f"{k['df']:.0f}"
             se = "" if k["uncertainty"] is None else f" ± {k['uncertainty']:.3f}"

@@ -24,11 +24,12 @@ from statepost import benchmarks as bench_facts
 from statepost.io import atomic_file
 
 from .figures import SIGNAL_PANEL
+from .tables import requirement
 
 BLOCK = re.compile(r"(<!-- snapshot (?P<path>[^#\s]+)#(?P<section>[\w-]+) -->\n)(?P<body>.*?)(<!-- end snapshot -->)",
                    re.S)  # fmt: skip
 SECTION = re.compile(r"^## (?P<name>[\w-]+)\n\n(?P<body>.*?)(?=^## |\Z)", re.S | re.M)
-HEADLINE = {"nll": ("loss", "training loss"), **{k: v for k, v in SIGNAL_PANEL.items()}}  # per signal: metric, words
+HEADLINE = {"nll": ("loss", "training loss"), **SIGNAL_PANEL}  # per signal: the metric and its words
 WINDOW = 10  # steps averaged at the start and the end of training
 
 
@@ -104,8 +105,7 @@ def claims_table(claims: list[dict]) -> str:
                 continue
             df = "∞" if k.get("df") is None else f"{k['df']:.0f}"
             se = "" if k["uncertainty"] is None else f" ± {k['uncertainty']:.3f}"
-            req = (f"not significantly {'<' if k['op'] == '>' else '>'} {k['threshold']:g}" if k.get("kind") == "guard"
-                   else f"{k['op']} {k['threshold']:g}")  # fmt: skip
+            req = requirement(k)
             rows.append({"claim": c["claim"] if first else "", "check": f"`{k['quantity']}`",
                          "value": f"{k['value']:+.3f}{se} (df {df})", "requirement": req, "outcome": k["outcome"],
                          "verdict": verdict})  # fmt: skip

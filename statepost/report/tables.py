@@ -360,7 +360,8 @@ def _mark(q: Mapping) -> str:
     return UNPAIRED if q.get("paired") is False else ""
 
 
-def _requirement(c: Mapping) -> str:
+def requirement(c: Mapping) -> str:
+    """A check's requirement in words: ``> 0 (min_gain)``, or a guard's ``not significantly < 0 (no_loss)``."""
     if c.get("kind") == "guard":
         bad = "<" if c["op"] == ">" else ">"
         return f"not significantly {bad} {c['threshold']:g} ({c['threshold_key']})"
@@ -426,7 +427,7 @@ def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None,
                     "value": f"{c['value']:+.4f}",
                     "± (1 se)": "–" if c["uncertainty"] is None else f"{c['uncertainty']:.4f}{_mark(c)}",
                     "df": "∞" if c.get("df") is None else f"{c['df']:.1f}",
-                    "requirement": _requirement(c),
+                    "requirement": requirement(c),
                     "p holds / violated": f"{c['p_holds']:.3g} / {c['p_violated']:.3g}",
                     "80% power": _power(c),
                     "outcome": c["outcome"],

@@ -39,6 +39,13 @@ def make_lm(backend: str, model_dir: Path, dtype: str, device: str, batch_size):
         args.update(use_safetensors=True)
     lm = lm_eval.api.registry.get_model(backend).create_from_arg_obj(
         args, {"batch_size": batch_size, "max_batch_size": None, "device": device})
+    if backend == "hf":
+        # lm-eval's hf stops a batch when every row has met a stop string, decoding with special tokens (so
+        # "<|im_end|>" fires), but then decodes each row with special tokens skipped before cutting at the stop
+        # strings: a row that wrote "<|im_end|>" early is scored with what it wrote after it while the batch ran
+        # on. Decoded with them kept, the row is cut at "<|im_end|>", where the learner's sampler stops
+        # (statepost.train.states). Rows without a special token decode to the same text either way.
+        lm.tok_decode = functools.partial(lm.tok_decode, skip_special_tokens=False)
     if not on_a_terminal():
         for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
             setattr(lm, name, functools.partial(getattr(lm, name), disable_tqdm=True))

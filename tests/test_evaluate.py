@@ -353,3 +353,44 @@ def _load_cli():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def test_a_generation_is_cut_at_a_special_stop_token_inside_a_batch(tmp_path):
+    """lm-eval's hf model runs a batch until every row has met a stop string; a row that wrote "<|im_end|>" (a
+    special token) early is scored up to it, not with what it wrote after it while the batch ran on."""
+    import torch
+    from lm_eval.api.instance import Instance
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from statepost import gsm8k
+    from statepost.backends import make_lm
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["Question: 3 + 4 = 7. The answer is 7.\n#### 7"] * 4, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_end|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=["<|im_end|>"])
+    build_model(len(fast), layers=1, heads=2, kv_heads=1, max_positions=256,
+                eos_id=fast.eos_token_id).save_pretrained(tmp_path)
+    fast.save_pretrained(tmp_path)
+    lm = make_lm("hf", tmp_path, "float32", "cpu", 2)
+
+    def ids(text):
+        return fast(text, add_special_tokens=False)["input_ids"]
+
+    rows = [ids(" 7.") + ids("<|im_end|>") + ids(" #### 9"), ids(" 3 + 4 = 7.\n#### 7")]
+    width = max(map(len, rows))
+    rows = [r + [fast.eos_token_id] * (width - len(r)) for r in rows]  # generate pads finished rows with EOS
+
+    def generate(context, attention_mask, stop, max_length, **kwargs):  # the model's tokens, fixed
+        assert "<|im_end|>" in stop
+        return torch.cat([context, torch.tensor(rows)], dim=1)
+
+    lm._model_generate = generate
+    until = {"until": list(gsm8k.task_stop_sequences()), "max_gen_toks": 16, "do_sample": False}
+    requests = [Instance("generate_until", {}, ("Question: 3 + 4?\nAnswer:", until), i) for i in range(2)]
+    assert lm.generate_until(requests) == [" 7.", " 3 + 4 = 7.\n#### 7"]

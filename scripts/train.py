@@ -6,7 +6,7 @@ Data parallel:    accelerate launch --num_processes N scripts/train.py ...   (sa
 FSDP (GPUs):      accelerate launch --config_file profiles/accelerate/fsdp.yaml --num_processes N scripts/train.py ...
 
 Writes DIR (save_pretrained safetensors + tokenizer + generation_config + run.json + metrics.jsonl)
-atomically at the end. Resumable state goes to --state-dir every checkpoint.every steps; rerunning
+atomically at the end, and the same at each --trajectory-json step. Resumable state goes to --state-dir every checkpoint.every steps; rerunning
 the same command resumes from it (if the run config is unchanged) and it is removed on success.
 """
 
@@ -43,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tracking-dir", type=Path, default=None,
                    help="where the trackers write (default: tracking/RUN/seedSEED in OUT's experiment root, "
                         "i.e. results/{experiment}/tracking/... for OUT = results/{experiment}/models/RUN/seedSEED)")
+    p.add_argument("--trajectory-json", type=json_arg, default={},
+                   help="{step: directory} (JSON or @FILE): also write the model there after those optimiser steps "
+                        "(runs.<run>.trajectory), each below the run's last step")  # fmt: skip
     p.add_argument(
         "--state-nll-every", type=int, default=0,
         help="log state_nll, the init model's NLL of the step's states, every N steps (0, the default: never)",
@@ -98,6 +101,7 @@ def main(argv=None) -> int:
                 tracking=tracking,
                 tracking_dir=tracking_dir if tracking else None,
                 state_nll_every=args.state_nll_every,
+                trajectory=args.trajectory_json,
             )
         except TrainingError as e:
             logging.getLogger("statepost.train").error("%s", e)

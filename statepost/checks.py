@@ -11,6 +11,9 @@ Every error names the key path. What is checked, and why:
 * the data can fill what is asked of it, where the row counts are known when the DAG is built (toy
   benchmarks, ``states.max_rows``): one optimiser step of ``batch_size * grad_accum * processes``
   items, the few-shot examples of an evaluation;
+* a probe split (the diagnostics' off-task states) is a prepared split of a retention benchmark that the
+  evaluation never reads;
+* a trajectory step comes before a run's last step (where ``max_steps`` sets it);
 * a learner's completions fit ``optim.max_length`` beside a prompt of at least :data:`MIN_PROMPT_TOKENS`;
 * a run does not train on the split every model is scored on, reads rows with text answers, and is
   not a fixed point of its signal (its own teacher) or a signal whose estimate is degenerate;
@@ -112,6 +115,7 @@ def benchmarks(config: dict) -> None:
                 fail(f"benchmarks.{name}.rows.{split}", f"'{split}' is not among the splits {bench['splits']}, "
                      "so this count is never used")  # fmt: skip
         shots = bench["eval"]["num_fewshot"]
+        probe_split(name, bench, facts, shots)
         if shots == 0:
             continue
         if not facts.fewshot_split:
@@ -122,6 +126,24 @@ def benchmarks(config: dict) -> None:
             per = " per subject" if name == "mmlu" else ""
             fail(f"benchmarks.{name}.eval.num_fewshot", f"{shots} examples, but the '{facts.fewshot_split}' split has "
                  f"{have} rows{per} (benchmarks.{name}.rows.{facts.fewshot_split})")  # fmt: skip
+
+
+def probe_split(name: str, bench: dict, facts, shots: int) -> None:
+    """The diagnostics' off-task states come from a split of a retention benchmark that no score reads."""
+    split = bench["probe_split"]
+    if split is None:
+        return
+    key = f"benchmarks.{name}.probe_split"
+    if facts.role != "retention":
+        fail(key, f"{name} is the {facts.role} benchmark; off-task states come from the retention benchmarks")
+    if split not in bench["splits"]:
+        fail(key, f"'{split}' is not among the splits {bench['splits']}; add it there so it is prepared")
+    if split == facts.eval_split:
+        fail(key, f"'{split}' is the split {name} is scored on; off-task drift must be measured on items no score "
+             "reads (a split the evaluation never uses)")  # fmt: skip
+    if shots > 0 and split == facts.fewshot_split:
+        fail(key, f"'{split}' gives {name}'s {shots} few-shot examples, which every scored prompt contains; use a "
+             "split the evaluation never reads")  # fmt: skip
 
 
 def processes(config: dict, run: str) -> int:
@@ -162,6 +184,10 @@ def run_checks(config: dict, run: str, cfg: dict) -> None:
         fail(f"{where}.optim.batch_size", f"one optimiser step takes batch_size {optim['batch_size']} x grad_accum "
              f"{optim['grad_accum']} x {n_proc} process(es) = {step} {what}, but the run has {usable} "
              f"({data}/{split}{', states.max_rows' if usable == max_rows else ''})")  # fmt: skip
+    late = [s for s in cfg["trajectory"] if optim["max_steps"] and s >= optim["max_steps"]]
+    if late:  # with epochs the step count is known in the job, which checks it before training
+        fail(f"{where}.trajectory", f"steps {sorted(late)} are not below optim.max_steps {optim['max_steps']}: the "
+             "last step is the run's own model, and a trajectory step must come before it")  # fmt: skip
     if states["source"] == "learner":
         room = optim["max_length"] - MIN_PROMPT_TOKENS
         if states["max_new_tokens"] > room:

@@ -141,6 +141,14 @@ def model_names(config: dict) -> list[str]:
     return ["base"] + [f"{run}/seed{seed}" for run in run_order(config) for seed in config["seeds"]]
 
 
+def trajectory_models(config: dict) -> list[dict]:
+    """The models saved along runs' training (``runs.<run>.trajectory``), each as ``{name, run, seed, step}`` with
+    the name ``{run}/step{step}/seed{seed}``, in run order, then seed, then step."""
+    return [{"name": f"{run}/step{step}/seed{seed}", "run": run, "seed": seed, "step": step}
+            for run in run_order(config) for seed in config["seeds"]
+            for step in sorted(config["runs"][run]["trajectory"])]  # fmt: skip
+
+
 def run_model(config: dict, name: str, seed: int) -> str:
     """The model name a run refers to (``base`` or another run) for a given seed."""
     return "base" if name == "base" else f"{name}/seed{seed}"
@@ -285,7 +293,7 @@ def check_on_policy(where: str, states: dict, signal: dict) -> None:
 
 # A run's settings that change no weight: when it saves resumable states and logs (run_runtime), and
 # its resources. They reach the job as Snakemake resources, which never trigger a rerun.
-RUNTIME_KEYS = ("checkpoint", "log_every", "resources")
+RUNTIME_KEYS = ("checkpoint", "log_every", "resources", "trajectory")
 
 
 def resolve_run(config: dict, run: str, seed: int) -> dict:

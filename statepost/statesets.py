@@ -5,14 +5,18 @@
 * ``own``: the model's own completions of the same prompts, sampled at ``temperature`` with a fixed seed and ended
   where training's learner states end them (:class:`statepost.train.states.LearnerStates`: at EOS or the GSM8K task's
   stop strings, the stop token kept): the states on-policy methods train on.
-* ``off_task``: each retention benchmark's prompt and a correct answer in lm-eval's zero-shot format, the prompt
-  rendered from the task file lm-eval runs: TruthfulQA mc2's question after its six-question preamble, then
-  ``" "`` + the first true answer of ``mc2_targets``; MMLU's subject description, question and lettered choices, then
-  ``" "`` + the correct letter (the continuation lm-eval scores). No EOS. Held together and per benchmark.
+* ``off_task``: probe items of each retention benchmark that has a ``probe_split`` (a split the evaluation never
+  reads: no score is computed on these states), each as its prompt and a correct answer in lm-eval's zero-shot
+  format, the prompt rendered from the task file lm-eval runs: TruthfulQA mc2's question after its six-question
+  preamble, then ``" "`` + the first true answer of ``mc2_targets``; MMLU's subject description, question and
+  lettered choices, then ``" "`` + the correct letter (the continuation lm-eval scores). No EOS. Held together and
+  per benchmark. A probe row whose question is also in a split the evaluation reads (scored or few-shot) is left
+  out before the draw and counted (``overlap_dropped``), so probe and scored items never share a question.
 
-The rows of each benchmark's evaluation split are drawn once with ``seed`` (``prompts`` of them, in file order), so
-every model sees the same states in ``dataset`` and ``off_task``, and its own samples of the same prompts in
-``own``. A sequence longer than ``max_length`` (prompt + ``max_new_tokens`` for ``own``) is left out and counted.
+The rows are drawn once with ``seed`` (``prompts`` of them, in file order): GSM8K's from its evaluation split, the
+off-task ones from the probe split. So every model sees the same states in ``dataset`` and ``off_task``, and its
+own samples of the same prompts in ``own``. A sequence longer than ``max_length`` (prompt + ``max_new_tokens`` for
+``own``) is left out and counted.
 """
 
 from __future__ import annotations
@@ -44,6 +48,16 @@ def pick_rows(rows: list, n: int, seed: int) -> list:
         return list(rows)
     keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=n, replace=False))
     return [rows[i] for i in keep]
+
+
+def probe_rows(data_dir, benchmark: str, split: str) -> tuple[list[dict], int]:
+    """The rows of ``benchmark``'s probe ``split`` whose question no split the evaluation reads (its scored split,
+    its few-shot split) holds, and how many were left out for that."""
+    read = [s for s in bench_facts.get(benchmark).splits if s != split]
+    scored = {r["question"] for s in read for r in load_split(Path(data_dir) / benchmark, benchmark, s)}
+    rows = load_split(Path(data_dir) / benchmark, benchmark, split)
+    kept = [r for r in rows if r["question"] not in scored]
+    return kept, len(rows) - len(kept)
 
 
 def _task(benchmark: str, subject: str | None = None) -> dict:
@@ -111,10 +125,12 @@ def own_batches(model, tokenizer, rows: list[dict], settings: dict) -> tuple[lis
     return [source.generate(model) for _ in range(source.order.steps_per_epoch)], source.n_skipped
 
 
-def diagnose(model_dir, base_dir, data_dir, settings: dict, benchmarks: list[str], model_name: str) -> dict:
+def diagnose(model_dir, base_dir, data_dir, settings: dict, benchmarks: list[str], model_name: str,
+             probe_splits: dict[str, str]) -> dict:
     """Measure the model in ``model_dir`` against the base in ``base_dir`` on every state set the configured
-    ``benchmarks`` give (``dataset`` and ``own`` need gsm8k, ``off_task`` a retention benchmark; a set without its
-    data is None). Returns the record ``results/{experiment}/diagnostics/{model}.json`` holds (results/README.md)."""
+    ``benchmarks`` give (``dataset`` and ``own`` need gsm8k, ``off_task`` a retention benchmark with a probe split,
+    ``probe_splits``: ``{benchmark: split}``; a set without its data is None). Returns the record
+    ``results/{experiment}/diagnostics/{model}.json`` holds (results/README.md)."""
     from statepost.models import load_frozen, load_tokenizer
 
     t_start = time.perf_counter()
@@ -128,9 +144,6 @@ def diagnose(model_dir, base_dir, data_dir, settings: dict, benchmarks: list[str
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     n, seed, bs, max_len = settings["prompts"], settings["seed"], settings["batch_size"], settings["max_length"]
 
-    def rows_of(bench):
-        split = bench_facts.get(bench).eval_split
-        return pick_rows(load_split(Path(data_dir) / bench, bench, split), n, seed)
 
     def fitting(seqs):
         kept = [s for s in seqs if len(s[0]) <= max_len]
@@ -138,7 +151,8 @@ def diagnose(model_dir, base_dir, data_dir, settings: dict, benchmarks: list[str
 
     sets: dict[str, dict | None] = {"dataset": None, "own": None, "off_task": None}
     if bench_facts.TARGET in benchmarks:
-        rows = rows_of(bench_facts.TARGET)
+        target = bench_facts.get(bench_facts.TARGET)
+        rows = pick_rows(load_split(Path(data_dir) / target.name, target.name, target.eval_split), n, seed)
         seqs, skipped = fitting([encode_sft_example(tokenizer, r["question"], r["answer"]) for r in rows])
         sets["dataset"] = {**measure(model, base, in_batches(seqs, bs, pad), device, "dataset"), "skipped": skipped}
         t0 = time.perf_counter()
@@ -146,12 +160,15 @@ def diagnose(model_dir, base_dir, data_dir, settings: dict, benchmarks: list[str
         gen_time = time.perf_counter() - t0
         sets["own"] = {**measure(model, base, batches, device, "own", OWN_METRICS), "skipped": skipped,
                        "generation_time_s": round(gen_time, 3)}  # fmt: skip
-    retention = [b for b in benchmarks if bench_facts.get(b).role == "retention"]
-    if retention:
+    probed = [b for b in benchmarks if bench_facts.get(b).role == "retention" and probe_splits.get(b)]
+    if probed:
         cache, per, skipped = {}, {}, 0
-        for bench in retention:
-            seqs, left = fitting([encode_pair(tokenizer, *off_task_pair(bench, r, cache)) for r in rows_of(bench)])
-            per[bench] = {**measure(model, base, in_batches(seqs, bs, pad), device, bench), "skipped": left}
+        for bench in probed:
+            rows, dropped = probe_rows(data_dir, bench, probe_splits[bench])
+            pairs = [off_task_pair(bench, r, cache) for r in pick_rows(rows, n, seed)]
+            seqs, left = fitting([encode_pair(tokenizer, *pair) for pair in pairs])
+            per[bench] = {**measure(model, base, in_batches(seqs, bs, pad), device, bench), "skipped": left,
+                          "split": probe_splits[bench], "overlap_dropped": dropped}  # fmt: skip
             skipped += left
         sets["off_task"] = {**_pooled(per), "skipped": skipped, "benchmarks": per}
     for name, s in sets.items():

@@ -212,7 +212,9 @@ def generate_toy(benchmark: str, cfg: Mapping) -> dict[str, list[dict]]:
 
     cfg keys: ``seed`` (int, default 0), ``rows`` ({split: n}; for mmlu n is per subject),
     ``splits`` (default: the benchmark's standard splits), ``subjects`` (mmlu only; default
-    :data:`TOY_MMLU_SUBJECTS`). gsm8k test questions never appear in train.
+    :data:`TOY_MMLU_SUBJECTS`). gsm8k test questions never appear in train; mmlu's and truthfulqa_mc2's other
+    splits (few-shot, probe) ask about facts their scored split does not, while the world has enough of them
+    (100 per mmlu subject, 300 creatures).
     """
     seed = int(cfg.get("seed", 0))
     splits = list(cfg.get("splits") or benchmarks.get(benchmark).splits)
@@ -239,14 +241,19 @@ def generate_toy(benchmark: str, cfg: Mapping) -> dict[str, list[dict]]:
         return _mmlu_split_rows(subjects, rows, seed, splits)
     if benchmark == "truthfulqa_mc2":
         specs = _truthfulqa_specs()
-        out = {}
-        for split in splits:
+        out, used = {}, set()
+        # the scored split first; every other split (a probe split) asks about creatures no earlier split asks
+        # about, while enough are left (then it cycles over the rest, or over all when none is left)
+        for split in sorted(splits, key=lambda s: (s != benchmarks.get(benchmark).eval_split, s)):
             rng = random.Random(f"truthfulqa:{seed}:{split}")
             order = list(range(len(specs)))
             rng.shuffle(order)
+            if split != benchmarks.get(benchmark).eval_split:
+                order = [i for i in order if i not in used] or order
             n = rows.get(split, 40)
             out[split] = [_truthfulqa_row(rng, specs[order[i % len(order)]]) for i in range(n)]
-        return out
+            used.update(order[:n])
+        return {s: out[s] for s in splits}
     raise ValueError(f"unknown benchmark {benchmark!r} (expected one of {BENCHMARKS})")
 
 

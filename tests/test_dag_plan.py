@@ -32,7 +32,9 @@ def test_two_seeds_plan_two_of_every_training_and_evaluation(clean_repo):
     counts = job_counts(out.stdout)
     for run in ("sft_mild", "sft_stress", "opd", "rl"):
         assert counts[run] == 2
-    assert counts["evaluate"] == 3 * (1 + 4 * 2)  # base once, every (run, seed) on every benchmark
+    # base once, every (run, seed) and sft_stress's 3 trajectory models per seed, on every benchmark
+    assert counts["evaluate"] == 3 * (1 + 4 * 2 + 3 * 2)
+    assert counts["trajectory"] == 1
     assert counts["diagnose"] == 1 + 4 * 2  # every model
     assert counts["base_model"] == 1
 

@@ -13,7 +13,9 @@ import torch
 from _fulllogits import FixedLogits
 from _train_toy import build_model
 
+from statepost import benchmarks
 from statepost import diagnostics as D
+from statepost.io import read_jsonl, write_jsonl
 from statepost.train import logprobs
 from statepost.train.batch import StateBatch
 
@@ -215,7 +217,48 @@ def test_every_model_has_a_diagnostics_file_of_the_documented_schema(toy_run):
             assert s["tokens"] > 0 and s["sequences"] > 0, (model, name)
             assert all(math.isfinite(s[k]) and s[k] >= 0 for k in D.STATS), (model, name, s)
         assert {"accuracy", "completion_len", "finished_frac"} <= set(rec["sets"]["own"])
-        assert set(rec["sets"]["off_task"]["benchmarks"]) == {"truthfulqa_mc2", "mmlu"}
+        per = rec["sets"]["off_task"]["benchmarks"]
+        assert set(per) == {"truthfulqa_mc2", "mmlu"}
+        for bench, s in per.items():  # off-task states from the probe split, no row dropped as also scored
+            assert (s["split"], s["overlap_dropped"]) == (toy["benchmarks"][bench]["probe_split"], 0), (model, bench)
+
+
+@pytest.mark.slow
+def test_probe_items_share_no_item_with_any_split_the_evaluation_reads(toy_run):
+    """The off-task states' items (the toy's probe splits) ask about facts no scored or few-shot item asks about."""
+    data, toy = toy_run[0] / "results" / "toy" / "data", _toy()
+    for bench in ("truthfulqa_mc2", "mmlu"):
+        probe = toy["benchmarks"][bench]["probe_split"]
+        assert probe
+        read = {r["question"] for s in benchmarks.get(bench).splits for r in read_jsonl(data / bench / f"{s}.jsonl")}
+        asked = [r["question"] for r in read_jsonl(data / bench / f"{probe}.jsonl")]
+        assert asked and not read & set(asked), bench
+
+
+def test_a_probe_row_that_is_also_scored_is_left_out(tmp_path):
+    """Probe rows whose question is in a split the evaluation reads (scored or few-shot) are dropped and counted."""
+    from statepost import statesets
+
+    rows = [{"question": f"Q{i}?", "subject": "astronomy", "choices": list("abcd"), "answer": 0} for i in range(6)]
+    for split, part in (("dev", rows[:1]), ("test", rows[1:3]), ("validation", rows[2:])):
+        write_jsonl(tmp_path / "mmlu" / f"{split}.jsonl", part)
+    kept, dropped = statesets.probe_rows(tmp_path, "mmlu", "validation")
+    assert [r["question"] for r in kept] == ["Q3?", "Q4?", "Q5?"] and dropped == 1
+
+
+def test_the_toy_generators_probe_splits_ask_about_other_facts():
+    """A probe split of a toy benchmark asks about facts its scored and few-shot splits do not, and adding it
+    leaves those splits as they were."""
+    from statepost.toyworld import generate_toy
+
+    for bench, cfg, probe in (("truthfulqa_mc2", {"seed": 2, "rows": {"validation": 240, "probe": 60}}, "probe"),
+                              ("mmlu", {"seed": 3, "rows": {"dev": 5, "test": 75, "validation": 20}}, "validation")):
+        scored = benchmarks.get(bench).splits
+        with_probe = generate_toy(bench, {**cfg, "splits": [*scored, probe]})
+        assert {s: with_probe[s] for s in scored} == generate_toy(bench, {**cfg, "splits": scored})
+        read = {r["question"] for s in scored for r in with_probe[s]}
+        assert not read & {r["question"] for r in with_probe[probe]}, bench
+        assert len({r["question"] for r in with_probe[probe]}) == len(with_probe[probe]), bench
 
 
 @pytest.mark.slow

@@ -176,6 +176,17 @@ def test_changing_one_run_reruns_only_it_and_dependents(toy_run, tmp_path):
     assert not {"sft_stress", "opd", "rl", "base_model"} & set(counts)
 
 
+def test_changing_a_probe_split_reruns_only_the_diagnostics(toy_run, tmp_path):
+    """Which split gives the off-task states is a diagnostics setting: no data, model or score is redone."""
+    work, _ = toy_run
+    cfg = yaml.safe_load((work / "config" / "toy.yaml").read_text())
+    cfg["benchmarks"]["mmlu"]["probe_split"] = None
+    path = tmp_path / "toy_probe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    counts = job_counts(snakemake(work, "-n", "--configfile", str(path)).stdout)
+    assert set(counts) - {"all", "total"} == {"diagnose", "report"}, counts
+
+
 def test_sft_stress_fits_far_harder_than_mild(toy_run):
     work, _ = toy_run
     mild = metrics(work, "sft_mild")[-5:]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from _train_toy import make_world, run_cfg, weights
-from statepost.io import sha256_file
+from statepost.io import ConfigError, sha256_file
 from statepost.train.loop import TrainingError, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +87,30 @@ def test_same_seed_same_weights_other_seed_differs(world, tmp_path):
     c, _ = _train(world, tmp_path, "c", cfg)
     wc = weights(c)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_a_trajectory_saves_models_along_training_and_changes_no_weight(world, tmp_path):
+    """trajectory {step: dir}: after those steps the model is written as the final one is (loadable, its run.json
+    and the metrics so far); the run's own model is byte-identical to a run without it, with and without
+    gradient checkpointing (switched off to save, back on to go on training)."""
+    from transformers import AutoModelForCausalLM
+
+    for gc in (False, True):
+        cfg = run_cfg(gradient_checkpointing=gc)
+        plain, _ = _train(world, tmp_path, f"plain{gc}", cfg)
+        steps = {2: tmp_path / f"step2-{gc}", 5: tmp_path / f"step5-{gc}"}
+        out, rec = _train(world, tmp_path, f"traj{gc}", cfg, trajectory=steps)
+        assert sha256_file(out / "model.safetensors") == sha256_file(plain / "model.safetensors")
+        for step, path in steps.items():
+            run = json.loads((path / "run.json").read_text())
+            assert run["final_step"] == step and run["total_steps"] == rec["total_steps"] == 6
+            assert run["files"]["model.safetensors"] == sha256_file(path / "model.safetensors")
+            lines = (path / "metrics.jsonl").read_text().splitlines()
+            assert [json.loads(line)["step"] for line in lines] == list(range(1, step + 1))
+            AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+        assert sha256_file(steps[2] / "model.safetensors") != sha256_file(steps[5] / "model.safetensors")
+    with pytest.raises(ConfigError, match=r"runs\.\w+\.trajectory: steps \[6\], but the run's steps are 1 to 6"):
+        _train(world, tmp_path, "last", run_cfg(), trajectory={6: tmp_path / "step6"})
 
 
 def test_grad_accum_matches_larger_batch(world, tmp_path):

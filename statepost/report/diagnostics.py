@@ -126,8 +126,8 @@ def diagnostics_table(diag: pd.DataFrame, changes: pd.DataFrame, models, benchma
         disp.append(_with_method(shown, row["run"], methods))
     notes = [f"{name}: {spearman_text(data, f'off_task_{key}')}" for key, name in DRIFT.items()]
     note = (
-        "Mean per-token KL to the base model on off-task states (the retention benchmarks' prompts with a correct "
-        "answer) and on the model's own GSM8K samples; accuracy change against base per benchmark (primary metric) "
+        "Mean per-token KL to the base model on off-task states (probe items of the retention benchmarks, from a split "
+        "no score reads, with a correct answer) and on the model's own GSM8K samples; accuracy change against base per benchmark (primary metric) "
         "and its mean over the retention benchmarks (negative = forgetting). Spearman rank correlation between "
         "off-task drift and mean retention change, with its two-sided permutation p-value: " + "; ".join(notes) + "."
     )

@@ -24,7 +24,7 @@ from statepost import benchmarks as bench_facts
 from statepost.io import atomic_file
 
 from .figures import SIGNAL_PANEL
-from .tables import requirement
+from .tables import power, requirement
 
 BLOCK = re.compile(r"(<!-- snapshot (?P<path>[^#\s]+)#(?P<section>[\w-]+) -->\n)(?P<body>.*?)(<!-- end snapshot -->)",
                    re.S)  # fmt: skip
@@ -89,8 +89,9 @@ def per_seed_table(scores: pd.DataFrame, runs: list[str]) -> str:
 
 
 def claims_table(claims: list[dict]) -> str:
-    """One row per check: value ± its standard error (df), requirement, outcome; the verdict on a claim's first
-    row."""
+    """One row per check: value ± its standard error (df), requirement, where the true value must lie for the
+    check to be decided with probability 0.8 at this size (the smallest decidable effect), outcome; the verdict on
+    a claim's first row."""
     rows = []
     for c in claims:
         first = True
@@ -101,14 +102,14 @@ def claims_table(claims: list[dict]) -> str:
                 verdict = f"**{c['verdict']}**{lean}, {c['n_seeds']} seed{'s' if c['n_seeds'] != 1 else ''}"
             if k is None:
                 rows.append({"claim": c["claim"], "check": "–", "value": "–", "requirement": "–",
-                             "outcome": "–", "verdict": verdict})  # fmt: skip
+                             "80% power": "–", "outcome": "–", "verdict": verdict})  # fmt: skip
                 continue
             df = "∞" if k.get("df") is None else f"{k['df']:.0f}"
             se = "" if k["uncertainty"] is None else f" ± {k['uncertainty']:.3f}"
             req = requirement(k)
             rows.append({"claim": c["claim"] if first else "", "check": f"`{k['quantity']}`",
-                         "value": f"{k['value']:+.3f}{se} (df {df})", "requirement": req, "outcome": k["outcome"],
-                         "verdict": verdict})  # fmt: skip
+                         "value": f"{k['value']:+.3f}{se} (df {df})", "requirement": req, "80% power": power(k),
+                         "outcome": k["outcome"], "verdict": verdict})  # fmt: skip
             first = False
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
@@ -165,6 +166,9 @@ def render(results, signals: dict[str, str], make: str) -> str:
         "training": training_table(results, signals),
         "drift": drift_text(results),
     }
+    trajectory = results / "tables" / "trajectory.md"
+    if trajectory.is_file():  # a run saved models along its training: its scores there (the table, note dropped)
+        sections["trajectory"] = trajectory.read_text().split("\n\n")[1]
     head = (f"<!-- Written by `{make}` from {results.as_posix()}/ (statepost/report/snapshot.py): do not edit. "
             "README.md and config/README.md quote its sections. -->\n\n"
             f"# Snapshot of {results.as_posix()}/\n\n")  # fmt: skip

@@ -368,7 +368,7 @@ def requirement(c: Mapping) -> str:
     return f"{c['op']} {c['threshold']:g} ({c['threshold_key']})"
 
 
-def _power(c: Mapping) -> str:
+def power(c: Mapping) -> str:
     """Where the true value must lie for the check to be decided with 80% probability (a guard: to fail)."""
     if c["uncertainty"] is None:
         return "–"
@@ -429,7 +429,7 @@ def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None,
                     "df": "∞" if c.get("df") is None else f"{c['df']:.1f}",
                     "requirement": requirement(c),
                     "p holds / violated": f"{c['p_holds']:.3g} / {c['p_violated']:.3g}",
-                    "80% power": _power(c),
+                    "80% power": power(c),
                     "outcome": c["outcome"],
                 }
                 for c in r["checks"]

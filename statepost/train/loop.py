@@ -30,14 +30,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from statepost.config import with_defaults
+from statepost.config import RUNTIME_KEYS, with_defaults
 from statepost.io import (
     ConfigError, atomic_dir, env_info, prepare_output, read_jsonl, sha256_file, utc_now, write_json, write_jsonl,
 )
@@ -63,7 +63,6 @@ from .batch import StateSource, padding_waste
 log = logging.getLogger("statepost.train")
 
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}  # -> transformers names
-NOT_HASHED = ("checkpoint", "log_every", "resources")  # keys that do not change the weights: no bar to resuming
 
 
 class TrainingError(RuntimeError):
@@ -82,7 +81,7 @@ def run_config(run_cfg: dict) -> dict:
 
 def training_config_hash(cfg: dict) -> str:
     """Hash of everything in the run config that changes the trained weights."""
-    core = {k: v for k, v in cfg.items() if k not in NOT_HASHED}
+    core = {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}  # they change no weight: no bar to resuming
     return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -126,6 +125,7 @@ def train(
     state_nll_every: int = 0,
     tracking: Sequence[str] = (),
     tracking_dir: str | os.PathLike | None = None,
+    trajectory: Mapping[int, str | os.PathLike] | None = None,
 ) -> dict:
     """Train one (run, seed) and write the final model to ``out_dir``; return the run record (run.json).
 
@@ -135,6 +135,8 @@ def train(
     it to simulate a crash or to poison the weights). ``state_nll_every``: log the init model's NLL of the step's
     states every N steps (0: never; :mod:`statepost.train.state_nll`). ``tracking`` (tracker names, e.g.
     ``["tensorboard"]``) also sends every metrics line through accelerate's trackers, under ``tracking_dir``.
+    ``trajectory`` (``{step: directory}``): the model is also written, as the final one is, after those optimiser
+    steps (each below the last), to be evaluated along training; it changes no weight.
     """
     t_start, started = time.time(), utc_now()
     cfg, hooks = run_config(run_cfg), hooks or {}
@@ -211,6 +213,10 @@ def train(
         total_steps = max(1, math.floor(float(optim["epochs"]) * micro_per_epoch / optim["grad_accum"]))
     else:
         raise ConfigError("config key optim.max_steps: required for a state source without epochs (learner)")
+    trajectory = {int(k): Path(v) for k, v in (trajectory or {}).items()}
+    if any(not 1 <= k < total_steps for k in trajectory):
+        raise ConfigError(f"config key runs.{cfg['name']}.trajectory: steps {sorted(trajectory)}, but the run's steps are "
+                          f"1 to {total_steps} and its last step is its own model: each must be below {total_steps}")
     warmup_steps = math.ceil(float(optim["warmup_ratio"]) * total_steps)
     optimizer = make_optimizer(model, optim)
     scheduler = get_scheduler(
@@ -239,49 +245,37 @@ def train(
             accelerator.num_processes, accelerator.device, accelerator.mixed_precision, run.checkpointer.metrics_path,
         )
         start_step = resumed_from or 0
+        fixed = {
+            "name": cfg["name"], "seed": cfg["seed"], "config": cfg, "config_hash": resume_key["config_hash"],
+            "init": str(init_dir), "teacher": str(teacher_dir) if teacher_dir is not None else None,
+            "data_dir": str(data_dir), "inputs": inputs, "env": env_info(),
+            "accelerate": {
+                "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+                "device": str(accelerator.device), "distributed_type": str(accelerator.distributed_type),
+            },
+            "total_steps": total_steps, "warmup_steps": warmup_steps, "micro_batches_per_epoch": micro_per_epoch,
+            "examples_skipped": source.n_skipped, "resumed_from_step": resumed_from, "started": started,
+        }  # fmt: skip
+
+        def record(step: int) -> dict:
+            wall = time.time() - t_start
+            return {**fixed, "final_step": step, "wall_time_s": wall, "train_time_s": run.prior_time + wall,
+                    "finished": utc_now()}  # fmt: skip
+
         with MetricsLog(run, start_step, progress) as metrics_log:
             for step in range(start_step + 1, total_steps + 1):
                 train_step(run, step, metrics_log)
+                if step in trajectory:
+                    publish(run, tokenizer, record(step), trajectory[step])
                 if "after_step" in hooks:
                     hooks["after_step"](step, run.policy)
         fail_if_never_updated(run)
 
         accelerator.wait_for_everyone()
-        wall = time.time() - t_start
-        record = {
-            "name": cfg["name"],
-            "seed": cfg["seed"],
-            "config": cfg,
-            "config_hash": resume_key["config_hash"],
-            "init": str(init_dir),
-            "teacher": str(teacher_dir) if teacher_dir is not None else None,
-            "data_dir": str(data_dir),
-            "inputs": inputs,
-            "env": env_info(),
-            "accelerate": {
-                "num_processes": accelerator.num_processes,
-                "mixed_precision": accelerator.mixed_precision,
-                "device": str(accelerator.device),
-                "distributed_type": str(accelerator.distributed_type),
-            },
-            "total_steps": total_steps,
-            "final_step": total_steps,
-            "warmup_steps": warmup_steps,
-            "micro_batches_per_epoch": micro_per_epoch,
-            "examples_skipped": source.n_skipped,
-            "resumed_from_step": resumed_from,
-            "wall_time_s": wall,
-            "train_time_s": run.prior_time + wall,
-            "started": started,
-            "finished": utc_now(),
-        }
-        weights = full_model_state(accelerator, run.model)  # FSDP: gathered from the shards (collective); else None
-        if accelerator.is_main_process:
-            save_model(run, tokenizer, record, out_dir, Path(metrics_path) if metrics_path else None, weights)
-            _info(accelerator, "saved %s (step %d, %.1f s)", out_dir, total_steps, wall)
-        accelerator.wait_for_everyone()
+        final = record(total_steps)
+        publish(run, tokenizer, final, out_dir, Path(metrics_path) if metrics_path else None)
         run.checkpointer.remove_all()
-        return record
+        return final
     finally:
         run.checkpointer.unlock()
         trackers.stop(accelerator)
@@ -453,12 +447,23 @@ def train_step(run: Run, step: int, metrics_log: MetricsLog) -> None:
         )
 
 
+def publish(run: Run, tokenizer, record: dict, out_dir: Path, metrics_path: Path | None = None) -> None:
+    """Every process: the model at ``record["final_step"]`` written to ``out_dir`` by the main process (under FSDP,
+    its weights gathered from the shards first, a collective)."""
+    weights = full_model_state(run.accelerator, run.model)
+    if run.accelerator.is_main_process:
+        save_model(run, tokenizer, record, out_dir, metrics_path, weights)
+        _info(run.accelerator, "saved %s (step %d, %.1f s)", out_dir, record["final_step"], record["wall_time_s"])
+    run.accelerator.wait_for_everyone()
+
+
 def save_model(run: Run, tokenizer, record: dict, out_dir: Path, metrics_path: Path | None, weights=None) -> None:
-    """Write the final model, tokenizer, metrics.jsonl and run.json to ``out_dir`` atomically (main process).
-    ``weights``: the whole model's state dict under FSDP (the module holds only this process's shard)."""
+    """Write the model, tokenizer, metrics.jsonl (the lines so far) and run.json to ``out_dir`` atomically (main
+    process). ``weights``: the whole model's state dict under FSDP (the module holds only this process's shard)."""
     rows = list(read_jsonl(run.checkpointer.metrics_path)) if run.checkpointer.metrics_path.is_file() else []
     final = run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
-    if run.cfg["optim"]["gradient_checkpointing"]:
+    checkpointing = run.cfg["optim"]["gradient_checkpointing"]
+    if checkpointing:  # saved without it; back on after, as training may go on (a trajectory step)
         set_gradient_checkpointing(final, False)
     with atomic_dir(out_dir) as tmp:
         final.save_pretrained(tmp, **({"state_dict": weights} if weights is not None else {}))
@@ -473,6 +478,8 @@ def save_model(run: Run, tokenizer, record: dict, out_dir: Path, metrics_path: P
             if f.is_file() and f.name not in ("run.json", "metrics.jsonl")
         }
         write_json(tmp / "run.json", record)
+    if checkpointing:
+        set_gradient_checkpointing(final, True)
     if metrics_path is not None and metrics_path.resolve() != (out_dir / "metrics.jsonl").resolve():
         write_jsonl(metrics_path, rows)
 

@@ -45,6 +45,19 @@ RUNS = cfglib.run_order(config)
 MODELS = cfglib.model_names(config)
 
 
+# The models saved along runs' training (runs.<run>.trajectory): {name, run, seed, step}
+TRAJECTORY = cfglib.trajectory_models(config)
+
+
+def trajectory_dirs(run, seed):
+    """{step: model directory} of a run's trajectory, for one seed."""
+    return {
+        t["step"]: model_path(t["name"])
+        for t in TRAJECTORY
+        if (t["run"], str(t["seed"])) == (run, str(seed))
+    }
+
+
 def data_files(benchmark):
     splits = config["benchmarks"][benchmark]["splits"]
     return [f"{DATA_DIR}/{benchmark}/{split}.jsonl" for split in splits]
@@ -111,10 +124,10 @@ def json_arg(obj):
 # Each rule's params are exactly the settings that change its outputs, so that Snakemake reruns
 # what an edit affects and nothing else (config/README.md lists the settings that change nothing).
 def data_settings(benchmark):
-    """What defines a benchmark's rows: its entry without the scoring settings; for a local source, also
-    the sha256 of its files (editing a file reruns, a touch does not)."""
+    """What defines a benchmark's rows: its entry without the scoring and probe settings; for a local
+    source, also the sha256 of its files (editing a file reruns, a touch does not)."""
     bench = config["benchmarks"][benchmark]
-    out = {k: v for k, v in bench.items() if k != "eval"}
+    out = {k: v for k, v in bench.items() if k not in ("eval", "probe_split")}
     if bench["source"] == "local":
         out["sha256"] = local.benchmark_fingerprint(bench["path"], bench["splits"])
     return out
@@ -155,7 +168,12 @@ def all_targets():
         f"{RESULTS}/tables/scores.md",
         f"{RESULTS}/tables/claims.md",
         f"{RESULTS}/figures/retention_vs_gain.png",
-    ]
+    ] + ([f"{RESULTS}/figures/trajectory.png"] if TRAJECTORY else [])
+
+
+def trajectory_finals():
+    """The own models of the runs and seeds that have a trajectory."""
+    return list(dict.fromkeys(f"{t['run']}/seed{t['seed']}" for t in TRAJECTORY))
 
 
 def train_inputs(run):
@@ -227,9 +245,28 @@ def diagnostics_path(model):
     return f"{RESULTS}/diagnostics/{model}.json"
 
 
+def probe_splits():
+    """{retention benchmark: probe split}: where the diagnostics' off-task states come from."""
+    return {
+        b: config["benchmarks"][b]["probe_split"]
+        for b in BENCHMARKS
+        if config["benchmarks"][b]["probe_split"]
+    }
+
+
 def diagnostics_data():
-    """The evaluation split of every configured benchmark: where the diagnostics' state sets come from."""
-    return [f"{DATA_DIR}/{b}/{bench_facts.get(b).eval_split}.jsonl" for b in BENCHMARKS]
+    """The files the diagnostics read: GSM8K's evaluation split, and each probe split with the splits the
+    evaluation reads of its benchmark (a probe row that is also there is left out)."""
+    files = [
+        f"{DATA_DIR}/{b}/{bench_facts.get(b).eval_split}.jsonl"
+        for b in BENCHMARKS
+        if b == bench_facts.TARGET
+    ]
+    for b, split in probe_splits().items():
+        files += [
+            f"{DATA_DIR}/{b}/{s}.jsonl" for s in (*bench_facts.get(b).splits, split)
+        ]
+    return files
 
 
 def diagnostics_settings():

@@ -122,3 +122,55 @@ rule report:
             "--tables-dir {params.root}/tables --figures-dir {params.root}/figures"
         )
         + TO_LOG
+
+
+# Learning curves, when a run names trajectory steps: its scores from the base (step 0) through the models it saved
+# along its training to its own model.
+if TRAJECTORY:
+
+    rule trajectory:
+        input:
+            scores=[
+                score_path(m, b)
+                for m in [
+                    "base",
+                    *trajectory_finals(),
+                    *(t["name"] for t in TRAJECTORY),
+                ]
+                for b in BENCHMARKS
+            ],
+            models=[model_path(m) for m in trajectory_finals()],
+        output:
+            tables=multiext(f"{RESULTS}/tables/trajectory", ".csv", ".md", ".tex"),
+            table=report(
+                f"{RESULTS}/tables/trajectory.html",
+                caption="../report/trajectory_table.rst",
+                category="Tables",
+                labels={"#": "5", "table": "scores along training"},
+            ),
+            figure=report(
+                f"{RESULTS}/figures/trajectory.png",
+                caption="../report/trajectory_figure.rst",
+                category="Figures",
+                labels={"#": "4", "figure": "scores along training"},
+            ),
+            pdf=f"{RESULTS}/figures/trajectory.pdf",
+        log:
+            f"{RESULTS}/logs/trajectory.log",
+        conda:
+            "../../envs/report.yaml"
+        threads: REPORT_CPUS
+        resources:
+            **REPORT_RES,
+        params:
+            trajectory=json_arg(TRAJECTORY),
+            benchmarks=json_arg(BENCHMARKS),
+            root=lambda wc, output: Path(output.pdf).parent.parent,
+        shell:
+            LOG_START
+            + (
+                "python scripts/trajectory.py --scores-dir {params.root}/scores --models-dir {params.root}/models "
+                "--trajectory-json {params.trajectory:q} --benchmarks-json {params.benchmarks:q} "
+                "--tables-dir {params.root}/tables --figures-dir {params.root}/figures"
+            )
+            + TO_LOG

@@ -13,7 +13,12 @@ for _run in RUNS:
         input:
             unpack(train_inputs(_run)),
         output:
-            directory(f"{RESULTS}/models/{_run}/seed{{seed}}"),
+            model=directory(f"{RESULTS}/models/{_run}/seed{{seed}}"),
+            # the models along its training (runs.<run>.trajectory), evaluated as the final one is
+            trajectory=[
+                directory(f"{RESULTS}/models/{_run}/step{step}/seed{{seed}}")
+                for step in sorted(config["runs"][_run]["trajectory"])
+            ],
         log:
             f"{RESULTS}/logs/train/{_run}/seed{{seed}}.log",
         conda:
@@ -33,6 +38,7 @@ for _run in RUNS:
             tracking_dir=lambda wc, r=_run: f"{RESULTS}/tracking/{r}/seed{wc.seed}",
             teacher=teacher_arg,
             data_dir=data_dir,
+            trajectory=lambda wc, r=_run: json_arg(trajectory_dirs(r, wc.seed)),
         shell:
             LOG_START
             + (
@@ -42,6 +48,7 @@ for _run in RUNS:
                 "--checkpoint-every {resources.checkpoint_every} --checkpoint-keep {resources.checkpoint_keep} "
                 "--log-every {resources.log_every} --state-nll-every {resources.state_nll_every} "
                 "--tracking {resources.tracking} --tracking-dir {params.tracking_dir} "
-                "--data-dir {params.data_dir} --out {output} --state-dir {params.state_dir}"
+                "--data-dir {params.data_dir} --out {output.model} --state-dir {params.state_dir} "
+                "--trajectory-json {params.trajectory:q}"
             )
             + TO_LOG

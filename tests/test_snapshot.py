@@ -1,5 +1,6 @@
-"""Numbers in the docs come from runs: README.md and config/README.md quote the snapshots docs/toy/{toy,toy-seeds}.md
-that `make toy` and `make toy-seeds` write, and each snapshot is what a fresh run of its experiment gives."""
+"""Numbers in the docs come from runs: README.md and config/README.md quote the snapshots
+docs/toy/{toy,toy-seeds,toy-heldout}.md that `make toy`, `make toy-seeds` and `make toy-heldout` write, and each
+snapshot is what a fresh run of its experiment gives."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from statepost.report import snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "config" / "README.md"]
-SNAPSHOTS = {"toy": ["config/toy.yaml"], "toy-seeds": ["config/toy.yaml", "config/toy-seeds.yaml"]}
+SNAPSHOTS = {"toy": ["config/toy.yaml"], "toy-seeds": ["config/toy.yaml", "config/toy-seeds.yaml"],
+             "toy-heldout": ["config/toy.yaml", "config/toy-heldout.yaml"]}  # fmt: skip
 
 
 def signals(configfiles) -> dict[str, str]:
@@ -28,12 +30,13 @@ def test_docs_quote_the_snapshots_exactly(doc, monkeypatch):
     blocks = list(snapshot.BLOCK.finditer(text))
     assert blocks, f"{doc.name} quotes no snapshot"
     assert {m["path"] for m in blocks} <= {f"docs/toy/{name}.md" for name in SNAPSHOTS}
-    assert snapshot.quote(text, {}) == text, f"{doc.name} differs from its snapshots: run make toy / make toy-seeds"
+    assert snapshot.quote(text, {}) == text, f"{doc.name} differs from its snapshots: run make toy / toy-seeds / toy-heldout"
 
 
 def test_the_readme_quotes_the_seed_verdicts():
     names = {(m["path"], m["section"]) for m in snapshot.BLOCK.finditer((ROOT / "README.md").read_text())}
     assert {("docs/toy/toy-seeds.md", "claims"), ("docs/toy/toy-seeds.md", "scores")} <= names
+    assert {("docs/toy/toy-heldout.md", "claims"), ("docs/toy/toy-heldout.md", "scores")} <= names  # beside them
 
 
 def test_quote_replaces_a_stale_block_and_names_a_missing_section(tmp_path, monkeypatch):
@@ -47,9 +50,11 @@ def test_quote_replaces_a_stale_block_and_names_a_missing_section(tmp_path, monk
 
 @pytest.fixture(scope="module")
 def seeds_run(toy_run):
-    """The toy-seeds experiment (seeds 1-3), run in the toy run's copy of the repository."""
+    """The toy-seeds (seeds 1-3) and toy-heldout (seeds 4-6) experiments, run in the toy run's copy of the
+    repository."""
     work, _ = toy_run
-    snakemake(work, "--configfile", *SNAPSHOTS["toy-seeds"])
+    for name in ("toy-seeds", "toy-heldout"):
+        snakemake(work, "--configfile", *SNAPSHOTS[name])
     return work
 
 
@@ -59,7 +64,7 @@ def test_each_snapshot_is_a_fresh_run(name, toy_run, seeds_run, monkeypatch):
     on CPU); when a change moves the toy's results, `make toy` / `make toy-seeds` rewrite it and the docs."""
     work, _ = toy_run
     monkeypatch.chdir(work)
-    make = {"toy": "make toy", "toy-seeds": "make toy-seeds"}[name]
+    make = f"make {name}"
     fresh = snapshot.render(Path("results") / name, signals(SNAPSHOTS[name]), make)
     committed = (ROOT / "docs" / "toy" / f"{name}.md").read_text(encoding="utf-8")
     assert fresh == committed, f"docs/toy/{name}.md is stale: run `{make}`"

@@ -137,7 +137,8 @@ def with_defaults(obj: dict, name: str) -> dict:
 
 
 def model_names(config: dict) -> list[str]:
-    """Every model the DAG evaluates: the base, then each (run, seed) as ``{run}/seed{seed}``."""
+    """Every model the DAG compares: the base, then each (run, seed) as ``{run}/seed{seed}`` (the models along
+    training, evaluated too, are :func:`trajectory_models`)."""
     return ["base"] + [f"{run}/seed{seed}" for run in run_order(config) for seed in config["seeds"]]
 
 

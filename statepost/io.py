@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
@@ -111,20 +112,49 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(path)
-    new, old = _sibling(path, "new"), _sibling(path, "old")
+    new = _sibling(path, "new")
     tmp = _temp_beside(path, is_dir=True)
     try:
         yield tmp
         fsync_tree(tmp)
         os.replace(tmp, new)
-        fsync_dir(path.parent)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(new, path)
-        fsync_dir(path.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        _swap_in(new, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def move_dir(src: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move the complete folder ``src`` to ``path``, replacing what is there, as :func:`atomic_dir` would: a
+    rename on one filesystem; across filesystems a copy to a temporary folder beside ``path`` first."""
+    src, path = Path(src), Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
+    new = _sibling(path, "new")
+    try:
+        os.replace(src, new)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        tmp = _temp_beside(path, is_dir=True)
+        try:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            fsync_tree(tmp)
+            os.replace(tmp, new)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(src)
+    _swap_in(new, path)
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """``.{name}.new`` (complete) becomes ``path``; the old ``path`` goes by way of ``.{name}.old``."""
+    old = _sibling(path, "old")
+    fsync_dir(path.parent)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(new, path)
+    fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _sibling(path: Path, tag: str) -> Path:

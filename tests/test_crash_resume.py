@@ -17,8 +17,9 @@ from conftest import BIN, snakemake, workflow_env
 
 pytestmark = pytest.mark.slow
 
-RUN = "sft_stress"  # toy: 200 steps, a resumable state every 50
+RUN = "sft_stress"  # toy: 200 steps, a resumable state every 50, models along training at 50, 100, 150
 TARGET = f"results/toy/models/{RUN}/seed0"
+ALONG = [f"results/toy/models/{RUN}/step{k}/seed0" for k in (50, 100, 150)]
 
 
 def complete_checkpoints(state_dir):
@@ -27,7 +28,7 @@ def complete_checkpoints(state_dir):
 
 def test_sigkilled_training_resumes_to_identical_weights(toy_run, tmp_path):
     work, _ = toy_run
-    reference = load_file(str(work / TARGET / "model.safetensors"))
+    reference = {m: load_file(str(work / m / "model.safetensors")) for m in [TARGET, *ALONG]}
     crash = tmp_path / "crash"
     shutil.copytree(work, crash, symlinks=True)
 
@@ -51,7 +52,7 @@ def test_sigkilled_training_resumes_to_identical_weights(toy_run, tmp_path):
         proc.wait(timeout=60)
     kept = complete_checkpoints(state_dir)
     assert kept, "the resumable states must survive the kill"
-    assert not (crash / TARGET / "model.safetensors").exists()  # nothing that looks finished
+    assert not any((crash / m / "model.safetensors").exists() for m in [TARGET, *ALONG])  # nothing looks finished
 
     snakemake(crash, "--unlock", "--configfile", "config/toy.yaml")
     snakemake(crash, TARGET, "--rerun-incomplete", "--configfile", "config/toy.yaml")
@@ -61,7 +62,8 @@ def test_sigkilled_training_resumes_to_identical_weights(toy_run, tmp_path):
     assert resumed, log[-3000:]
     assert int(resumed.group(1)) >= 50 and f"ckpt-{int(resumed.group(1)):08d}" in kept
     assert not state_dir.exists()  # removed once the final model is written
-    final = load_file(str(crash / TARGET / "model.safetensors"))
-    assert final.keys() == reference.keys()
-    for name, tensor in reference.items():
-        assert (final[name] == tensor).all(), f"{name} differs from the uninterrupted run"
+    for m, ref in reference.items():  # the models saved before the resumed checkpoint too (kept in the state dir)
+        final = load_file(str(crash / m / "model.safetensors"))
+        assert final.keys() == ref.keys()
+        for name, tensor in ref.items():
+            assert (final[name] == tensor).all(), f"{m}: {name} differs from the uninterrupted run"

@@ -3,16 +3,18 @@ and evaluation that checks the model directory and its output folder before lm-e
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import yaml
 
 from _train_toy import build_model, build_tokenizer
 from statepost import evaluate as ev
-from statepost.io import DataError, atomic_dir, atomic_file, prepare_output, recover_dir, write_json
+from statepost.io import DataError, atomic_dir, atomic_file, move_dir, prepare_output, recover_dir, write_json
 from statepost.models import _hash_dir
 
 
@@ -99,6 +101,28 @@ def test_failed_block_leaves_the_old_folder(tmp_path):
         raise RuntimeError("killed")
     assert (out / "model.safetensors").read_text() == "current"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.mark.parametrize("across_filesystems", [False, True])
+def test_move_dir_replaces_the_folder_whole(tmp_path, monkeypatch, across_filesystems):
+    """A finished folder moved onto an output (a model along training, out of the state dir): the old one and a
+    killed save's leftovers go; across filesystems (rename refused with EXDEV) by a copy beside it first."""
+    (tmp_path / "state").mkdir(), (tmp_path / "models").mkdir()
+    src = _folder(tmp_path / "state" / "model-00000050", "step 50")
+    out = _folder(tmp_path / "models" / "step50", "stale")
+    (tmp_path / "models" / ".step50.a1b2c3d4.tmp").mkdir()
+    if across_filesystems:
+        real = os.replace
+
+        def replace(a, b):
+            if Path(a) == src:
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            return real(a, b)
+
+        monkeypatch.setattr(os, "replace", replace)
+    move_dir(src, out)
+    assert (out / "model.safetensors").read_text() == "step 50" and not src.exists()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["step50"]
 
 
 # -- evaluation checks before compute ---------------------------------------------------------------------

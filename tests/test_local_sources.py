@@ -63,7 +63,8 @@ def test_local_copies_of_the_toy_give_the_same_base_scores(toy_run, tmp_path):
         assert manifest["source"] == "local" and manifest["files"], manifest
         for split, out in manifest["outputs"].items():
             assert out["rows"] == sum(1 for _ in open(toy / "results" / "toy" / "data" / name / f"{split}.jsonl"))
-    assert sorted(manifest["files"]) == ["dev.jsonl", "test-00000-of-00002.parquet", "test-00001-of-00002.parquet"]
+    assert sorted(manifest["files"]) == ["dev.jsonl", "test-00000-of-00002.parquet", "test-00001-of-00002.parquet",
+                                         "validation.jsonl"]  # mmlu's splits: dev, test (here as parquet), validation
 
     run = json.loads((work / "results" / "toy" / "models" / "base" / "run.json").read_text())
     toy_run_json = json.loads((toy / "results" / "toy" / "models" / "base" / "run.json").read_text())

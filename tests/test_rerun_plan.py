@@ -19,8 +19,10 @@ TOY = yaml.safe_load((ROOT / "config" / "toy.yaml").read_text())
 BENCHES = list(TOY["benchmarks"])
 RUNS = list(TOY["runs"])
 MODELS = 1 + len(RUNS)  # base and one seed of every run
-EVERYTHING_TRAINED = {"base_model": 1, **{r: 1 for r in RUNS}, "evaluate": MODELS * len(BENCHES), "diagnose": MODELS,
-                      "report": 1}
+ALONG = len(TOY["runs"]["sft_stress"]["trajectory"])  # sft_stress's models along training: evaluated, not diagnosed
+EVALUATED = MODELS + ALONG
+EVERYTHING_TRAINED = {"base_model": 1, **{r: 1 for r in RUNS}, "evaluate": EVALUATED * len(BENCHES),
+                      "diagnose": MODELS, "report": 1, "trajectory": 1}
 
 
 def setting(path: str, value):
@@ -43,11 +45,12 @@ def reorder(obj):
     return obj
 
 
-def run_and_evals(*runs, report=True):
+def run_and_evals(*runs):
+    """Each run retrained, evaluated and diagnosed (sft_stress with its models along training), then the report."""
     out = {r: 1 for r in runs}
-    out["evaluate"] = len(runs) * len(BENCHES)
+    out["evaluate"] = (len(runs) + ALONG * ("sft_stress" in runs)) * len(BENCHES)
     out["diagnose"] = len(runs)
-    return out | ({"report": 1} if report else {})
+    return out | {"report": 1} | ({"trajectory": 1} if "sft_stress" in runs else {})
 
 
 def claims_edit(tmp_path):
@@ -77,9 +80,10 @@ CASES = [
     ("an accelerate config", setting("runs.sft_mild.resources", {"accelerate_config": "profiles/accelerate/fsdp.yaml"}),
      {}),
     ("gsm8k generation length", setting("benchmarks.gsm8k.eval.max_gen_toks", 32),
-     {"evaluate": MODELS, "report": 1}),
-    ("mmlu shots", setting("benchmarks.mmlu.eval.num_fewshot", 1), {"evaluate": MODELS, "report": 1}),
-    ("evaluation dtype", setting("evaluation.dtype", "auto"), {"evaluate": MODELS * len(BENCHES), "report": 1}),
+     {"evaluate": EVALUATED, "report": 1, "trajectory": 1}),
+    ("mmlu shots", setting("benchmarks.mmlu.eval.num_fewshot", 1), {"evaluate": EVALUATED, "report": 1, "trajectory": 1}),
+    ("evaluation dtype", setting("evaluation.dtype", "auto"),
+     {"evaluate": EVALUATED * len(BENCHES), "report": 1, "trajectory": 1}),
     ("a verdict threshold", setting("claims.thresholds.alpha", 0.01), {"report": 1}),
     ("diagnostics rows", setting("diagnostics.prompts", 16), {"diagnose": MODELS, "report": 1}),
     ("diagnostics batch size", setting("diagnostics.batch_size", 8), {"diagnose": MODELS, "report": 1}),
@@ -89,14 +93,16 @@ CASES = [
     ("a claim role", setting("claims.roles.mild", "sft_stress"), {"report": 1}),
     ("a claim's wording", "claims_edit", {"report": 1}),
     ("mild SFT learning rate", setting("runs.sft_mild.optim.lr", 2.0e-3), run_and_evals("sft_mild")),
-    ("stress SFT epochs", setting("runs.sft_stress.optim.epochs", 6), run_and_evals("sft_stress", "opd")),
+    ("stress SFT epochs", setting("runs.sft_stress.optim.epochs", 7), run_and_evals("sft_stress", "opd")),
+    ("models along training", setting("runs.sft_stress.trajectory", [25, 50]),
+     {"sft_stress": 1, "opd": 1, "evaluate": (2 + 2) * len(BENCHES), "diagnose": 2, "report": 1, "trajectory": 1}),
     ("OPD direction", setting("runs.opd.signal.direction", "forward"), run_and_evals("opd")),
     ("RL clip range", setting("runs.rl.signal.clip_eps", 0.3), run_and_evals("rl")),
     ("RL completion length", setting("runs.rl.states.max_new_tokens", 40), run_and_evals("rl")),
     ("toy pretraining steps", setting("base_model.pretrain.steps", 500), EVERYTHING_TRAINED),
     ("gsm8k test rows", setting("benchmarks.gsm8k.rows.test", 50), {"data_gsm8k": 1, **EVERYTHING_TRAINED}),
-    ("a second seed", setting("seeds", [0, 1]), {**{r: 1 for r in RUNS}, "evaluate": len(RUNS) * len(BENCHES),
-                                                  "diagnose": len(RUNS), "report": 1}),
+    ("a second seed", setting("seeds", [0, 1]), {**{r: 1 for r in RUNS}, "evaluate": (len(RUNS) + ALONG) * len(BENCHES),
+                                                  "diagnose": len(RUNS), "report": 1, "trajectory": 1}),
 ]  # fmt: skip
 
 

@@ -154,3 +154,36 @@ def test_state_dir_is_locked_while_in_use(tmp_path):
     assert not (tmp_path / "s").exists()
     second.lock()  # free again
     second.unlock()
+
+
+def test_models_along_training_survive_a_kill(world, tmp_path, caplog):
+    """Trajectory models wait in the state dir until the run ends (a workflow engine deletes an incomplete
+    job's outputs), so a resumed run still delivers those saved before its checkpoint, bit-identical to an
+    uninterrupted run's; a checkpoint whose earlier trajectory models are gone is not resumed from."""
+    whole = {k: tmp_path / "whole" / f"step{k}" for k in (1, 3, 6)}
+    train(cfg(), init_dir=world["init"], out_dir=tmp_path / "whole" / "out", data_dir=world["data_dir"],
+          state_dir=tmp_path / "whole" / "state", progress=False, trajectory=whole)
+
+    def run(tmp, hooks=None):
+        steps = {k: tmp / f"step{k}" for k in whole}
+        train(cfg(), init_dir=world["init"], out_dir=tmp / "out", data_dir=world["data_dir"], state_dir=tmp / "state",
+              progress=False, hooks=hooks, trajectory=steps)
+        return steps
+
+    caplog.set_level(logging.INFO, logger="statepost.train")
+    for tmp, lose in ((tmp_path / "kept", None), (tmp_path / "lost", "model-00000003")):
+        with pytest.raises(Crash):
+            run(tmp, hooks={"after_step": crash_at(5)})
+        assert not any(p.exists() for p in (tmp / "step1", tmp / "step3", tmp / "out"))
+        assert sorted(p.name for p in (tmp / "state").glob("model-*")) == ["model-00000001", "model-00000003"]
+        if lose:
+            shutil.rmtree(tmp / "state" / lose)
+        caplog.clear()
+        steps = run(tmp)
+        resumed = "resumed from step 4" in caplog.text
+        assert resumed == (lose is None)
+        assert ("not resuming from ckpt-00000004: the models along training after steps [3]" in caplog.text) == bool(lose)
+        for k, path in steps.items():
+            _assert_same(weights(path), weights(whole[k]))
+        _assert_same(weights(tmp / "out"), weights(tmp_path / "whole" / "out"))
+        assert not (tmp / "state").exists()

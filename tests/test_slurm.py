@@ -285,14 +285,17 @@ def test_toy_dag_on_slurm(slurm_cluster, toy_run, tmp_path):
 
 def _assert_same_results(a: Path, b: Path):
     """Determinism: two runs of the toy DAG (here: SLURM and local) give identical weights and scores."""
+    from statepost import config as cfglib
     from statepost.io import sha256_file
 
+    toy = cfglib.load(REPO / "config" / "toy.yaml")
+    n_models = len(cfglib.model_names(toy)) + len(cfglib.trajectory_models(toy))  # 5 + 3 along sft_stress
     weights = sorted(p.relative_to(a) for p in (a / "results" / "toy" / "models").rglob("model.safetensors"))
-    assert len(weights) == 5, weights
+    assert len(weights) == n_models, weights
     for rel in weights:
         assert sha256_file(a / rel) == sha256_file(b / rel), f"{rel} differs between the two runs"
     scores = sorted(p.relative_to(a) for p in (a / "results" / "toy" / "scores").rglob("*.json"))
-    assert len(scores) == 15, scores
+    assert len(scores) == n_models * len(toy["benchmarks"]), scores
     for rel in scores:
         x, y = (json.loads((root / rel).read_text()) for root in (a, b))
         for key in ("metrics", "value", "stderr", "n"):

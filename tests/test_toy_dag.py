@@ -160,8 +160,9 @@ def test_forcerun_stress_plans_exactly_its_dependents(toy_run):
     out = snakemake(work, "-n", "--configfile", "config/toy.yaml", "--forcerun", "sft_stress")
     counts = job_counts(out.stdout)
     assert counts["sft_stress"] == 1 and counts["opd"] == 1
-    assert counts["evaluate"] == 2 * len(BENCHMARKS)  # sft_stress and opd, every benchmark
-    assert counts["report"] == 1
+    along = len(TOY["runs"]["sft_stress"]["trajectory"])  # its models along training, evaluated too
+    assert counts["evaluate"] == (2 + along) * len(BENCHMARKS)  # sft_stress and opd, every benchmark
+    assert counts["report"] == 1 and counts["trajectory"] == 1
     assert not {"sft_mild", "rl", "base_model"} & set(counts)
 
 
@@ -221,11 +222,11 @@ def test_snakemake_report_builds(toy_run):
     categories, _ = decoder.raw_decode(html[html.rindex("var categories = ") + len("var categories = ") :])
     results, _ = decoder.raw_decode(html[html.rindex("var results = ") + len("var results = ") :])
     names = lambda cat: {Path(p).name for sub in categories[cat].values() for p in sub}  # noqa: E731
-    assert names("Tables") == {f"{t}.html" for t in report.TABLES}
+    assert names("Tables") == {f"{t}.html" for t in report.TABLES} | {"trajectory.html"}  # the toy saves one
     assert names("Claims") == {"claims.html"}
-    assert names("Figures") == {f"{f}.png" for f in report.FIGURES}
+    assert names("Figures") == {f"{f}.png" for f in report.FIGURES} | {"trajectory.png"}
     assert names("Diagnostics") == {f"{diagnostics.TABLE}.html"} | {f"{f}.png" for f in diagnostics.FIGURES}
-    assert len(results) == len(report.TABLES) + 1 + len(report.FIGURES) + 1 + len(diagnostics.FIGURES)
+    assert len(results) == len(report.TABLES) + 1 + len(report.FIGURES) + 1 + len(diagnostics.FIGURES) + 2
     captions = [r["caption"] for r in results.values()]
     assert all(len(c) > 200 for c in captions) and len(set(captions)) == len(captions)  # each its own
     for path, r in results.items():

@@ -59,6 +59,7 @@ STATE = "trainer_state.json"
 MANIFEST = MARKER = "manifest.json"  # written last: a checkpoint without it is not complete
 _CKPT_RE = re.compile(r"^ckpt-(\d{8})$")
 _TMP_RE = re.compile(r"^\.ckpt-\d{8}\.tmp$")
+_SNAPSHOT_RE = re.compile(r"^\.?model-\d{8}(\..+)?$")  # a model along training, and what atomic_dir left beside it
 _SHARED_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "accelerate.pt", STATE)
 FORMAT_VERSION = 2  # 2: manifest.json with sizes and sha256
 
@@ -130,6 +131,11 @@ class Checkpointer:
     @staticmethod
     def name(step: int) -> str:
         return f"ckpt-{step:08d}"
+
+    def snapshot(self, step: int) -> Path:
+        """Where the model after ``step`` (a trajectory step) waits until the run ends: in the state dir, which
+        outlives a killed attempt (a workflow engine removes an incomplete job's outputs before it reruns it)."""
+        return self.state_dir / f"model-{step:08d}"
 
     def complete(self) -> list[tuple[int, Path]]:
         """Checkpoints (renamed into place when complete; their files are checked by :func:`check`), oldest first."""
@@ -228,11 +234,11 @@ class Checkpointer:
             self._lock = None
 
     def reset(self) -> None:
-        """Remove checkpoints and live metrics of an earlier attempt (main process)."""
+        """Remove checkpoints, models along training and live metrics of an earlier attempt (main process)."""
         if not self.accelerator.is_main_process or not self.state_dir.is_dir():
             return
         for p in self.state_dir.iterdir():
-            if _CKPT_RE.match(p.name) or _TMP_RE.match(p.name):
+            if _CKPT_RE.match(p.name) or _TMP_RE.match(p.name) or _SNAPSHOT_RE.match(p.name):
                 shutil.rmtree(p, ignore_errors=True)
         self.metrics_path.unlink(missing_ok=True)
 

@@ -39,7 +39,8 @@ from transformers import get_scheduler
 
 from statepost.config import RUNTIME_KEYS, with_defaults
 from statepost.io import (
-    ConfigError, atomic_dir, env_info, prepare_output, read_jsonl, sha256_file, utc_now, write_json, write_jsonl,
+    ConfigError, atomic_dir, env_info, move_dir, prepare_output, read_jsonl, sha256_file, utc_now, write_json,
+    write_jsonl,
 )
 from statepost.models import (
     disable_dropout,
@@ -136,7 +137,8 @@ def train(
     states every N steps (0: never; :mod:`statepost.train.state_nll`). ``tracking`` (tracker names, e.g.
     ``["tensorboard"]``) also sends every metrics line through accelerate's trackers, under ``tracking_dir``.
     ``trajectory`` (``{step: directory}``): the model is also written, as the final one is, after those optimiser
-    steps (each below the last), to be evaluated along training; it changes no weight.
+    steps (each below the last), to be evaluated along training; kept in the state dir (so a resumed run has them)
+    and moved to its directory when the run ends; it changes no weight.
     """
     t_start, started = time.time(), utc_now()
     cfg, hooks = run_config(run_cfg), hooks or {}
@@ -235,7 +237,7 @@ def train(
 
     run.checkpointer.lock()
     try:
-        resumed_from = resume(run)
+        resumed_from = resume(run, trajectory)
         trackers.start(accelerator, cfg, tracking_dir)
         _info(
             accelerator,
@@ -265,8 +267,8 @@ def train(
         with MetricsLog(run, start_step, progress) as metrics_log:
             for step in range(start_step + 1, total_steps + 1):
                 train_step(run, step, metrics_log)
-                if step in trajectory:
-                    publish(run, tokenizer, record(step), trajectory[step])
+                if step in trajectory:  # kept in the state dir until the run ends, as its checkpoints are
+                    publish(run, tokenizer, record(step), run.checkpointer.snapshot(step))
                 if "after_step" in hooks:
                     hooks["after_step"](step, run.policy)
         fail_if_never_updated(run)
@@ -274,6 +276,9 @@ def train(
         accelerator.wait_for_everyone()
         final = record(total_steps)
         publish(run, tokenizer, final, out_dir, Path(metrics_path) if metrics_path else None)
+        if accelerator.is_main_process:
+            for step, dest in trajectory.items():
+                move_dir(run.checkpointer.snapshot(step), dest)
         run.checkpointer.remove_all()
         return final
     finally:
@@ -312,10 +317,17 @@ def fail_if_never_updated(run: Run) -> None:
         )
 
 
-def resume(run: Run) -> int | None:
-    """Load the newest resumable checkpoint (and return its step), or clear the state dir of an earlier attempt."""
+def resume(run: Run, trajectory: Mapping[int, Path]) -> int | None:
+    """Load the newest resumable checkpoint (and return its step), or clear the state dir of an earlier attempt.
+    A checkpoint after a trajectory step whose model is gone from the state dir is not resumed from."""
     accelerator, checkpointer = run.accelerator, run.checkpointer
     found = checkpointer.find_resumable(run.resume_key) if accelerator.is_main_process else None
+    if found:
+        gone = [k for k in sorted(trajectory) if k <= int(found[1]["step"]) and not checkpointer.snapshot(k).is_dir()]
+        if gone:
+            log.warning("not resuming from %s: the models along training after steps %s are not in %s",
+                        found[0].name, gone, checkpointer.state_dir)
+            found = None
     found_path = broadcast(accelerator, str(found[0]) if found else None)
     resumed_from = None
     if found_path:

@@ -41,13 +41,14 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import safetensors.torch
 import torch
 
-from statepost.io import fsync_dir, fsync_file, sha256_file, utc_now, write_json, write_jsonl
+from statepost.io import fsync_dir, fsync_file, move_dir, sha256_file, utc_now, write_json, write_jsonl
 
 from .distributed import (
     full_model_state, full_optimizer_state, is_fsdp, load_full_model_state, load_full_optimizer_state,
@@ -137,6 +138,12 @@ class Checkpointer:
         outlives a killed attempt (a workflow engine removes an incomplete job's outputs before it reruns it)."""
         return self.state_dir / f"model-{step:08d}"
 
+    def place_snapshots(self, trajectory: Mapping[int, Path]) -> None:
+        """Move each trajectory step's model to its directory (``{step: directory}``; main process)."""
+        if self.accelerator.is_main_process:
+            for step, dest in trajectory.items():
+                move_dir(self.snapshot(step), dest)
+
     def complete(self) -> list[tuple[int, Path]]:
         """Checkpoints (renamed into place when complete; their files are checked by :func:`check`), oldest first."""
         found = []
@@ -168,12 +175,22 @@ class Checkpointer:
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
     # -- decide ------------------------------------------------------------------------------
-    def find_resumable(self, key: dict) -> tuple[Path, dict] | None:
+    def find_resumable(self, key: dict, trajectory: Iterable[int] = ()) -> tuple[Path, dict] | None:
         """The newest checkpoint that passes its check, if its stored key equals ``key``; logs why not otherwise.
 
         ``key`` has ``config_hash``, ``inputs_hash``, ``num_processes`` and ``fsdp``. Checkpoints that fail their
-        check are set aside (:meth:`set_aside`) and the next older one is tried.
+        check are set aside (:meth:`set_aside`) and the next older one is tried. One after a ``trajectory`` step
+        whose model (:meth:`snapshot`) is gone is not resumed from.
         """
+        found = self._find_resumable(key)
+        gone = [k for k in sorted(trajectory) if found and k <= int(found[1]["step"]) and not self.snapshot(k).is_dir()]
+        if gone:
+            log.warning("not resuming from %s: the models along training after steps %s are not in %s",
+                        found[0].name, gone, self.state_dir)
+            return None
+        return found
+
+    def _find_resumable(self, key: dict) -> tuple[Path, dict] | None:
         self.clean_stale()
         for step, path in reversed(self.complete()):
             if not (path / MANIFEST).is_file() and (path / STATE).is_file():

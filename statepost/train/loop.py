@@ -39,8 +39,7 @@ from transformers import get_scheduler
 
 from statepost.config import RUNTIME_KEYS, with_defaults
 from statepost.io import (
-    ConfigError, atomic_dir, env_info, move_dir, prepare_output, read_jsonl, sha256_file, utc_now, write_json,
-    write_jsonl,
+    ConfigError, atomic_dir, env_info, prepare_output, read_jsonl, sha256_file, utc_now, write_json, write_jsonl,
 )
 from statepost.models import (
     disable_dropout,
@@ -276,9 +275,7 @@ def train(
         accelerator.wait_for_everyone()
         final = record(total_steps)
         publish(run, tokenizer, final, out_dir, Path(metrics_path) if metrics_path else None)
-        if accelerator.is_main_process:
-            for step, dest in trajectory.items():
-                move_dir(run.checkpointer.snapshot(step), dest)
+        run.checkpointer.place_snapshots(trajectory)
         run.checkpointer.remove_all()
         return final
     finally:
@@ -318,16 +315,9 @@ def fail_if_never_updated(run: Run) -> None:
 
 
 def resume(run: Run, trajectory: Mapping[int, Path]) -> int | None:
-    """Load the newest resumable checkpoint (and return its step), or clear the state dir of an earlier attempt.
-    A checkpoint after a trajectory step whose model is gone from the state dir is not resumed from."""
+    """Load the newest resumable checkpoint (and return its step), or clear the state dir of an earlier attempt."""
     accelerator, checkpointer = run.accelerator, run.checkpointer
-    found = checkpointer.find_resumable(run.resume_key) if accelerator.is_main_process else None
-    if found:
-        gone = [k for k in sorted(trajectory) if k <= int(found[1]["step"]) and not checkpointer.snapshot(k).is_dir()]
-        if gone:
-            log.warning("not resuming from %s: the models along training after steps %s are not in %s",
-                        found[0].name, gone, checkpointer.state_dir)
-            found = None
+    found = checkpointer.find_resumable(run.resume_key, trajectory) if accelerator.is_main_process else None
     found_path = broadcast(accelerator, str(found[0]) if found else None)
     resumed_from = None
     if found_path:

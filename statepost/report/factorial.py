@@ -49,7 +49,7 @@ def contrast(cells: Mapping, weights: Mapping) -> dict:
     arrays = {c: np.asarray(cells[c], dtype=float) for c in weights}
     shapes = {a.shape for a in arrays.values()}
     if len(shapes) != 1:
-        raise ValueError(f"contrast: cells differ in shape (seeds x items): {({c: a.shape for c, a in arrays.items()})}")
+        raise ValueError(f"contrast: cells differ in shape (seeds x items): { {c: a.shape for c, a in arrays.items()} }")
     combo = sum(w * arrays[c] for c, w in weights.items())
     return paired_change(combo, np.zeros_like(combo))
 

@@ -183,11 +183,12 @@ class Checkpointer:
         whose model (:meth:`snapshot`) is gone is not resumed from.
         """
         found = self._find_resumable(key)
-        gone = [k for k in sorted(trajectory) if found and k <= int(found[1]["step"]) and not self.snapshot(k).is_dir()]
-        if gone:
-            log.warning("not resuming from %s: the models along training after steps %s are not in %s",
-                        found[0].name, gone, self.state_dir)
-            return None
+        if found:
+            gone = [k for k in sorted(trajectory) if k <= int(found[1]["step"]) and not self.snapshot(k).is_dir()]
+            if gone:
+                log.warning("not resuming from %s: the models along training after steps %s are not in %s",
+                            found[0].name, gone, self.state_dir)
+                return None
         return found
 
     def _find_resumable(self, key: dict) -> tuple[Path, dict] | None:

@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 CORES ?= 2
 
-.PHONY: install toy toy-seeds toy-heldout test lint clean-toy
+.PHONY: install toy toy-seeds toy-heldout toy-factorial test lint clean-toy
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ toy-heldout: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/toy.yaml config/toy-heldout.yaml
 	$(SNAPSHOT) --make "make toy-heldout" --configfile config/toy.yaml config/toy-heldout.yaml -- results/toy-heldout docs/toy/toy-heldout.md
 	@echo; cat results/toy-heldout/tables/scores.md; echo; cat results/toy-heldout/tables/claims.md
+
+# The states x signals factorial (config/factorial.yaml over config/toy.yaml, in results/toy-factorial/): the 2 x 2 grid,
+# the dose-response over lambda and RL beside them, on seeds 1-3.
+toy-factorial: install
+	$(BIN)/snakemake --cores $(CORES) --configfile config/toy.yaml config/factorial.yaml
+	$(SNAPSHOT) --make "make toy-factorial" --configfile config/toy.yaml config/factorial.yaml -- results/toy-factorial docs/toy/toy-factorial.md
+	cp results/toy-factorial/figures/grid.png results/toy-factorial/figures/dose_response.png docs/toy/
+	@echo; cat results/toy-factorial/tables/effects.md
 
 test: install
 	$(BIN)/python -m pytest

@@ -15,9 +15,13 @@ Every error names the key path. What is checked, and why:
   evaluation never reads;
 * a trajectory step comes before a run's last step (where ``max_steps`` sets it);
 * a learner's completions fit ``optim.max_length`` beside a prompt of at least :data:`MIN_PROMPT_TOKENS`;
+  learner states mixed with gold solutions (``learner_frac`` < 1) have one state per prompt either way and a
+  signal that needs no samples of the policy;
 * a run does not train on the split every model is scored on, reads rows with text answers, and is
   not a fixed point of its signal (its own teacher) or a signal whose estimate is degenerate;
 * claim roles name runs that play that part, and the thresholds do not contradict each other;
+* a factorial's runs fill the cells they are named for and share one budget (init, optim, teacher), and its
+  dose-response runs differ in lambda only;
 * evaluation on ``cuda`` gets a GPU.
 """
 
@@ -50,6 +54,7 @@ def check_all(config: dict, explicit_roles=()) -> None:
     for run, cfg in config.get("runs", {}).items():
         run_checks(config, run, cfg)
     claims(config, set(explicit_roles))
+    factorial(config)
     if config["evaluation"]["device"] == "cuda" and config["resources"]["evaluate"]["gpu"] < 1:
         fail("evaluation.device", "cuda, but resources.evaluate.gpu is 0: the evaluation jobs get no GPU "
              "(give them one, or use device: cpu or auto)")  # fmt: skip
@@ -194,6 +199,10 @@ def run_checks(config: dict, run: str, cfg: dict) -> None:
             fail(f"{where}.states.max_new_tokens", f"{states['max_new_tokens']} new tokens and a prompt of at least "
                  f"{MIN_PROMPT_TOKENS} tokens do not fit optim.max_length {optim['max_length']} (at most {room})")  # fmt: skip
         flt = states["filter"]
+        mixed_rule = mixed_states(states, signal)
+        if mixed_rule:
+            fail(f"{where}.states.learner_frac", f"{states['learner_frac']} puts a prompt's gold solution in place of "
+                 f"the learner's sample with probability {1 - states['learner_frac']:g}, so {mixed_rule}")  # fmt: skip
         if flt is not None and not 0 < flt["min"] <= 1:
             fail(f"{where}.states.filter.min", f"the gsm8k reward of a sample is 0 or 1, so min {flt['min']} keeps "
                  f"{'every' if flt['min'] <= 0 else 'no'} sample (use a value in (0, 1])")  # fmt: skip
@@ -219,6 +228,76 @@ def run_checks(config: dict, run: str, cfg: dict) -> None:
              "which the toy base never writes at base_model.pretrain.answer_line_frac 0 and answer_line_names 0: "
              "every reward is 0 and "
              "nothing is learned")  # fmt: skip
+
+
+def mixed_states(states: dict, signal: dict) -> str | None:
+    """Why learner states mixed with gold solutions (``learner_frac`` < 1) cannot serve this run, or None."""
+    if states["learner_frac"] == 1:
+        return None
+    if signal["type"] == "reward" or signal.get("estimator") == "sampled":
+        return (f"signal {signal['type']}{' (estimator sampled)' if signal['type'] != 'reward' else ''} needs every "
+                "state to be a sample of the policy: set learner_frac 1")  # fmt: skip
+    if states["samples_per_prompt"] != 1:
+        return (f"each prompt has one state either way: set samples_per_prompt 1 (not {states['samples_per_prompt']}), "
+                "or learner_frac 1")  # fmt: skip
+    if states["filter"] is not None:
+        return "a filter would judge gold solutions too: remove states.filter, or set learner_frac 1"
+    return None
+
+
+def factorial_runs(factorial: dict) -> list[str]:
+    """The runs a factorial names (``config["factorial"]``): the grid's, the dose-response's, those beside, in order."""
+    grid = [run for row in factorial["grid"].values() for run in row.values()]
+    return list(dict.fromkeys([*grid, *factorial["dose"], *factorial["beside"]]))
+
+
+def learner_frac(cfg: dict) -> float:
+    """How on-policy a run's states are, lambda: 0 for dataset states, ``states.learner_frac`` for learner states."""
+    return 0.0 if cfg["states"]["source"] == "dataset" else float(cfg["states"]["learner_frac"])
+
+
+def factorial(config: dict) -> None:
+    """The factorial's runs exist and fill their cells; the grid's and the dose's runs share one budget."""
+    fact = config["factorial"]
+    if fact is None:
+        return
+    runs = config.get("runs", {})
+    named = {f"factorial.grid.{state}.{signal}": run for state, row in fact["grid"].items() for signal, run in row.items()}
+    named |= {f"factorial.dose[{i}]": run for i, run in enumerate(fact["dose"])}
+    named |= {f"factorial.beside[{i}]": run for i, run in enumerate(fact["beside"])}
+    for key, run in named.items():
+        if run not in runs:
+            fail(key, f"'{run}' names no run (runs: {', '.join(runs) or 'none'})")
+    for state, row in fact["grid"].items():
+        for signal, run in row.items():
+            cfg, key = runs[run], f"factorial.grid.{state}.{signal}"
+            if cfg["signal"]["type"] != signal:
+                fail(key, f"'{run}' has signal {cfg['signal']['type']}, not {signal}")
+            if cfg["states"]["source"] != state or learner_frac(cfg) not in (0.0, 1.0):
+                fail(key, f"'{run}' takes its states from {cfg['states']['source']} (learner_frac "
+                     f"{learner_frac(cfg):g}), not all from the {state}")  # fmt: skip
+    dose = fact["dose"]
+    lambdas = [learner_frac(runs[r]) for r in dose]
+    if len(set(lambdas)) < len(lambdas):
+        fail("factorial.dose", f"the runs' lambdas {lambdas} repeat; each run is one dose")
+    first = runs[dose[0]]["signal"]
+    for i, run in enumerate(dose[1:], 1):
+        if runs[run]["signal"] != first:
+            fail(f"factorial.dose[{i}]", f"'{run}' has signal {runs[run]['signal']}, but '{dose[0]}' has {first}: "
+                 "the dose-response varies lambda only")  # fmt: skip
+    grid = [run for row in fact["grid"].values() for run in row.values()]
+    matched = list(dict.fromkeys(grid + dose))  # not those beside: they are shown, not compared
+    ref, why = matched[0], "the factorial compares methods at one budget (the same init and optimiser settings)"
+    for run in matched[1:]:
+        if runs[run]["init"] != runs[ref]["init"]:
+            fail(f"runs.{run}.init", f"'{runs[run]['init']}', but '{runs[ref]['init']}' in '{ref}': {why}")
+        mine, theirs = runs[run]["optim"], runs[ref]["optim"]
+        for k in sorted(set(mine) | set(theirs)):
+            if mine.get(k) != theirs.get(k):
+                fail(f"runs.{run}.optim.{k}", f"{mine.get(k)!r}, but {theirs.get(k)!r} in '{ref}': {why}")
+    teachers = {r: runs[r]["signal"]["teacher"] for r in matched if runs[r]["signal"].get("teacher")}
+    if len(set(teachers.values())) > 1:
+        fail("factorial", f"the runs' teachers differ ({teachers}): every cell that needs a teacher uses the same one")
 
 
 # The kind of run each claim role stands for: the claims are about these methods.

@@ -77,6 +77,10 @@ def validate(config: dict) -> dict:
     seeds = config.get("seeds")
     if isinstance(seeds, list) and all(isinstance(s, str) and s.strip().isdigit() for s in seeds):
         config["seeds"] = [int(s) for s in seeds]
+    runs = config.get("runs")
+    if isinstance(runs, dict):  # an overlay leaves a run out by setting it to null (config/factorial.yaml)
+        # (a copy of each: YAML aliases, as config/factorial.yaml's, would share one dict between runs)
+        config["runs"] = {name: copy.deepcopy(run) for name, run in runs.items() if run is not None}
     for run in (config.get("runs") or {}).values():
         expand_shorthand(run)
     claims = config.get("claims")
@@ -156,9 +160,9 @@ def run_model(config: dict, name: str, seed: int) -> str:
 
 
 def run_deps(run_cfg: dict) -> dict[str, str]:
-    """The models a run reads: its init and, for teacher_kl, its teacher."""
+    """The models a run reads: its init and its signal's teacher, if it has one."""
     deps = {"init": run_cfg["init"]}
-    if run_cfg["signal"]["type"] == "teacher_kl":
+    if run_cfg["signal"].get("teacher"):  # teacher_kl always; nll when the teacher gives the target
         deps["teacher"] = run_cfg["signal"]["teacher"]
     return deps
 
@@ -242,7 +246,7 @@ def check(config: dict) -> None:
                 raise ConfigError(
                     f"config key {where}.states.data: learner states sample GSM8K prompts; got '{states['data']}'"
                 )
-        if signal["type"] == "teacher_kl" and signal["teacher"] not in models:
+        if signal.get("teacher") and signal["teacher"] not in models:
             raise ConfigError(
                 f"config key {where}.signal.teacher: '{signal['teacher']}' names no model "
                 f"(known: {', '.join(sorted(models))})"

@@ -107,7 +107,7 @@ BAD = [
     ("init names no model", [(("runs", "sft_mild", "init"), "sft_gentle")], "runs.sft_mild.init"),
     ("teacher names no model", [(("runs", "opd", "signal", "teacher"), "oracle")], "runs.opd.signal.teacher"),
     ("teacher missing", [(("runs", "opd", "signal", "teacher"), DELETE)], "runs.opd.signal.teacher"),
-    ("teacher on nll", [(("runs", "sft_mild", "signal", "teacher"), "base")], "runs.sft_mild.signal.teacher"),
+    ("nll teacher names no model", [(("runs", "sft_mild", "signal", "teacher"), "oracle")], "runs.sft_mild.signal.teacher"),
     ("unknown signal", [(("runs", "sft_mild", "signal", "type"), "dpo")], "runs.sft_mild.signal.type"),
     ("beta without jsd", [(("runs", "opd", "signal", "beta"), 0.3)], "runs.opd.signal.beta"),
     ("accelerate config missing", [(("runs", "opd", "resources"), {"accelerate_config": "profiles/accelerate/fsdp.yml"})],

@@ -169,6 +169,10 @@ def render(results, signals: dict[str, str], make: str) -> str:
     trajectory = results / "tables" / "trajectory.md"
     if trajectory.is_file():  # a run saved models along its training: its scores there (the table, note dropped)
         sections["trajectory"] = trajectory.read_text().split("\n\n")[1]
+    for name in ("effects", "factorial_cells"):  # the states x signals factorial (its tables, notes dropped)
+        path = results / "tables" / f"{name}.md"
+        if path.is_file():
+            sections[name.replace("_", "-")] = path.read_text().split("\n\n")[1]
     head = (f"<!-- Written by `{make}` from {results.as_posix()}/ (statepost/report/snapshot.py): do not edit. "
             "README.md and config/README.md quote its sections. -->\n\n"
             f"# Snapshot of {results.as_posix()}/\n\n")  # fmt: skip

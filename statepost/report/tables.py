@@ -28,7 +28,7 @@ from .statistics import Changes, deltas_vs_base, lookup, retention_summary, summ
 
 TABLES = ("scores", "delta_vs_base", "delta_vs_teacher", "retention")
 TABLE_FORMATS = ("csv", "md", "tex", "html")
-_TEXT_COLUMNS = ("run", "teacher", "states", "signal")  # left-aligned
+_TEXT_COLUMNS = ("run", "teacher", "states", "signal", "effect")  # left-aligned
 
 Methods = Mapping[str, tuple]  # run -> (states, signal), see load.run_methods
 

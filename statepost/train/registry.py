@@ -44,7 +44,10 @@ class SignalSpec:
 
 
 SIGNALS: dict[str, SignalSpec] = {
-    "nll": SignalSpec(lambda signal_cfg: NLLSignal()),
+    # a teacher only when it gives the target token (hard distillation); else the state's own next token
+    "nll": SignalSpec(
+        lambda signal_cfg, **models: NLLSignal(**models), models=lambda signal_cfg: ("teacher",) if "teacher" in signal_cfg else ()
+    ),
     "teacher_kl": SignalSpec(TeacherKL, models=lambda signal_cfg: ("teacher",)),
     # the init model only for the k3 penalty; without it the run loads no second model
     "reward": SignalSpec(
@@ -102,6 +105,7 @@ def learner_states(cfg: dict, tokenizer, rows: list[dict], accelerator=None) -> 
         keep=reward_filter(states["filter"]),
         record_old_logprobs=record_old_logprobs,
         stop=states["stop"],
+        learner_frac=states["learner_frac"],
     )
 
 

@@ -32,9 +32,22 @@ class Signal:
 
 
 class NLLSignal(Signal):
-    """SFT: mean next-token NLL of the completion tokens. Metrics ``nll``, ``token_acc``."""
+    """Mean next-token NLL of a target token at each completion state. Metrics ``nll``, ``token_acc``.
+
+    Without a teacher the target is the state's own next token: the gold one at dataset states (SFT), the sampled
+    one at learner states. With ``teacher`` (frozen, scored under no grad) it is the teacher's most likely next
+    token (hard distillation): a token at every state, also where no gold token exists, the learner's own
+    prefixes. Then ``token_acc`` is the policy's agreement with that target, and ``teacher_agree`` how often it is
+    the state's own next token (at dataset states: the teacher's agreement with the gold solution).
+    """
+
+    def __init__(self, teacher=None):
+        self.teacher = frozen(teacher) if teacher is not None else None
 
     def __call__(self, policy, batch: StateBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.teacher is not None:
+            return self._teacher_targets(policy, batch)
+
         def per_state(logits, y):  # the differentiated term first: the backward's recompute stops after it
             nll = torch.nn.functional.cross_entropy(logits, y, reduction="none")
             with torch.no_grad():
@@ -45,6 +58,44 @@ class NLLSignal(Signal):
             return nll.sum() * 0.0, {"nll": 0.0, "token_acc": 0.0}
         nll = nll.mean()
         return nll, {"nll": float(nll.detach()), "token_acc": float(hit.mean())}
+
+    def _teacher_targets(self, policy, batch: StateBatch):
+        s = completion_states(policy, batch)
+        t = frozen_states(self.teacher, batch)
+
+        def per_state(logits, y, teacher_hidden):
+            with torch.no_grad():
+                target = t.logits(teacher_hidden).argmax(-1)
+            nll = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+            with torch.no_grad():
+                return nll, (logits.argmax(-1) == target).float(), (target == y).float()
+
+        nll, hit, agree = s.map(per_state, t.hidden)
+        if nll.numel() == 0:
+            return nll.sum() * 0.0, {"nll": 0.0, "token_acc": 0.0, "teacher_agree": 0.0}
+        nll = nll.mean()
+        return nll, {"nll": float(nll.detach()), "token_acc": float(hit.mean()), "teacher_agree": float(agree.mean())}
+
+
+def frozen(model):
+    """``model`` in eval mode with no parameter requiring grad: a teacher or reference scores states, never learns."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def frozen_states(model, batch: StateBatch):
+    """The completion states of ``batch`` under a frozen ``model``, moved to the batch's device, under no grad."""
+    device = batch.input_ids.device
+    try:
+        mdev = next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        mdev = device
+    if mdev != device:
+        model.to(device)
+    model.eval()
+    with torch.no_grad():
+        return completion_states(model, batch)
 
 
 def _sync(device) -> None:
@@ -122,21 +173,7 @@ class TeacherKL(Signal):
             )
         if self.direction == "jsd" and not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"teacher_kl: beta must be in [0, 1], got {self.beta}")
-        self.teacher = teacher
-        self.teacher.eval()
-        self.teacher.requires_grad_(False)
-
-    def _teacher_states(self, batch: StateBatch):
-        device = batch.input_ids.device
-        try:
-            tdev = next(self.teacher.parameters()).device
-        except StopIteration:  # pragma: no cover
-            tdev = device
-        if tdev != device:
-            self.teacher.to(device)
-        self.teacher.eval()
-        with torch.no_grad():
-            return completion_states(self.teacher, batch)
+        self.teacher = frozen(teacher)
 
     def __call__(self, policy, batch: StateBatch):
         device = batch.input_ids.device
@@ -144,7 +181,7 @@ class TeacherKL(Signal):
         s = completion_states(policy, batch)
         _sync(device)
         t0 = time.perf_counter()
-        t = self._teacher_states(batch)
+        t = frozen_states(self.teacher, batch)
         _sync(device)
         teacher_time = time.perf_counter() - t0
         n_tok = int(s.targets.numel())
@@ -249,10 +286,7 @@ class RewardSignal(Signal):
         self.kl_coef = float(signal_cfg["kl_coef"])
         if self.kl_coef > 0 and reference is None:
             raise ValueError("reward: kl_coef > 0 needs the reference (init) model")
-        self.reference = reference
-        if reference is not None:
-            reference.eval()
-            reference.requires_grad_(False)
+        self.reference = frozen(reference) if reference is not None else None
 
     def rewards(self, batch: StateBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(rewards [B], correct [B])`` of the batch's completions."""

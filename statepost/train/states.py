@@ -24,6 +24,9 @@ from .rollout import sample_groups
 from .stopping import holds_stop
 
 
+MIX_STREAM = 0x6D6978  # "mix": the learner_frac coins' own random stream, apart from sampling's
+
+
 def encode_sft_example(tokenizer, question: str, answer: str) -> tuple[list[int], int]:
     """Token ids of ``format_prompt(question)`` + ``" " + answer`` + EOS, and the prompt length.
 
@@ -216,6 +219,15 @@ class LearnerStates:
     stop string, as EOS is kept: they are the policy's decision to end its answer, which evaluation's
     generation also samples; nothing after that token is in the batch.
 
+    ``learner_frac`` (lambda, TRL GKD's ``lmbda``) mixes the two sources prompt by prompt: each prompt of a
+    micro-batch takes the learner's sample with probability lambda, else its gold solution as
+    :class:`DatasetStates` encodes it (one sample per prompt, so a prompt weighs the same either way). The coin
+    of the prompt at position j of micro-batch ``cursor`` is ``u < lambda`` with ``u`` drawn from ``(seed,
+    process_index, cursor)`` alone, so the learner's prompts at a smaller lambda are a subset of those at a larger
+    one, and at 1 every prompt samples exactly as without mixing (``extras["from_learner"]``, metric
+    ``learner_frac``: the fraction realised). Gold rows count as finished and correct; the sampling metrics below
+    are over the learner's samples (absent from a micro-batch with none).
+
     ``keep(completion, gold) -> bool`` (rejection sampling) drops the other samples; when none is
     left the batch keeps its rows with an all-zero ``completion_mask``. ``record_old_logprobs``: the
     policy's log-probs at sampling time go to ``extras["old_logprobs"]`` [B, T] (0 outside the
@@ -247,6 +259,7 @@ class LearnerStates:
         keep: Callable[[str, str], bool] | None = None,
         record_old_logprobs: bool = False,
         stop: Sequence[str] | None = None,
+        learner_frac: float = 1.0,
     ):
         if len(questions) != len(answers):
             raise ValueError(f"LearnerStates: {len(questions)} prompts but {len(answers)} answers")
@@ -262,6 +275,16 @@ class LearnerStates:
         self.max_new_tokens, self.group_size = int(max_new_tokens), int(samples_per_prompt)
         self.refresh_every = int(refresh_every)
         self.keep, self.record_old_logprobs = keep, record_old_logprobs
+        self.learner_frac = float(learner_frac)
+        if not 0.0 <= self.learner_frac <= 1.0:
+            raise ValueError(f"LearnerStates: learner_frac must be in [0, 1], got {learner_frac}")
+        mixed = self.learner_frac < 1.0
+        if mixed and (self.group_size != 1 or keep is not None or record_old_logprobs or is_fsdp(accelerator)):
+            raise ValueError(
+                "LearnerStates: learner_frac < 1 puts one gold solution in place of a prompt's samples: it needs "
+                "samples_per_prompt 1, no filter, a signal that does not reuse rollouts, and no FSDP (whose "
+                "processes sample in lockstep)"
+            )
         self.accelerator = accelerator
         # FSDP: every forward gathers the sharded weights from all processes, so every process must run as many:
         # sampling decodes until all are done, and the old log-probs are scored even when empty
@@ -271,6 +294,7 @@ class LearnerStates:
         process_index = accelerator.process_index if accelerator is not None else 0
 
         self.prompt_ids: list[list[int]] = []
+        self.gold_ids: list[list[int]] = []  # mixed only: the gold completion + EOS of each prompt
         self.questions: list[str] = []
         self.answers: list[str] = []
         self.n_skipped = 0
@@ -278,10 +302,12 @@ class LearnerStates:
             ids = list(tokenizer(gsm8k.format_prompt(q), add_special_tokens=False)["input_ids"])
             if not ids:
                 raise ValueError(f"LearnerStates: prompt tokenizes to nothing: {q[:80]!r}")
-            if len(ids) + self.max_new_tokens > max_length:
+            gold = encode_sft_example(tokenizer, q, a)[0][len(ids):] if mixed else []
+            if len(ids) + max(self.max_new_tokens, len(gold)) > max_length:
                 self.n_skipped += 1
                 continue
             self.prompt_ids.append(ids)
+            self.gold_ids.append(gold)
             self.questions.append(q)
             self.answers.append(a)
         self.order = EpochOrder(
@@ -359,12 +385,21 @@ class LearnerStates:
         finally:
             model.train(was_training)
 
+    def from_learner(self, cursor: int, n: int) -> np.ndarray:
+        """Which of micro-batch ``cursor``'s ``n`` prompts take the learner's states (all at learner_frac 1)."""
+        if self.learner_frac == 1.0:
+            return np.ones(n, dtype=bool)
+        u = np.random.default_rng([self.order.seed, self.order.process_index, cursor, MIX_STREAM]).random(n)
+        return u < self.learner_frac
+
     def generate(self, policy) -> StateBatch:
-        """Draw a fresh micro-batch of ``B*G`` samples from ``policy`` (advances the prompt cursor)."""
+        """Draw a fresh micro-batch from ``policy`` (advances the prompt cursor): ``B*G`` samples, or at
+        ``learner_frac`` < 1 a sample or the gold solution per prompt."""
         _, prompts = self.order.micro_batch(self.cursor)
+        prompts = [int(i) for i in prompts]
+        learner = self.from_learner(self.cursor, len(prompts))
+        sampled = [i for i, on in zip(prompts, learner) if on]
         G = self.group_size
-        rows = [int(i) for i in prompts for _ in range(G)]
-        groups = [g for g in range(len(prompts)) for _ in range(G)]
         model = _unwrap_model(policy, self.accelerator)
         device = self._device_of(model)
 
@@ -372,25 +407,36 @@ class LearnerStates:
         seeds = np.random.SeedSequence([self.order.seed, self.order.process_index, self.cursor])
         seed = int(seeds.generate_state(1)[0])
         fork_devices = [device] if torch.device(device).type == "cuda" else []
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(seed)
-            completions, stopped = self._sample(model, [int(i) for i in prompts], device)
+        samples, sample_stopped = [], []
+        if sampled:
+            with torch.random.fork_rng(devices=fork_devices):
+                torch.manual_seed(seed)
+                samples, sample_stopped = self._sample(model, sampled, device)
         gen_time = time.perf_counter() - t0
         self.cursor += 1
 
+        # rows grouped by prompt, in the micro-batch's order: G samples of a learner prompt, the gold of another
+        drawn, parts = iter(zip(samples, sample_stopped)), []  # (prompt, group, completion, stopped, sampled)
+        for g, (i, on) in enumerate(zip(prompts, learner)):
+            got = [next(drawn) for _ in range(G)] if on else [(self.gold_ids[i], False)]
+            parts += [(i, g, c, st, bool(on)) for c, st in got]
+        rows, groups, completions, stopped, is_sample = (list(x) for x in zip(*parts))
         eos = [bool(c) and c[-1] == self.eos_token_id for c in completions]
         texts = [gsm8k.cut_at_stop(self.tokenizer.decode(c, skip_special_tokens=True), self.stop) for c in completions]
         answers = [self.answers[i] for i in rows]
         correct = [1.0 if gsm8k.is_correct(t, a) else 0.0 for t, a in zip(texts, answers)]
-        metrics = {
-            "gen_time_s": gen_time,
-            "completion_len": float(np.mean([len(c) for c in completions])),
-            "eos_frac": float(np.mean(eos)),
-            "stop_frac": float(np.mean(stopped)),
-            "finished_frac": float(np.mean([e or s for e, s in zip(eos, stopped)])),
-            "accuracy": float(np.mean(correct)),
-            "n_samples": float(len(rows)),
-        }
+        on = [k for k in range(len(rows)) if is_sample[k]]
+        metrics = {"gen_time_s": gen_time, "n_samples": float(len(on))}
+        if self.learner_frac < 1.0:
+            metrics["learner_frac"] = float(np.mean(learner))
+        if on:
+            metrics.update(
+                completion_len=float(np.mean([len(completions[k]) for k in on])),
+                eos_frac=float(np.mean([eos[k] for k in on])),
+                stop_frac=float(np.mean([stopped[k] for k in on])),
+                finished_frac=float(np.mean([eos[k] or stopped[k] for k in on])),
+                accuracy=float(np.mean([correct[k] for k in on])),
+            )
 
         kept = list(range(len(rows)))
         empty = False
@@ -418,6 +464,8 @@ class LearnerStates:
             prompt_index=torch.tensor([rows[k] for k in kept], dtype=torch.long),
             completions=[texts[k] for k in kept],
         )
+        if self.learner_frac < 1.0:
+            batch.extras["from_learner"] = torch.tensor([is_sample[k] for k in kept], dtype=torch.bool)
         batch.metrics.update(metrics)
         if self.record_old_logprobs and (self.lockstep or not empty):  # empty: an all-zero mask, so all zeros
             batch.extras["old_logprobs"] = self._old_logprobs(policy, batch, device)

@@ -5,6 +5,7 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)
 
 from statepost import benchmarks as bench_facts
+from statepost import checks
 from statepost import config as cfglib
 from statepost import local
 from statepost.io import ConfigError
@@ -47,6 +48,8 @@ MODELS = cfglib.model_names(config)
 
 # The models saved along runs' training (runs.<run>.trajectory): {name, run, seed, step}
 TRAJECTORY = cfglib.trajectory_models(config)
+# The states x signals factorial (config/factorial.yaml), or None
+FACTORIAL = config["factorial"]
 
 
 def trajectory_dirs(run, seed):
@@ -164,11 +167,15 @@ def eval_batch_size(wildcards):
 
 
 def all_targets():
-    return [
-        f"{RESULTS}/tables/scores.md",
-        f"{RESULTS}/tables/claims.md",
-        f"{RESULTS}/figures/retention_vs_gain.png",
-    ] + ([f"{RESULTS}/figures/trajectory.png"] if TRAJECTORY else [])
+    return (
+        [
+            f"{RESULTS}/tables/scores.md",
+            f"{RESULTS}/tables/claims.md",
+            f"{RESULTS}/figures/retention_vs_gain.png",
+        ]
+        + ([f"{RESULTS}/figures/trajectory.png"] if TRAJECTORY else [])
+        + ([f"{RESULTS}/tables/effects.md"] if FACTORIAL else [])
+    )
 
 
 def trajectory_finals():

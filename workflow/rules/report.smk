@@ -174,3 +174,77 @@ if TRAJECTORY:
                 "--tables-dir {params.root}/tables --figures-dir {params.root}/figures"
             )
             + TO_LOG
+
+
+# The states x signals factorial, when the config names its runs (config/factorial.yaml): the effects of state source
+# and signal, the dose-response over lambda, and each run against base.
+if FACTORIAL:
+    FACTORIAL_RUNS = checks.factorial_runs(FACTORIAL)
+    FACTORIAL_MODELS = ["base"] + [
+        cfglib.run_model(config, r, s) for r in FACTORIAL_RUNS for s in SEEDS
+    ]
+
+    rule factorial:
+        input:
+            scores=[score_path(m, b) for m in FACTORIAL_MODELS for b in BENCHMARKS],
+            samples=[samples_path(m, b) for m in FACTORIAL_MODELS for b in BENCHMARKS],
+            diagnostics=[diagnostics_path(m) for m in FACTORIAL_MODELS],
+            models=[model_path(m) for m in FACTORIAL_MODELS if m != "base"],
+        output:
+            effects=report(
+                f"{RESULTS}/tables/effects.html",
+                caption="../report/effects_table.rst",
+                category="Factorial",
+                labels={
+                    "#": "1",
+                    "item": "effects of state source and signal (table)",
+                },
+            ),
+            cells=report(
+                f"{RESULTS}/tables/factorial_cells.html",
+                caption="../report/factorial_cells.rst",
+                category="Factorial",
+                labels={"#": "2", "item": "each run against base (table)"},
+            ),
+            grid=report(
+                f"{RESULTS}/figures/grid.png",
+                caption="../report/grid_figure.rst",
+                category="Factorial",
+                labels={"#": "3", "item": "the grid (figure)"},
+            ),
+            dose=report(
+                f"{RESULTS}/figures/dose_response.png",
+                caption="../report/dose_response.rst",
+                category="Factorial",
+                labels={"#": "4", "item": "dose-response over lambda (figure)"},
+            ),
+            numbers=expand(
+                f"{RESULTS}/tables/{{table}}.{{ext}}",
+                table=["effects", "factorial_cells"],
+                ext=["csv", "md", "tex"],
+            ),
+            pdfs=expand(
+                f"{RESULTS}/figures/{{figure}}.pdf", figure=["grid", "dose_response"]
+            ),
+        log:
+            f"{RESULTS}/logs/factorial.log",
+        conda:
+            "../../envs/report.yaml"
+        threads: REPORT_CPUS
+        resources:
+            **REPORT_RES,
+        params:
+            factorial=json_arg(FACTORIAL),
+            runs=json_arg({r: config["runs"][r] for r in FACTORIAL_RUNS}),
+            seeds=json_arg(SEEDS),
+            benchmarks=json_arg(BENCHMARKS),
+            root=lambda wc, output: Path(output.effects).parent.parent,
+        shell:
+            LOG_START
+            + (
+                "python scripts/factorial.py --scores-dir {params.root}/scores --models-dir {params.root}/models "
+                "--diagnostics-dir {params.root}/diagnostics --factorial-json {params.factorial:q} "
+                "--runs-json {params.runs:q} --seeds-json {params.seeds:q} --benchmarks-json {params.benchmarks:q} "
+                "--tables-dir {params.root}/tables --figures-dir {params.root}/figures"
+            )
+            + TO_LOG

@@ -9,6 +9,7 @@ Example (the toy's factorial, config/factorial.yaml):
       --factorial-json '{"grid": {"dataset": {"nll": "dataset_nll", "teacher_kl": "dataset_kl"},
                                   "learner": {"nll": "learner_nll", "teacher_kl": "opd"}}, "dose": [], "beside": []}' \\
       --runs-json @runs.json --seeds-json '[1, 2, 3]' --benchmarks-json '["gsm8k", "truthfulqa_mc2", "mmlu"]' \\
+      --color-scale 0.05 \\
       --tables-dir results/toy-factorial/tables --figures-dir results/toy-factorial/figures
 """
 
@@ -32,6 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--runs-json", required=True, type=json_arg, help="the config's runs that it names (JSON or @FILE)")
     p.add_argument("--seeds-json", required=True, type=json_arg, help="the seeds (JSON list)")
     p.add_argument("--benchmarks-json", required=True, type=json_arg, help="the configured benchmarks (JSON list)")
+    p.add_argument("--color-scale", required=True, type=float,
+                   help="the grid's colour scale spans at least +- this retention change (claims.thresholds.substantial_loss)")
     p.add_argument("--tables-dir", required=True, type=Path, help="results/{experiment}/tables")
     p.add_argument("--figures-dir", required=True, type=Path, help="results/{experiment}/figures")
     return p.parse_args(argv)
@@ -45,7 +48,7 @@ def main(argv=None) -> int:
     try:
         design = Design(args.factorial_json, args.runs_json, args.seeds_json)
         paths = make_factorial(args.scores_dir, args.diagnostics_dir, args.models_dir, design, args.benchmarks_json,
-                               args.tables_dir, args.figures_dir)  # fmt: skip
+                               args.tables_dir, args.figures_dir, args.color_scale)  # fmt: skip
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -138,7 +138,7 @@ def test_the_factorial_report_from_files_by_hand(factorial_files, tmp_path):
     root, items = factorial_files
     design = FX.Design(FACTORIAL, RUNS, SEEDS)
     paths = FX.make_factorial(root / "scores", root / "diagnostics", root / "models", design, list(BENCHES),
-                              tmp_path / "tables", tmp_path / "figures")  # fmt: skip
+                              tmp_path / "tables", tmp_path / "figures", 0.05)  # fmt: skip
     assert sorted(p.relative_to(tmp_path).as_posix() for p in paths) == sorted(
         p.relative_to(tmp_path).as_posix() for p in FX.output_paths(tmp_path / "tables", tmp_path / "figures"))
     scores = FX.Scores(root / "scores", root / "diagnostics", root / "models", design, list(BENCHES))
@@ -173,6 +173,9 @@ def test_the_factorial_report_from_files_by_hand(factorial_files, tmp_path):
     means = [arr(run, "mmlu", "acc,none").mean() - items["base"][("mmlu", "acc,none")].mean()
              for run in ("dataset_kl", "lambda_50", "opd")]  # fmt: skip
     assert got("slope over lambda (per unit)", "MMLU")["value"] == pytest.approx(np.polyfit([0, 0.5, 1], means, 1)[0])
+    # the dose figure's seed dots: each metric's own per-seed change against base
+    base_flex = items["base"][("gsm8k", f)].mean()
+    assert scores.per_seed("opd")["GSM8K flexible"] == pytest.approx(arr("opd", "gsm8k", f).mean(1) - base_flex)
     # each cell against base, with its budget
     cells = FX.cell_rows(scores)
     rl = cells[(cells["run"] == "rl") & (cells["quantity"] == "MMLU")].iloc[0]
@@ -194,7 +197,7 @@ def test_a_missing_samples_log_is_named(factorial_files, tmp_path):
     (copy / "scores" / "opd" / "seed2" / "mmlu.samples.jsonl").unlink()
     with pytest.raises(FX.DataError, match=r"\(mmlu, acc,none\) for \['opd/seed2'\]"):
         FX.make_factorial(copy / "scores", copy / "diagnostics", copy / "models", FX.Design(FACTORIAL, RUNS, SEEDS),
-                          list(BENCHES), tmp_path / "t", tmp_path / "f")  # fmt: skip
+                          list(BENCHES), tmp_path / "t", tmp_path / "f", 0.05)  # fmt: skip
 
 
 # -- the factorial's configs ---------------------------------------------------------------------------------------------

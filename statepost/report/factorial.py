@@ -179,7 +179,8 @@ class Scores:
         out, per_bench = {}, {}
         for bench, metric in self.quantities:
             cells = self.cells[(bench, metric)]
-            out[self.label(bench, metric)] = per_bench.setdefault(bench, (cells[run] - cells[load.BASE]).mean(axis=1))
+            out[self.label(bench, metric)] = change = (cells[run] - cells[load.BASE]).mean(axis=1)
+            per_bench.setdefault(bench, change)  # a benchmark's primary metric comes first
         if self.retention:
             out["retention (mean)"] = np.mean([per_bench[b] for b in self.retention], axis=0)
         out["off-task drift"] = self.drift[run]
@@ -276,9 +277,10 @@ def cells_table(rows: pd.DataFrame, scores: Scores) -> Table:
     return Table("factorial_cells", rows, pd.DataFrame(display), note, "States x signals: each run against base")
 
 
-def grid_figure(cells: pd.DataFrame, design: Design, target: str):
+def grid_figure(cells: pd.DataFrame, design: Design, target: str, scale: float):
     """Rows: state source; columns: signal (the runs beside the grid in columns of their own, right of a gap).
-    Colour: the mean retention change against base; text: the run, its retention, GSM8K and drift changes."""
+    Colour: the mean retention change against base, on a scale of at least ``± scale`` (the claims' substantial loss:
+    a small change stays pale); text: the run, its retention, GSM8K and drift changes."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import TwoSlopeNorm
@@ -290,7 +292,7 @@ def grid_figure(cells: pd.DataFrame, design: Design, target: str):
     where = {design.grid[(st, sig)]: (st, ("grid", sig)) for st, sig in design.grid}
     where |= {run: (design.sources[run], ("beside", run)) for run in design.beside}
     ret = [by[(run, "retention (mean)")].value for run in where]
-    lim = max(0.01, *(abs(v) for v in ret))
+    lim = max(scale, *(abs(v) for v in ret))
     norm, cmap = TwoSlopeNorm(0.0, -lim, lim), colormaps["RdBu"]
     with _rc():
         width = 3.1 * len(columns) + (0.3 if design.beside else 0)
@@ -378,12 +380,13 @@ def dose_figure(cells: pd.DataFrame, effects: pd.DataFrame, scores: Scores):
     return fig
 
 
-def make_factorial(scores_dir, diagnostics_dir, models_dir, design: Design, benchmarks, tables_dir,
-                   figures_dir) -> list[Path]:  # fmt: skip
-    """Load the factorial's scores, drift and budgets; write its tables and figures; return the paths written."""
+def make_factorial(scores_dir, diagnostics_dir, models_dir, design: Design, benchmarks, tables_dir, figures_dir,
+                   scale: float) -> list[Path]:  # fmt: skip
+    """Load the factorial's scores, drift and budgets; write its tables and figures; return the paths written.
+    ``scale``: the grid's colour scale spans at least ± this retention change (the claims' substantial_loss)."""
     scores = Scores(scores_dir, diagnostics_dir, models_dir, design, benchmarks)
     effects, cells = effects_rows(scores), cell_rows(scores)
     paths = write_table(effects_table(effects, scores), tables_dir) + write_table(cells_table(cells, scores), tables_dir)
-    paths += save_figure(grid_figure(cells, design, scores.target), figures_dir, "grid")
+    paths += save_figure(grid_figure(cells, design, scores.target, scale), figures_dir, "grid")
     paths += save_figure(dose_figure(cells, effects, scores), figures_dir, "dose_response")
     return paths

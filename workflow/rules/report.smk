@@ -238,6 +238,7 @@ if FACTORIAL:
             runs=json_arg({r: config["runs"][r] for r in FACTORIAL_RUNS}),
             seeds=json_arg(SEEDS),
             benchmarks=json_arg(BENCHMARKS),
+            scale=config["claims"]["thresholds"]["substantial_loss"],
             root=lambda wc, output: Path(output.effects).parent.parent,
         shell:
             LOG_START
@@ -245,6 +246,7 @@ if FACTORIAL:
                 "python scripts/factorial.py --scores-dir {params.root}/scores --models-dir {params.root}/models "
                 "--diagnostics-dir {params.root}/diagnostics --factorial-json {params.factorial:q} "
                 "--runs-json {params.runs:q} --seeds-json {params.seeds:q} --benchmarks-json {params.benchmarks:q} "
+                "--color-scale {params.scale} "
                 "--tables-dir {params.root}/tables --figures-dir {params.root}/figures"
             )
             + TO_LOG

@@ -199,10 +199,11 @@ def run_checks(config: dict, run: str, cfg: dict) -> None:
             fail(f"{where}.states.max_new_tokens", f"{states['max_new_tokens']} new tokens and a prompt of at least "
                  f"{MIN_PROMPT_TOKENS} tokens do not fit optim.max_length {optim['max_length']} (at most {room})")  # fmt: skip
         flt = states["filter"]
-        mixed_rule = mixed_states(states, signal)
+        mixed_rule = mixed_states(cfg)
         if mixed_rule:
-            fail(f"{where}.states.learner_frac", f"{states['learner_frac']} puts a prompt's gold solution in place of "
-                 f"the learner's sample with probability {1 - states['learner_frac']:g}, so {mixed_rule}")  # fmt: skip
+            lam = learner_frac(cfg)
+            fail(f"{where}.states.learner_frac", f"{lam:g} puts a prompt's gold solution in place of the learner's "
+                 f"sample with probability {1 - lam:g}, so {mixed_rule}")  # fmt: skip
         if flt is not None and not 0 < flt["min"] <= 1:
             fail(f"{where}.states.filter.min", f"the gsm8k reward of a sample is 0 or 1, so min {flt['min']} keeps "
                  f"{'every' if flt['min'] <= 0 else 'no'} sample (use a value in (0, 1])")  # fmt: skip
@@ -230,9 +231,10 @@ def run_checks(config: dict, run: str, cfg: dict) -> None:
              "nothing is learned")  # fmt: skip
 
 
-def mixed_states(states: dict, signal: dict) -> str | None:
+def mixed_states(cfg: dict) -> str | None:
     """Why learner states mixed with gold solutions (``learner_frac`` < 1) cannot serve this run, or None."""
-    if states["learner_frac"] == 1:
+    states, signal = cfg["states"], cfg["signal"]
+    if learner_frac(cfg) == 1:
         return None
     if signal["type"] == "reward" or signal.get("estimator") == "sampled":
         return (f"signal {signal['type']}{' (estimator sampled)' if signal['type'] != 'reward' else ''} needs every "
@@ -252,8 +254,10 @@ def factorial_runs(factorial: dict) -> list[str]:
 
 
 def learner_frac(cfg: dict) -> float:
-    """How on-policy a run's states are, lambda: 0 for dataset states, ``states.learner_frac`` for learner states."""
-    return 0.0 if cfg["states"]["source"] == "dataset" else float(cfg["states"]["learner_frac"])
+    """How on-policy a run's states are, lambda: 0 for dataset states, else ``states.learner_frac``, which a learner run
+    that does not mix leaves out (1: the schema fills no default, so such a run's settings carry no new key)."""
+    states = cfg["states"]
+    return 0.0 if states["source"] == "dataset" else float(states.get("learner_frac", 1.0))
 
 
 def factorial(config: dict) -> None:

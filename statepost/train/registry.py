@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from statepost import gsm8k
+from statepost.checks import learner_frac
 from statepost.config import check_on_policy
 from statepost.data import load_split
 from statepost.io import ConfigError
@@ -105,7 +106,7 @@ def learner_states(cfg: dict, tokenizer, rows: list[dict], accelerator=None) -> 
         keep=reward_filter(states["filter"]),
         record_old_logprobs=record_old_logprobs,
         stop=states["stop"],
-        learner_frac=states["learner_frac"],
+        learner_frac=learner_frac(cfg),
     )
 
 

@@ -37,6 +37,7 @@ from statepost.checks import factorial_runs, learner_frac
 from statepost.io import DataError
 
 from . import load
+from .claims import _t_isf
 from .diagnostics import load_diagnostics
 from .figures import BASE_COLOR, FIGURE_FORMATS, _figure, _rc, save_figure
 from .statistics import paired_change, rss, satterthwaite, sem
@@ -189,11 +190,9 @@ class Scores:
 
 def ci95(value: float, se: float, df: float) -> tuple[float, float]:
     """The two-sided 95% Student-t interval (normal where df is infinite; NaN where it is undefined)."""
-    from scipy import stats
-
     if not (math.isfinite(se) and df > 0):
         return float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, df)) * se if math.isfinite(df) else 1.959963984540054 * se
+    half = _t_isf(0.025, df) * se  # the verdicts' t quantile
     return value - half, value + half
 
 

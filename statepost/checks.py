@@ -1,7 +1,8 @@
 """Checks across keys that a JSON schema cannot express: settings that would make a job fail or a run meaningless.
 
-:func:`check_all` runs from :func:`statepost.config.check` when Snakemake builds the DAG, after the schema
-filled every default, so a mistake costs seconds instead of a failed (or, worse, a silently meaningless) job.
+:func:`references` and :func:`check_all` run from :func:`statepost.config.validate` when Snakemake builds the DAG,
+after the schema filled every default, so a mistake costs seconds instead of a failed (or, worse, a silently
+meaningless) job.
 Every error names the key path. What is checked, and why:
 
 * every number is finite (YAML reads ``.nan`` and ``.inf``, and ``.inf`` passes ``exclusiveMinimum``);
@@ -32,6 +33,9 @@ from pathlib import Path
 
 from . import benchmarks as bench_facts
 from .io import ConfigError
+
+# Model names the DAG uses for things that are not runs, and rule names a run must not shadow.
+RESERVED = {"base", "all", "base_model", "evaluate", "report", "data", "teacher", "init"}
 from .toyworld import toy_rows
 
 # A learner prompt is "Question: {question}\nAnswer:" (statepost.gsm8k.format_prompt). Both tokenizers the
@@ -47,7 +51,8 @@ def fail(key: str, msg: str):
 
 
 def check_all(config: dict, explicit_roles=()) -> None:
-    """Every check below; ``explicit_roles``: the claim roles the config sets itself (not schema defaults)."""
+    """Every check below but :func:`references`, which :func:`statepost.config.validate` runs first (then the runs'
+    order, which refuses a cycle); ``explicit_roles``: the claim roles the config sets itself (not schema defaults)."""
     finite_numbers(config, [])
     toy_model(config)
     benchmarks(config)
@@ -58,6 +63,95 @@ def check_all(config: dict, explicit_roles=()) -> None:
     if config["evaluation"]["device"] == "cuda" and config["resources"]["evaluate"]["gpu"] < 1:
         fail("evaluation.device", "cuda, but resources.evaluate.gpu is 0: the evaluation jobs get no GPU "
              "(give them one, or use device: cpu or auto)")  # fmt: skip
+
+
+def references(config: dict) -> None:
+    """Names that must name something: the splits every evaluation reads, a run's init, data, split and teacher;
+    run names not taken by the workflow; and the pairings a signal needs of its state source."""
+    benchmarks = config["benchmarks"]
+    for name, bench in benchmarks.items():
+        test_split, shot_split = bench_facts.get(name).eval_split, bench_facts.get(name).fewshot_split
+        needed = [test_split] + ([shot_split] if shot_split and bench["eval"]["num_fewshot"] > 0 else [])
+        for split in needed:
+            if split not in bench["splits"]:
+                raise ConfigError(
+                    f"config key benchmarks.{name}.splits: {name} is evaluated on '{test_split}'"
+                    + (f" with few-shot examples from '{shot_split}'" if shot_split else "")
+                    + f"; add '{split}' to the splits"
+                )
+    evaluation = config["evaluation"]
+    if evaluation["backend"] == "vllm" and evaluation["device"] == "cpu":
+        raise ConfigError("config key evaluation.backend: vllm runs on GPUs only, but evaluation.device is cpu")
+    runs = config.get("runs", {})
+    models = {"base", *runs}
+    for run, cfg in runs.items():
+        where = f"runs.{run}"
+        if run in RESERVED:
+            raise ConfigError(f"config key {where}: '{run}' is a reserved name; choose another run name")
+        if cfg["init"] not in models:
+            raise ConfigError(
+                f"config key {where}.init: '{cfg['init']}' names no model (known: {', '.join(sorted(models))})"
+            )
+        states, signal = cfg["states"], cfg["signal"]
+        if states["data"] not in benchmarks:
+            raise ConfigError(f"config key {where}.states.data: benchmark '{states['data']}' is not configured")
+        if states["split"] not in benchmarks[states["data"]]["splits"]:
+            raise ConfigError(
+                f"config key {where}.states.split: '{states['split']}' is not among "
+                f"benchmarks.{states['data']}.splits"
+            )
+        if states["source"] == "learner":
+            if cfg["optim"]["max_steps"] is None:
+                raise ConfigError(
+                    f"config key {where}.optim.max_steps: learner states have no epochs; set max_steps"
+                )
+        if signal.get("teacher") and signal["teacher"] not in models:
+            raise ConfigError(
+                f"config key {where}.signal.teacher: '{signal['teacher']}' names no model "
+                f"(known: {', '.join(sorted(models))})"
+            )
+        if signal["type"] == "reward" and states["source"] != "learner":
+            raise ConfigError(f"config key {where}.signal: a reward signal needs states.source: learner")
+        if states["source"] == "learner":
+            check_on_policy(where, states, signal)
+
+
+def check_on_policy(where: str, states: dict, signal: dict) -> None:
+    """Learner-state settings under which a signal's estimate would be degenerate or biased.
+
+    The reward signal's policy gradient and the sampled teacher-KL estimator take expectations
+    over the policy's own samples: they are unbiased only for samples drawn at temperature 1 and
+    top_p 1 from the current weights (a reward signal corrects reused rollouts with the recorded
+    sampling-time log-probs; the sampled estimator cannot). Group-normalised advantages need two
+    samples per prompt or every advantage is 0.
+    """
+    kind = signal["type"]
+    uses_samples = kind == "reward" or (kind == "teacher_kl" and signal["estimator"] == "sampled")
+    what = "the reward signal's policy gradient" if kind == "reward" else "the sampled teacher-KL estimator"
+    if kind == "reward" and states["samples_per_prompt"] < 2:
+        raise ConfigError(
+            f"config key {where}.states.samples_per_prompt: advantages are rewards minus the mean of each "
+            "prompt's group of samples; with 1 sample per prompt every advantage is 0 and nothing is learned "
+            "(set 2 or more)"
+        )
+    for key in ("temperature", "top_p"):
+        if uses_samples and states[key] != 1.0:
+            raise ConfigError(
+                f"config key {where}.states.{key}: {what} assumes samples of the policy itself "
+                f"(temperature 1, top_p 1); {key} {states[key]} samples another distribution and biases it"
+            )
+    if kind == "teacher_kl" and signal["estimator"] == "sampled" and states["refresh_every"] != 1:
+        raise ConfigError(
+            f"config key {where}.states.refresh_every: the sampled teacher-KL estimator needs fresh samples "
+            "of the current weights at every step (refresh_every 1), or use estimator: full"
+        )
+    updates, refresh = (signal["updates_per_batch"], states["refresh_every"]) if kind == "reward" else (1, 1)
+    if updates > 1 and refresh > 1 and updates != refresh:
+        raise ConfigError(
+            f"config key {where}.signal.updates_per_batch: states.refresh_every={states['refresh_every']} and "
+            f"signal.updates_per_batch={signal['updates_per_batch']} disagree (both say how many optimiser steps "
+            "reuse one batch of samples: set one, or both alike)"
+        )
 
 
 def finite_numbers(node, keys: list[str]) -> None:
@@ -172,9 +266,6 @@ def run_checks(config: dict, run: str, cfg: dict) -> None:
     _lr(f"{where}.optim.lr", optim["lr"])
     accelerate_config(config, run)
     data, split = states["data"], states["split"]
-    if data != "gsm8k":
-        fail(f"{where}.states.data", f"states are built from rows with a text question and a worked text answer "
-             f"(the gsm8k columns); {data} has none")  # fmt: skip
     if split == bench_facts.get(data).eval_split:
         fail(f"{where}.states.split", f"'{split}' is the split every model is scored on; training on it makes "
              "the scores meaningless")  # fmt: skip

@@ -30,9 +30,6 @@ CLAIM_BENCHMARKS = ("each", "target", "retention")  # a claim's `benchmark:` key
 
 FLOAT_WITHOUT_POINT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")  # 1e-4: a string to YAML 1.1, which PyYAML reads
 
-# Model names the DAG uses for things that are not runs, and rule names a run must not shadow.
-RESERVED = {"base", "all", "base_model", "evaluate", "report", "data", "teacher", "init"}
-
 
 @lru_cache(maxsize=1)
 def load_schema() -> dict:
@@ -100,7 +97,8 @@ def validate(config: dict) -> dict:
     # The paper's shots depend on the benchmark, so they live in workflow/tasks/benchmarks.yaml.
     for name, bench in config["benchmarks"].items():
         bench["eval"].setdefault("num_fewshot", bench_facts.get(name).num_fewshot)
-    check(config)
+    checks.references(config)
+    run_order(config)  # raises on cycles
     checks.check_all(config, explicit_roles)
     return config
 
@@ -201,99 +199,6 @@ def run_order(config: dict) -> list[str]:
     for name in runs:
         visit(name, [])
     return order
-
-
-def check(config: dict) -> None:
-    """Checks across keys that JSON schema cannot express. Raises ConfigError naming the key path."""
-    benchmarks = config["benchmarks"]
-    for name, bench in benchmarks.items():
-        test_split, shot_split = bench_facts.get(name).eval_split, bench_facts.get(name).fewshot_split
-        needed = [test_split] + ([shot_split] if shot_split and bench["eval"]["num_fewshot"] > 0 else [])
-        for split in needed:
-            if split not in bench["splits"]:
-                raise ConfigError(
-                    f"config key benchmarks.{name}.splits: {name} is evaluated on '{test_split}'"
-                    + (f" with few-shot examples from '{shot_split}'" if shot_split else "")
-                    + f"; add '{split}' to the splits"
-                )
-    evaluation = config["evaluation"]
-    if evaluation["backend"] == "vllm" and evaluation["device"] == "cpu":
-        raise ConfigError("config key evaluation.backend: vllm runs on GPUs only, but evaluation.device is cpu")
-    runs = config.get("runs", {})
-    models = {"base", *runs}
-    for run, cfg in runs.items():
-        where = f"runs.{run}"
-        if run in RESERVED:
-            raise ConfigError(f"config key {where}: '{run}' is a reserved name; choose another run name")
-        if cfg["init"] not in models:
-            raise ConfigError(
-                f"config key {where}.init: '{cfg['init']}' names no model (known: {', '.join(sorted(models))})"
-            )
-        states, signal = cfg["states"], cfg["signal"]
-        if states["data"] not in benchmarks:
-            raise ConfigError(f"config key {where}.states.data: benchmark '{states['data']}' is not configured")
-        if states["split"] not in benchmarks[states["data"]]["splits"]:
-            raise ConfigError(
-                f"config key {where}.states.split: '{states['split']}' is not among "
-                f"benchmarks.{states['data']}.splits"
-            )
-        if states["source"] == "learner":
-            if cfg["optim"]["max_steps"] is None:
-                raise ConfigError(
-                    f"config key {where}.optim.max_steps: learner states have no epochs; set max_steps"
-                )
-            if states["data"] != "gsm8k":
-                raise ConfigError(
-                    f"config key {where}.states.data: learner states sample GSM8K prompts; got '{states['data']}'"
-                )
-        if signal.get("teacher") and signal["teacher"] not in models:
-            raise ConfigError(
-                f"config key {where}.signal.teacher: '{signal['teacher']}' names no model "
-                f"(known: {', '.join(sorted(models))})"
-            )
-        if signal["type"] == "reward" and states["source"] != "learner":
-            raise ConfigError(f"config key {where}.signal: a reward signal needs states.source: learner")
-        if states["source"] == "learner":
-            check_on_policy(where, states, signal)
-    run_order(config)  # raises on cycles
-
-
-def check_on_policy(where: str, states: dict, signal: dict) -> None:
-    """Learner-state settings under which a signal's estimate would be degenerate or biased.
-
-    The reward signal's policy gradient and the sampled teacher-KL estimator take expectations
-    over the policy's own samples: they are unbiased only for samples drawn at temperature 1 and
-    top_p 1 from the current weights (a reward signal corrects reused rollouts with the recorded
-    sampling-time log-probs; the sampled estimator cannot). Group-normalised advantages need two
-    samples per prompt or every advantage is 0.
-    """
-    kind = signal["type"]
-    uses_samples = kind == "reward" or (kind == "teacher_kl" and signal["estimator"] == "sampled")
-    what = "the reward signal's policy gradient" if kind == "reward" else "the sampled teacher-KL estimator"
-    if kind == "reward" and states["samples_per_prompt"] < 2:
-        raise ConfigError(
-            f"config key {where}.states.samples_per_prompt: advantages are rewards minus the mean of each "
-            "prompt's group of samples; with 1 sample per prompt every advantage is 0 and nothing is learned "
-            "(set 2 or more)"
-        )
-    for key in ("temperature", "top_p"):
-        if uses_samples and states[key] != 1.0:
-            raise ConfigError(
-                f"config key {where}.states.{key}: {what} assumes samples of the policy itself "
-                f"(temperature 1, top_p 1); {key} {states[key]} samples another distribution and biases it"
-            )
-    if kind == "teacher_kl" and signal["estimator"] == "sampled" and states["refresh_every"] != 1:
-        raise ConfigError(
-            f"config key {where}.states.refresh_every: the sampled teacher-KL estimator needs fresh samples "
-            "of the current weights at every step (refresh_every 1), or use estimator: full"
-        )
-    updates, refresh = (signal["updates_per_batch"], states["refresh_every"]) if kind == "reward" else (1, 1)
-    if updates > 1 and refresh > 1 and updates != refresh:
-        raise ConfigError(
-            f"config key {where}.signal.updates_per_batch: states.refresh_every={states['refresh_every']} and "
-            f"signal.updates_per_batch={signal['updates_per_batch']} disagree (both say how many optimiser steps "
-            "reuse one batch of samples: set one, or both alike)"
-        )
 
 
 # A run's settings that change no weight: when it saves resumable states and logs (run_runtime), and

@@ -177,7 +177,7 @@ BAD = [
     ("training on the scored split", [(("runs", "sft_mild", "states", "split"), "test")],
      "runs.sft_mild.states.split: 'test' is the split every model is scored on"),
     ("dataset states from mmlu rows", [(("runs", "sft_mild", "states", "data"), "mmlu"), (("runs", "sft_mild", "states", "split"), "dev")],
-     "runs.sft_mild.states.data: states are built from rows with a text question"),
+     "runs.sft_mild.states.data: 'mmlu' is not one of ['gsm8k']"),
     ("more shots than dev rows", [(("benchmarks", "mmlu", "eval", "num_fewshot"), 6)],
      "benchmarks.mmlu.eval.num_fewshot: 6 examples, but the 'dev' split has 5 rows per subject"),
     ("gsm8k shots beyond its train rows", [(("benchmarks", "gsm8k", "rows", "train"), 20), (("benchmarks", "gsm8k", "eval", "num_fewshot"), 25),

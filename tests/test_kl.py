@@ -160,14 +160,28 @@ def test_sampled_estimator_matches_reverse_kl_gradient():
     assert m_mc["kl_sampled"] == pytest.approx(m_full["kl"], abs=0.05)  # the k1 estimate
 
 
-def test_config_errors():
-    t = FixedLogits(logits_of(P_T))
-    with pytest.raises(ValueError, match="reverse KL gradient only"):
-        TeacherKL(kl_cfg(direction="forward", estimator="sampled"), t)
-    with pytest.raises(ValueError, match="direction"):
-        TeacherKL(kl_cfg(direction="up"), t)
-    with pytest.raises(ValueError, match="estimator"):
-        TeacherKL(kl_cfg(estimator="guess"), t)
+def test_config_errors_are_the_configs():
+    """The schema refuses an unknown direction or estimator, and the config's checks a sampled estimator of
+    another divergence than the reverse KL, each naming the key, before any job (the signal takes them as given)."""
+    from statepost.config import with_defaults
+    from statepost.io import ConfigError
+
+    with pytest.raises(ConfigError, match=r"signal_teacher_kl\.direction|direction"):
+        with_defaults({"type": "teacher_kl", "teacher": "t", "direction": "up"}, "signal_teacher_kl")
+    with pytest.raises(ConfigError, match="estimator"):
+        with_defaults({"type": "teacher_kl", "teacher": "t", "estimator": "guess"}, "signal_teacher_kl")
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    from statepost import config as cfglib
+
+    toy = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "toy.yaml").read_text())
+    bad = copy.deepcopy(toy)
+    bad["runs"]["opd"]["signal"].update(direction="forward", estimator="sampled")
+    with pytest.raises(ConfigError, match=r"runs\.opd\.signal\.estimator: the sampled estimator estimates the reverse KL"):
+        cfglib.validate(bad)
 
 
 def test_empty_batch_gives_zero_loss():

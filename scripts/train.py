@@ -33,6 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="resumable training state, outside --out (default: OUT's parent/.OUT-name.state)",
     )
     p.add_argument("--metrics", type=Path, default=None, help="also copy metrics.jsonl here (default: OUT/metrics.jsonl only)")
+    # when to checkpoint and log change no weight, so the workflow passes them apart from --run-json (as resources,
+    # which trigger no rerun); absent here and in --run-json, the schema's defaults
     p.add_argument("--checkpoint-every", type=int, help="steps between resumable states (wins over checkpoint.every)")
     p.add_argument("--checkpoint-keep", type=int, help="resumable states kept (wins over checkpoint.keep)")
     p.add_argument("--log-every", type=int, help="steps between log lines (wins over log_every)")
@@ -41,8 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tracking", default="none",
                    help="none, or trackers to send every metrics line to: tensorboard, wandb, or both comma-separated")
     p.add_argument("--tracking-dir", type=Path, default=None,
-                   help="where the trackers write (default: tracking/RUN/seedSEED in OUT's experiment root, "
-                        "i.e. results/{experiment}/tracking/... for OUT = results/{experiment}/models/RUN/seedSEED)")
+                   help="where the trackers write (needed with --tracking; the workflow: "
+                        "results/{experiment}/tracking/RUN/seedSEED)")
     p.add_argument("--trajectory-json", type=json_arg, default={},
                    help="{step: directory} (JSON or @FILE): also write the model there after those optimiser steps "
                         "(runs.<run>.trajectory), each below the run's last step")  # fmt: skip
@@ -72,21 +74,16 @@ def main(argv=None) -> int:
         cfg = args.run_json
         if not isinstance(cfg, dict):
             raise ConfigError("--run-json: expected a JSON object")
-        # when to checkpoint and log: not part of the run's identity, so the rule passes them apart
-        checkpoint = dict(cfg.get("checkpoint") or {})
-        if args.checkpoint_every is not None:
-            checkpoint["every"] = args.checkpoint_every
-        if args.checkpoint_keep is not None:
-            checkpoint["keep"] = args.checkpoint_keep
+        checkpoint = {"every": args.checkpoint_every, "keep": args.checkpoint_keep}
+        checkpoint = {**cfg.get("checkpoint", {}), **{k: v for k, v in checkpoint.items() if v is not None}}
         cfg = {**cfg, **({"checkpoint": checkpoint} if checkpoint else {})}
-        if args.log_every is not None:
-            cfg["log_every"] = args.log_every
+        cfg.update({"log_every": args.log_every} if args.log_every is not None else {})
         from statepost.train.loop import TrainingError, train
         from statepost.train.tracking import tracker_names
 
         tracking = tracker_names(args.tracking)
-        tracking_dir = args.tracking_dir or (
-            args.out.parent.parent.parent / "tracking" / str(cfg.get("name")) / f"seed{cfg.get('seed')}")
+        if tracking and args.tracking_dir is None:
+            raise ConfigError(f"--tracking {args.tracking}: give --tracking-dir, where the trackers write")
 
         try:
             train(
@@ -99,7 +96,7 @@ def main(argv=None) -> int:
                 metrics_path=args.metrics,
                 progress=on_a_terminal and not args.no_progress,
                 tracking=tracking,
-                tracking_dir=tracking_dir if tracking else None,
+                tracking_dir=args.tracking_dir if tracking else None,
                 state_nll_every=args.state_nll_every,
                 trajectory=args.trajectory_json,
             )

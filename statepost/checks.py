@@ -100,23 +100,14 @@ def references(config: dict) -> None:
                 f"config key {where}.states.split: '{states['split']}' is not among "
                 f"benchmarks.{states['data']}.splits"
             )
-        if states["source"] == "learner":
-            if cfg["optim"]["max_steps"] is None:
-                raise ConfigError(
-                    f"config key {where}.optim.max_steps: learner states have no epochs; set max_steps"
-                )
         if signal.get("teacher") and signal["teacher"] not in models:
             raise ConfigError(
                 f"config key {where}.signal.teacher: '{signal['teacher']}' names no model "
                 f"(known: {', '.join(sorted(models))})"
             )
-        if signal["type"] == "reward" and states["source"] != "learner":
-            raise ConfigError(f"config key {where}.signal: a reward signal needs states.source: learner")
-        if states["source"] == "learner":
-            check_on_policy(where, states, signal)
 
 
-def check_on_policy(where: str, states: dict, signal: dict) -> None:
+def on_policy(where: str, states: dict, signal: dict) -> None:
     """Learner-state settings under which a signal's estimate would be degenerate or biased.
 
     The reward signal's policy gradient and the sampled teacher-KL estimator take expectations
@@ -144,13 +135,6 @@ def check_on_policy(where: str, states: dict, signal: dict) -> None:
         raise ConfigError(
             f"config key {where}.states.refresh_every: the sampled teacher-KL estimator needs fresh samples "
             "of the current weights at every step (refresh_every 1), or use estimator: full"
-        )
-    updates, refresh = (signal["updates_per_batch"], states["refresh_every"]) if kind == "reward" else (1, 1)
-    if updates > 1 and refresh > 1 and updates != refresh:
-        raise ConfigError(
-            f"config key {where}.signal.updates_per_batch: states.refresh_every={states['refresh_every']} and "
-            f"signal.updates_per_batch={signal['updates_per_batch']} disagree (both say how many optimiser steps "
-            "reuse one batch of samples: set one, or both alike)"
         )
 
 
@@ -260,10 +244,10 @@ def accelerate_config(config: dict, run: str) -> None:
 
 
 def run_checks(config: dict, run: str, cfg: dict) -> None:
-    where, states, signal, optim = f"runs.{run}", cfg["states"], cfg["signal"], cfg["optim"]
+    """A run's checks against the rest of the config (names, row counts, processes), then :func:`run_entry`."""
+    where, states, optim = f"runs.{run}", cfg["states"], cfg["optim"]
     if run.startswith("data_") and run[len("data_"):] in bench_facts.NAMES:
         fail(where, f"'{run}' is the name of the rule that prepares benchmark {run[len('data_'):]}; choose another run name")
-    _lr(f"{where}.optim.lr", optim["lr"])
     accelerate_config(config, run)
     data, split = states["data"], states["split"]
     if split == bench_facts.get(data).eval_split:
@@ -284,17 +268,40 @@ def run_checks(config: dict, run: str, cfg: dict) -> None:
     if late:  # with epochs the step count is known in the job, which checks it before training
         fail(f"{where}.trajectory", f"steps {sorted(late)} are not below optim.max_steps {optim['max_steps']}: the "
              "last step is the run's own model, and a trajectory step must come before it")  # fmt: skip
+    run_entry(where, cfg)
+    signal, base = cfg["signal"], config["base_model"]
+    if (signal["type"] == "reward" and cfg["init"] == "base" and base["source"] == "toy"
+            and base["pretrain"]["answer_line_frac"] == 0 and base["pretrain"]["answer_line_names"] == 0
+            and signal["answer_mode"] in ("strict", "hash")
+            and signal["format_reward"] == 0):  # fmt: skip
+        fail(f"{where}.signal.answer_mode", f"'{signal['answer_mode']}' rewards only answers on a '#### N' line, "
+             "which the toy base never writes at base_model.pretrain.answer_line_frac 0 and answer_line_names 0: "
+             "every reward is 0 and "
+             "nothing is learned")  # fmt: skip
+
+
+def run_entry(where: str, cfg: dict) -> None:
+    """The checks of one run entry that read nothing else of the config (``where``: its key, ``runs.NAME``). The DAG
+    runs them for every run (:func:`run_checks`); the training entry point (:func:`statepost.train.loop.run_config`)
+    for the run it is handed, so a run started by hand is refused as the DAG would refuse it."""
+    states, signal, optim = cfg["states"], cfg["signal"], cfg["optim"]
+    _lr(f"{where}.optim.lr", optim["lr"])
+    if signal["type"] == "reward" and states["source"] != "learner":
+        fail(f"{where}.signal", "a reward signal needs states.source: learner")
     if states["source"] == "learner":
+        if optim["max_steps"] is None:
+            fail(f"{where}.optim.max_steps", "learner states have no epochs; set max_steps")
         room = optim["max_length"] - MIN_PROMPT_TOKENS
         if states["max_new_tokens"] > room:
             fail(f"{where}.states.max_new_tokens", f"{states['max_new_tokens']} new tokens and a prompt of at least "
                  f"{MIN_PROMPT_TOKENS} tokens do not fit optim.max_length {optim['max_length']} (at most {room})")  # fmt: skip
-        flt = states["filter"]
+        on_policy(where, states, signal)
         mixed_rule = mixed_states(cfg)
         if mixed_rule:
             lam = learner_frac(cfg)
             fail(f"{where}.states.learner_frac", f"{lam:g} puts a prompt's gold solution in place of the learner's "
                  f"sample with probability {1 - lam:g}, so {mixed_rule}")  # fmt: skip
+        flt = states["filter"]
         if flt is not None and not 0 < flt["min"] <= 1:
             fail(f"{where}.states.filter.min", f"the gsm8k reward of a sample is 0 or 1, so min {flt['min']} keeps "
                  f"{'every' if flt['min'] <= 0 else 'no'} sample (use a value in (0, 1])")  # fmt: skip
@@ -311,15 +318,6 @@ def run_checks(config: dict, run: str, cfg: dict) -> None:
         if signal["estimator"] == "sampled" and states["source"] != "learner":
             fail(f"{where}.signal.estimator", "the sampled estimator needs the policy's own samples "
                  "(states.source: learner); dataset states are not samples of the policy")  # fmt: skip
-    base = config["base_model"]
-    if (signal["type"] == "reward" and cfg["init"] == "base" and base["source"] == "toy"
-            and base["pretrain"]["answer_line_frac"] == 0 and base["pretrain"]["answer_line_names"] == 0
-            and signal["answer_mode"] in ("strict", "hash")
-            and signal["format_reward"] == 0):  # fmt: skip
-        fail(f"{where}.signal.answer_mode", f"'{signal['answer_mode']}' rewards only answers on a '#### N' line, "
-             "which the toy base never writes at base_model.pretrain.answer_line_frac 0 and answer_line_names 0: "
-             "every reward is 0 and "
-             "nothing is learned")  # fmt: skip
 
 
 def mixed_states(cfg: dict) -> str | None:

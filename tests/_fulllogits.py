@@ -83,9 +83,9 @@ def ref_reward(signal, policy, batch):
 
 
 def reference(signal, policy, batch):
-    """The full-logits loss and metrics of ``signal`` (an NLLSignal, TeacherKL or RewardSignal)."""
+    """The full-logits loss and metrics of ``signal`` (an NLLSignal, TeacherKLSignal or RewardSignal)."""
     name = type(signal).__name__
-    fn = {"NLLSignal": ref_nll, "TeacherKL": ref_teacher_kl, "RewardSignal": ref_reward}[name]
+    fn = {"NLLSignal": ref_nll, "TeacherKLSignal": ref_teacher_kl, "RewardSignal": ref_reward}[name]
     return fn(signal, policy, batch)
 
 

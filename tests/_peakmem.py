@@ -39,7 +39,7 @@ def main(path: str, chunk_elements: int) -> dict:
     from statepost.config import with_defaults
     from statepost.train import logprobs
     from statepost.train.batch import StateBatch
-    from statepost.train.signals import TeacherKL
+    from statepost.train.signals import TeacherKLSignal
 
     torch.set_num_threads(1)
     logprobs.CHUNK_ELEMENTS = chunk_elements
@@ -54,7 +54,7 @@ def main(path: str, chunk_elements: int) -> dict:
     cm = torch.zeros(ROWS, width)
     cm[:, PROMPT:] = 1.0
     batch = StateBatch(input_ids=ids, attention_mask=torch.ones_like(ids), completion_mask=cm)
-    signal = TeacherKL(with_defaults({"type": "teacher_kl", "teacher": "t", "direction": "reverse"}, "signal"), teacher)
+    signal = TeacherKLSignal(with_defaults({"type": "teacher_kl", "teacher": "t", "direction": "reverse"}, "signal"), teacher)
 
     base_kb = status_kb("VmRSS")
     reset_peak()

@@ -15,7 +15,7 @@ from statepost.config import with_defaults
 from statepost.models import set_gradient_checkpointing
 from statepost.train import logprobs
 from statepost.train.batch import StateBatch
-from statepost.train.signals import NLLSignal, RewardSignal, TeacherKL
+from statepost.train.signals import NLLSignal, RewardSignal, TeacherKLSignal
 
 VOCAB = 48
 # rows: (prompt length, completion length); right-padded to the longest
@@ -64,10 +64,10 @@ def reward_cfg(**keys):
 
 VARIANTS = {
     "nll": lambda teacher, ref: NLLSignal(),
-    "kl_reverse": lambda teacher, ref: TeacherKL(kl_cfg(direction="reverse"), teacher),
-    "kl_forward": lambda teacher, ref: TeacherKL(kl_cfg(direction="forward"), teacher),
-    "kl_jsd": lambda teacher, ref: TeacherKL(kl_cfg(direction="jsd", beta=0.5), teacher),
-    "kl_sampled": lambda teacher, ref: TeacherKL(kl_cfg(direction="reverse", estimator="sampled"), teacher),
+    "kl_reverse": lambda teacher, ref: TeacherKLSignal(kl_cfg(direction="reverse"), teacher),
+    "kl_forward": lambda teacher, ref: TeacherKLSignal(kl_cfg(direction="forward"), teacher),
+    "kl_jsd": lambda teacher, ref: TeacherKLSignal(kl_cfg(direction="jsd", beta=0.5), teacher),
+    "kl_sampled": lambda teacher, ref: TeacherKLSignal(kl_cfg(direction="reverse", estimator="sampled"), teacher),
     "reward": lambda teacher, ref: RewardSignal(reward_cfg(kl_coef=0.0)),
     "reward_kl_metric": lambda teacher, ref: RewardSignal(reward_cfg(kl_coef=0.0), reference=ref),
     "reward_kl": lambda teacher, ref: RewardSignal(reward_cfg(kl_coef=0.1), reference=ref),
@@ -152,7 +152,7 @@ def test_no_logits_beyond_one_chunk(monkeypatch):
     policy, teacher = qwen(0), qwen(1)
     seen = []
     policy.lm_head.register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape)))
-    signal = TeacherKL(kl_cfg(direction="reverse"), teacher)
+    signal = TeacherKLSignal(kl_cfg(direction="reverse"), teacher)
     batch = make_batch()
     signal(policy, batch)[0].backward()  # first call: the head check projects the last position
     seen.clear()

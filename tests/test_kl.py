@@ -12,7 +12,7 @@ from _train_toy import build_model
 
 from statepost.config import with_defaults
 from statepost.train.logprobs import token_divergence
-from statepost.train.signals import TeacherKL, check_same_tokenizer
+from statepost.train.signals import TeacherKLSignal, check_same_tokenizer
 from statepost.train.batch import StateBatch
 
 P_S = [0.5, 0.3, 0.2]
@@ -20,7 +20,7 @@ P_T = [0.2, 0.3, 0.5]
 
 
 def kl_cfg(**keys):
-    """A teacher_kl signal config: the schema's defaults, then ``keys`` (unvalidated: TeacherKL checks them)."""
+    """A teacher_kl signal config: the schema's defaults, then ``keys`` (unvalidated: TeacherKLSignal checks them)."""
     return {**with_defaults({"type": "teacher_kl", "teacher": "teacher"}, "signal"), **keys}
 
 
@@ -77,7 +77,7 @@ def test_signal_is_masked_mean_over_completion_tokens(direction):
     teacher = FixedLogits(logits_of(P_T))
     batch = one_token_batch([0, 1, 2, 1], prefix_len=2)
     batch.completion_mask[1, 1] = 1.0  # a second completion position in row 1
-    sig = TeacherKL(kl_cfg(direction=direction, beta=0.5), teacher)
+    sig = TeacherKLSignal(kl_cfg(direction=direction, beta=0.5), teacher)
     loss, metrics = sig(student, batch)
     expected = float(token_divergence(logits_of(P_S), logits_of(P_T), direction, 0.5))
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)  # the same distribution at every state
@@ -115,7 +115,7 @@ def test_kl_and_gradient_vanish_when_teacher_is_student(cfg):
     am = torch.ones(3, 9, dtype=torch.long)
     am[2, 7:] = 0
     batch = StateBatch(input_ids=ids, attention_mask=am, completion_mask=cm)
-    loss, metrics = TeacherKL(kl_cfg(**cfg), teacher)(student, batch)
+    loss, metrics = TeacherKLSignal(kl_cfg(**cfg), teacher)(student, batch)
     loss.backward()
     assert abs(metrics["kl"]) < 1e-6
     if cfg.get("estimator") != "sampled":
@@ -135,7 +135,7 @@ def test_sampled_estimator_matches_reverse_kl_gradient():
 
     # exact reverse-KL gradient (the full estimator) with respect to the student logits
     full_student = FixedLogits(s_logits)
-    loss_full, m_full = TeacherKL(kl_cfg(direction="reverse"), teacher)(full_student, one_token_batch([0]))
+    loss_full, m_full = TeacherKLSignal(kl_cfg(direction="reverse"), teacher)(full_student, one_token_batch([0]))
     loss_full.backward()
     g_full = full_student.logits.grad.clone()
 
@@ -144,7 +144,7 @@ def test_sampled_estimator_matches_reverse_kl_gradient():
     g_exp = torch.zeros(V)
     for y in range(V):
         st = FixedLogits(s_logits)
-        loss_y, _ = TeacherKL(kl_cfg(estimator="sampled"), teacher)(st, one_token_batch([y]))
+        loss_y, _ = TeacherKLSignal(kl_cfg(estimator="sampled"), teacher)(st, one_token_batch([y]))
         loss_y.backward()
         g_exp += p_s[y] * st.logits.grad
     torch.testing.assert_close(g_exp, g_full, atol=1e-5, rtol=1e-4)
@@ -153,7 +153,7 @@ def test_sampled_estimator_matches_reverse_kl_gradient():
     n = 40_000
     ys = torch.multinomial(p_s, n, replacement=True, generator=torch.Generator().manual_seed(3))
     mc_student = FixedLogits(s_logits)
-    loss_mc, m_mc = TeacherKL(kl_cfg(estimator="sampled"), teacher)(mc_student, one_token_batch(ys.tolist()))
+    loss_mc, m_mc = TeacherKLSignal(kl_cfg(estimator="sampled"), teacher)(mc_student, one_token_batch(ys.tolist()))
     loss_mc.backward()
     torch.testing.assert_close(mc_student.logits.grad, g_full, atol=0.03, rtol=0.0)
     assert m_mc["kl"] == pytest.approx(m_full["kl"], rel=1e-5)  # the logged kl is exact
@@ -188,7 +188,7 @@ def test_empty_batch_gives_zero_loss():
     student = FixedLogits(logits_of(P_S))
     batch = one_token_batch([1, 2])
     batch.completion_mask.zero_()
-    loss, metrics = TeacherKL(kl_cfg(), FixedLogits(logits_of(P_T)))(student, batch)
+    loss, metrics = TeacherKLSignal(kl_cfg(), FixedLogits(logits_of(P_T)))(student, batch)
     loss.backward()
     assert float(loss.detach()) == 0.0 and metrics["completion_tokens"] == 0.0
     assert float(student.logits.grad.abs().max()) == 0.0

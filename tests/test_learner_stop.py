@@ -20,7 +20,7 @@ from statepost import gsm8k
 from statepost.config import with_defaults
 from statepost.io import ConfigError
 from statepost.train.registry import learner_states
-from statepost.train.signals import RewardSignal, TeacherKL
+from statepost.train.signals import RewardSignal, TeacherKLSignal
 from statepost.train.stopping import holds_stop
 
 WORDS = ["Question:", "Answer:", "What", "is", "1", "+", "2", "?", "so", "3", "Tell", "me", "####", "7"]
@@ -76,8 +76,8 @@ def run_cfg(signal=None, **states):
     return {**with_defaults(entry, "run"), "seed": 0}
 
 
-def sample(tok, model, gold="1 + 2 = 3\n#### 3", **states):
-    cfg = run_cfg(**states)
+def sample(tok, model, gold="1 + 2 = 3\n#### 3", signal=None, **states):
+    cfg = run_cfg(signal, **states)
     src = learner_states(cfg, tok, [{"question": QUESTION, "answer": gold}])
     calls = []
     hook = model.register_forward_hook(lambda *a: calls.append(1))
@@ -112,26 +112,29 @@ def test_generation_stops_at_the_task_stop_string(tok):
     assert forwards == len(SCRIPTS["bare"]) + 1
 
 
+def rewards(tok, script, mode, gold="1 + 2 = 3\n#### 3"):
+    """The rewards of a scripted sample, graded (once, by the state source) under a reward signal's ``mode``."""
+    cfg = run_cfg(signal={"type": "reward", "answer_mode": mode})
+    batch = learner_states(cfg, tok, [{"question": QUESTION, "answer": gold}]).sample(scripted_model(tok, script), 0)
+    return RewardSignal(cfg["signal"]).rewards(batch)[0].tolist(), batch
+
+
 def test_a_sample_past_question_is_scored_on_its_first_answer_only(tok):
     # before: the checker read the invented "#### 7" and rewarded the whole continuation
     assert gsm8k.reward("so 3 Question: Tell me #### 7", "#### 7", "hash_then_last") == 1.0
 
-    batch, _, _ = sample(tok, scripted_model(tok, SCRIPTS["bare"]), gold="1 + 2 = 7\n#### 7")
-    for mode in gsm8k.ANSWER_MODES:
-        r, _ = RewardSignal(with_defaults({"type": "reward", "answer_mode": mode}, "signal")).rewards(batch)
-        assert r.tolist() == [0.0, 0.0], mode  # the invented answer earns nothing in any mode
-    batch, _, _ = sample(tok, scripted_model(tok, SCRIPTS["bare"]))  # gold 3
-    expected = {"strict": 0.0, "flexible": 1.0, "hash": 0.0, "hash_then_last": 1.0}
+    for mode in gsm8k.ANSWER_MODES:  # the invented answer earns nothing in any mode
+        assert rewards(tok, SCRIPTS["bare"], mode, gold="1 + 2 = 7\n#### 7")[0] == [0.0, 0.0], mode
+    expected = {"strict": 0.0, "flexible": 1.0, "hash": 0.0, "hash_then_last": 1.0}  # gold 3
     for mode, value in expected.items():
-        r, _ = RewardSignal(with_defaults({"type": "reward", "answer_mode": mode}, "signal")).rewards(batch)
-        assert r.tolist() == [value, value], mode
-    assert batch.extras["correct"].tolist() == [0.0, 0.0]  # the accuracy metric reads strict-match
+        r, batch = rewards(tok, SCRIPTS["bare"], mode)
+        assert r == [value, value] and batch.extras["correct"].tolist() == r, mode  # accuracy: the reward's mode
+    assert sample(tok, scripted_model(tok, SCRIPTS["bare"]), signal={"type": "nll"})[0].extras["correct"].tolist() == [
+        0.0, 0.0]  # other signals' accuracy and filter read strict-match  # fmt: skip
 
-    batch, _, _ = sample(tok, scripted_model(tok, SCRIPTS["hash"]))
-    assert batch.extras["completions"][0] == "#### 3 "
     for mode in gsm8k.ANSWER_MODES:
-        r, _ = RewardSignal(with_defaults({"type": "reward", "answer_mode": mode}, "signal")).rewards(batch)
-        assert r.tolist() == [1.0, 1.0], mode
+        r, batch = rewards(tok, SCRIPTS["hash"], mode)
+        assert batch.extras["completions"][0] == "#### 3 " and r == [1.0, 1.0], mode
     # uncut, flexible-extract would have read the invented 7
     assert not gsm8k.is_correct("#### 3 Question: Tell me 7", "#### 3", "flexible")
 
@@ -150,7 +153,7 @@ def test_opd_states_end_at_the_stop_string(tok):
     model = scripted_model(tok, SCRIPTS["bare"])
     batch, _, _ = sample(tok, model, signal={"type": "teacher_kl", "teacher": "base"})
     teacher = copy.deepcopy(model)
-    _, metrics = TeacherKL(with_defaults({"type": "teacher_kl", "teacher": "base"}, "signal"), teacher)(model, batch)
+    _, metrics = TeacherKLSignal(with_defaults({"type": "teacher_kl", "teacher": "base"}, "signal"), teacher)(model, batch)
     assert metrics["completion_tokens"] == 2 * 3  # "so", "3", "Question:" per sample
 
 

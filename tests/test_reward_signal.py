@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from statepost import gsm8k
 from statepost.config import with_defaults
 from statepost.io import ConfigError
 from statepost.train.signals import RewardSignal, group_advantages, group_advantages_by_id
@@ -100,7 +101,7 @@ def hand_reinforce_grad(W, adv):
 def test_one_update_gradient_is_reinforce_with_group_baseline(normalize_std):
     policy = TableLM(V)
     rewards = [1.0, 0.0, 0.0, 1.0]
-    sig = RewardSignal(reward_cfg(normalize_std=normalize_std, clip_eps=0.2, updates_per_batch=1))
+    sig = RewardSignal(reward_cfg(normalize_std=normalize_std, clip_eps=0.2))
     loss, metrics = sig(policy, make_batch(rewards))
     loss.backward()
     if normalize_std:  # each pair (1, 0): mean .5, sample std sqrt(.5)
@@ -135,7 +136,7 @@ def test_clipping_with_old_logprobs():
     old = torch.zeros(batch.input_ids.shape)
     old[:, 1:] = (logp - 1.0) * batch.completion_mask[:, 1:]  # ratio = e > 1 + eps everywhere
     batch.extras["old_logprobs"] = old
-    loss, metrics = RewardSignal(reward_cfg(normalize_std=False, clip_eps=0.2, updates_per_batch=2))(policy, batch)
+    loss, metrics = RewardSignal(reward_cfg(normalize_std=False, clip_eps=0.2))(policy, batch)
     loss.backward()
     # positive advantages (rows 0 and 2) are clipped: only rows 1 and 3 (A = -.5) carry gradient,
     # with weight ratio * A = e * (-.5)
@@ -170,35 +171,43 @@ def test_k3_kl_penalty_to_reference():
     adv = torch.tensor([0.5, -0.5, 0.5, -0.5])[:, None].expand_as(mask)
     pg = float(-(adv * mask).sum() / mask.sum())
     assert float(loss.detach()) == pytest.approx(pg + 0.5 * expected, rel=1e-5)
-    with pytest.raises(ValueError, match="reference"):
-        RewardSignal(reward_cfg(kl_coef=0.1), None)
 
 
-def test_rewards_recomputed_from_completions_with_format_bonus():
-    batch = make_batch([0.0, 0.0, 0.0, 0.0])  # stale rewards are ignored when text is present
-    batch.extras["completions"] = ["so\n#### 7", "it is 7", "#### 8", "nothing"]
+def graded(batch, texts, mode="strict"):
+    """``batch`` with the grades learner states give its completions ``texts`` (statepost.train.states)."""
+    batch.extras.pop("rewards")
+    batch.extras["correct"] = torch.tensor([float(gsm8k.is_correct(t, a, mode)) for t, a in zip(texts, batch.answers)])
+    batch.extras["formatted"] = torch.tensor([gsm8k.has_answer_line(t) for t in texts])
+    return batch
+
+
+def test_rewards_are_the_grades_with_format_bonus():
+    texts = ["so\n#### 7", "it is 7", "#### 8", "nothing"]
     sig = RewardSignal(reward_cfg(answer_mode="hash_then_last", format_reward=0.5, normalize_std=False))
+    batch = graded(make_batch([0.0, 0.0, 0.0, 0.0]), texts, "hash_then_last")
     r, c = sig.rewards(batch)
     assert r.tolist() == [1.5, 1.0, 0.5, 0.0]
     assert c.tolist() == [1.0, 1.0, 0.0, 0.0]
     _, m = sig(TableLM(V), batch)
     assert m["reward"] == pytest.approx(0.75) and m["accuracy"] == 0.5
-    strict = RewardSignal(reward_cfg(answer_mode="hash"))
-    assert strict.rewards(batch)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    no_bonus = RewardSignal(reward_cfg(answer_mode="hash"))
+    assert no_bonus.rewards(graded(make_batch([0.0] * 4), texts, "hash"))[0].tolist() == [1.0, 0.0, 0.0, 0.0]
     del batch.extras["group"]
     with pytest.raises(ValueError, match="group"):
         sig(TableLM(V), batch)
+    del batch.extras["correct"]
+    with pytest.raises(ValueError, match="correct"):
+        sig.rewards(batch)
 
 
 def test_default_reward_is_lm_evals_strict_match():
     """The reward the claims read: "The answer is 7." earns nothing, "#### 7.00" neither (a string match)."""
-    batch = make_batch([0.0, 0.0, 0.0, 0.0])
-    batch.extras["completions"] = ["so\n#### 7", "The answer is 7.", "#### 7.00", "#### 7 then 8"]
+    texts = ["so\n#### 7", "The answer is 7.", "#### 7.00", "#### 7 then 8"]
     assert reward_cfg()["answer_mode"] == "strict"
-    r, c = RewardSignal(reward_cfg()).rewards(batch)
+    r, c = RewardSignal(reward_cfg()).rewards(graded(make_batch([0.0] * 4), texts))
     assert r.tolist() == [1.0, 0.0, 0.0, 1.0] and c.tolist() == r.tolist()
     flexible = RewardSignal(reward_cfg(answer_mode="flexible"))
-    assert flexible.rewards(batch)[0].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert flexible.rewards(graded(make_batch([0.0] * 4), texts, "flexible"))[0].tolist() == [1.0, 1.0, 0.0, 0.0]
     with pytest.raises(ConfigError, match="answer_mode"):  # the schema's to refuse, naming the key
         reward_cfg(answer_mode="exact")
 

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,30 +33,24 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from statepost.config import RUNTIME_KEYS, with_defaults
 from statepost.io import (
     ConfigError, atomic_dir, env_info, prepare_output, read_jsonl, sha256_file, utc_now, write_json, write_jsonl,
 )
-from statepost.models import (
-    disable_dropout,
-    load_frozen,
-    load_model,
-    load_tokenizer,
-    model_hashes,
-    set_gradient_checkpointing,
-)
+from statepost import checks
+from statepost.models import disable_dropout, load_model, load_tokenizer, model_hashes, set_gradient_checkpointing
 
 from .checkpoint import Checkpointer
 from .distributed import (
     broadcast, full_model_state, is_fsdp, make_accelerator, mean_dicts, mean_over_processes, sum_over_processes,
 )
-from .registry import SIGNALS, data_path, make_signal, make_state_source, read_rows
-from .signals import Signal, check_same_tokenizer
+from .registry import build_signal, data_path, make_state_source, read_rows
+from .signals import Signal
 from .state_nll import StateNLL
 from . import tracking as trackers
+from .tracking import MetricsLog
 from .batch import StateSource, padding_waste
 
 log = logging.getLogger("statepost.train")
@@ -71,12 +64,15 @@ class TrainingError(RuntimeError):
 
 def run_config(run_cfg: dict) -> dict:
     """The run entry validated, with the schema's defaults (:func:`statepost.config.with_defaults`), plus its
-    ``name`` and ``seed``; a bad or missing key raises ConfigError naming its path."""
+    ``name`` and ``seed``, and refused as the DAG refuses it (:func:`statepost.checks.run_entry`); a bad or missing key
+    raises ConfigError naming its path."""
     for key in ("name", "seed"):
         if key not in run_cfg:
             raise ConfigError(f"config key {key}: missing (the run's config carries its name and seed)")
     entry = {k: v for k, v in run_cfg.items() if k not in ("name", "seed")}
-    return {**with_defaults(entry, "run"), "name": run_cfg["name"], "seed": run_cfg["seed"]}
+    cfg = {**with_defaults(entry, "run"), "name": run_cfg["name"], "seed": run_cfg["seed"]}
+    checks.run_entry(f"runs.{cfg['name']}", cfg)
+    return cfg
 
 
 def training_config_hash(cfg: dict) -> str:
@@ -93,6 +89,7 @@ class Run:
     accelerator: Any
     model: Any  # the prepared (DDP-wrapped) policy: forward and backward
     policy: Any  # the same model unwrapped: sampling (generation must not go through DDP) and hooks
+    tokenizer: Any
     optimizer: Any
     scheduler: Any
     source: StateSource
@@ -100,9 +97,17 @@ class Run:
     checkpointer: Checkpointer
     resume_key: dict  # config_hash, inputs_hash, num_processes, fsdp: what a checkpoint must match
     total_steps: int
+    trajectory: dict[int, Path]  # {step: directory} of the models written along training
+    facts: dict  # what run.json records of the run besides its end (record)
     t_start: float
     prior_time: float = 0.0  # training time before the resumed checkpoint
     state_nll: StateNLL | None = None  # the init model's NLL of each step's states (diagnostics.state_nll)
+
+    def record(self, step: int) -> dict:
+        """run.json of the model after ``step``."""
+        wall = time.time() - self.t_start
+        return {**self.facts, "final_step": step, "wall_time_s": wall, "train_time_s": self.prior_time + wall,
+                "finished": utc_now()}  # fmt: skip
 
 
 def _info(accelerator, msg: str, *args) -> None:
@@ -110,23 +115,9 @@ def _info(accelerator, msg: str, *args) -> None:
         log.info(msg, *args)
 
 
-def train(
-    run_cfg: dict,
-    *,
-    init_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    data_dir: str | os.PathLike,
-    state_dir: str | os.PathLike | None = None,
-    teacher_dir: str | os.PathLike | None = None,
-    metrics_path: str | os.PathLike | None = None,
-    accelerator=None,
-    hooks: dict[str, Callable] | None = None,
-    progress: bool = True,
-    state_nll_every: int = 0,
-    tracking: Sequence[str] = (),
-    tracking_dir: str | os.PathLike | None = None,
-    trajectory: Mapping[int, str | os.PathLike] | None = None,
-) -> dict:
+def train(run_cfg: dict, *, init_dir, out_dir, data_dir, state_dir=None, teacher_dir=None, metrics_path=None,
+          accelerator=None, hooks: dict[str, Callable] | None = None, progress: bool = True, state_nll_every: int = 0,
+          tracking: Sequence[str] = (), tracking_dir=None, trajectory: Mapping[int, str] | None = None) -> dict:  # fmt: skip
     """Train one (run, seed) and write the final model to ``out_dir``; return the run record (run.json).
 
     ``state_dir`` (default ``{out_dir.parent}/.{out_dir.name}.state``) holds the resumable states and
@@ -139,66 +130,69 @@ def train(
     steps (each below the last), to be evaluated along training; kept in the state dir (so a resumed run has them)
     and moved to its directory when the run ends; it changes no weight.
     """
+    run, hooks = build_run(
+        run_cfg, init_dir=Path(init_dir), out_dir=Path(out_dir), data_dir=Path(data_dir),
+        state_dir=Path(state_dir) if state_dir else None, teacher_dir=Path(teacher_dir) if teacher_dir else None,
+        accelerator=accelerator, tracking=(tracking, tracking_dir), state_nll_every=state_nll_every,
+        trajectory=trajectory or {},
+    ), hooks or {}  # fmt: skip
+    run.checkpointer.lock()
+    try:
+        start_step = resume(run)
+        trackers.start(run.accelerator, run.cfg, tracking_dir)
+        with MetricsLog(run, start_step, progress) as metrics_log:
+            for step in range(start_step + 1, run.total_steps + 1):
+                train_step(run, step, metrics_log)
+                if step in run.trajectory:  # kept in the state dir until the run ends, as its checkpoints are
+                    publish(run, run.record(step), run.checkpointer.snapshot(step))
+                if "after_step" in hooks:
+                    hooks["after_step"](step, run.policy)
+        fail_if_never_updated(run)
+        run.accelerator.wait_for_everyone()
+        final = run.record(run.total_steps)
+        publish(run, final, Path(out_dir), Path(metrics_path) if metrics_path else None)
+        run.checkpointer.place_snapshots(run.trajectory)
+        run.checkpointer.remove_all()
+        return final
+    finally:
+        run.checkpointer.unlock()
+        trackers.stop(run.accelerator)
+
+
+def build_run(run_cfg: dict, *, init_dir: Path, out_dir: Path, data_dir: Path, state_dir: Path | None,
+              teacher_dir: Path | None, accelerator, tracking: tuple, state_nll_every: int, trajectory: Mapping) -> Run:
+    """Everything :func:`train` needs before its first step: the config, seeding, the data, the policy, the (state
+    source, signal) pair of :mod:`statepost.train.registry` with the models its signal loads, the resume key, the
+    step count, the optimiser and schedule."""
     t_start, started = time.time(), utc_now()
-    cfg, hooks = run_config(run_cfg), hooks or {}
-    optim, signal_type = cfg["optim"], cfg["signal"]["type"]
-    init_dir, out_dir, data_dir = Path(init_dir), Path(out_dir), Path(data_dir)
-    teacher_dir = Path(teacher_dir) if teacher_dir else None
-    state_dir = Path(state_dir) if state_dir else out_dir.parent / f".{out_dir.name}.state"
+    cfg = run_config(run_cfg)
+    optim = cfg["optim"]
+    state_dir = state_dir or out_dir.parent / f".{out_dir.name}.state"
     accelerator = accelerator if accelerator is not None else make_accelerator(
-        optim["precision"], **trackers.accelerator_kwargs(trackers.tracker_names(tracking), tracking_dir))
+        optim["precision"], **trackers.accelerator_kwargs(trackers.tracker_names(tracking[0]), tracking[1]))
     if accelerator.is_main_process:  # out_dir's folder writable; what a killed save left beside it recovered
         prepare_output(out_dir)
     # python, numpy, torch (CPU + every CUDA device), + the process index so that learner sampling
     # differs between processes. The data order has its own generator seeded from (seed, epoch).
     set_seed(int(cfg["seed"]), device_specific=True)
-    spec = SIGNALS[signal_type]
-    needed = spec.models(cfg["signal"])
-    if "teacher" in needed and teacher_dir is None:
-        raise ConfigError(f"config key signal.teacher: signal {signal_type!r} needs --teacher DIR")
-    if "teacher" not in needed and teacher_dir is not None:
-        _info(accelerator, "signal %s uses no teacher: %s not loaded", signal_type, teacher_dir)
-        teacher_dir = None
 
     # the data first: its file checked against the data rule's manifest and every row validated, so a
     # changed or corrupt file stops the run (naming path and line) before any model is loaded
     rows = read_rows(cfg, data_dir)
 
     # the policy, dropout off (as TRL's trainers: the loss must see the function that is sampled and
-    # scored), and the extra models its signal declares (eval, no grad, the policy's device)
-    tokenizer = load_tokenizer(init_dir)
-    model = load_model(init_dir, dtype=torch.float32)
-    disable_dropout(model)
-    if optim["gradient_checkpointing"]:
-        set_gradient_checkpointing(model, True)
-    model.train()
+    # scored); the (state source, signal) pair, with the frozen models the signal declares
+    tokenizer, model = load_policy(init_dir, optim)
     compute_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
-    # the teacher in the compute dtype; the reference in the policy's (fp32 weights under the same
-    # autocast), so that the KL to it is exactly 0 before the first update
-    frozen = {"teacher": (teacher_dir, compute_dtype), "reference": (init_dir, torch.float32)}
-    models = {name: load_frozen(*frozen[name], accelerator.device) for name in needed}
-
-    # the (state source, signal) pair
+    signal, frozen, model_dirs = build_signal(
+        cfg, tokenizer, init_dir=init_dir, teacher_dir=teacher_dir, device=accelerator.device,
+        compute_dtype=compute_dtype,
+    )
     source = make_state_source(cfg, tokenizer, data_dir, accelerator, rows=rows)
-    if "teacher" in models:  # distillation compares distributions token id by token id
-        try:
-            check_same_tokenizer(tokenizer, load_tokenizer(teacher_dir), init_dir, teacher_dir)
-        except ValueError as e:
-            raise ConfigError(f"config key signal.teacher: {e}") from None
-    signal = make_signal(cfg["signal"], **models)
     if source.n_skipped:
         _info(accelerator, "skipped %d examples longer than optim.max_length=%d", source.n_skipped, optim["max_length"])
 
-    # input hashes (main process) and the resume key
-    inputs = None
-    if accelerator.is_main_process:
-        data_file = data_path(cfg, data_dir)
-        inputs = {
-            "init": model_hashes(init_dir),
-            "teacher": model_hashes(teacher_dir) if teacher_dir is not None else None,
-            "data": {data_file.relative_to(data_dir).as_posix(): sha256_file(data_file)},
-        }
-    inputs = broadcast(accelerator, inputs)
+    inputs = input_hashes(accelerator, init_dir, model_dirs, data_path(cfg, data_dir))
     resume_key = {
         "config_hash": training_config_hash(cfg),
         "inputs_hash": hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16],
@@ -206,18 +200,8 @@ def train(
         "fsdp": is_fsdp(accelerator),  # sharded optimizer state is saved by parameter name: not interchangeable
     }
 
-    # steps, optimiser, schedule
     micro_per_epoch = len(source) if hasattr(source, "__len__") else None
-    if optim["max_steps"]:
-        total_steps = int(optim["max_steps"])
-    elif micro_per_epoch:
-        total_steps = max(1, math.floor(float(optim["epochs"]) * micro_per_epoch / optim["grad_accum"]))
-    else:
-        raise ConfigError("config key optim.max_steps: required for a state source without epochs (learner)")
-    trajectory = {int(k): Path(v) for k, v in (trajectory or {}).items()}
-    if any(not 1 <= k < total_steps for k in trajectory):
-        raise ConfigError(f"config key runs.{cfg['name']}.trajectory: steps {sorted(trajectory)}, but the run's steps are "
-                          f"1 to {total_steps} and its last step is its own model: each must be below {total_steps}")
+    total_steps = count_steps(cfg, micro_per_epoch, trajectory)
     warmup_steps = math.ceil(float(optim["warmup_ratio"]) * total_steps)
     optimizer = make_optimizer(model, optim)
     scheduler = get_scheduler(
@@ -226,61 +210,71 @@ def train(
     # The scheduler is stepped by hand once per optimiser step (not prepared: accelerate would step
     # it once per process and make the schedule depend on the process count).
     prepared, optimizer = accelerator.prepare(model, optimizer)
-    run = Run(
-        cfg=cfg, accelerator=accelerator, model=prepared, policy=accelerator.unwrap_model(prepared),
-        optimizer=optimizer, scheduler=scheduler, source=source, signal=signal,
-        checkpointer=Checkpointer(state_dir, accelerator, keep=cfg["checkpoint"]["keep"]),
-        resume_key=resume_key, total_steps=total_steps, t_start=t_start,
-        state_nll=StateNLL.build(state_nll_every, init_dir, models, accelerator.device, compute_dtype),
+    checkpointer = Checkpointer(state_dir, accelerator, keep=cfg["checkpoint"]["keep"])
+    _info(
+        accelerator,
+        "run %s seed %s: %d steps (%d warmup), %s micro-batches/epoch, grad_accum %d, %d process(es), %s, "
+        "precision %s, live metrics %s",
+        cfg["name"], cfg["seed"], total_steps, warmup_steps, micro_per_epoch, optim["grad_accum"],
+        accelerator.num_processes, accelerator.device, accelerator.mixed_precision, checkpointer.metrics_path,
     )
+    facts = {
+        "name": cfg["name"], "seed": cfg["seed"], "config": cfg, "config_hash": resume_key["config_hash"],
+        "init": str(init_dir), "teacher": str(teacher_dir) if "teacher" in model_dirs else None,
+        "data_dir": str(data_dir), "inputs": inputs, "env": env_info(),
+        "accelerate": {
+            "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+            "device": str(accelerator.device), "distributed_type": str(accelerator.distributed_type),
+        },
+        "total_steps": total_steps, "warmup_steps": warmup_steps, "micro_batches_per_epoch": micro_per_epoch,
+        "examples_skipped": source.n_skipped, "resumed_from_step": None, "started": started,
+    }  # fmt: skip
+    return Run(
+        cfg=cfg, accelerator=accelerator, model=prepared, policy=accelerator.unwrap_model(prepared),
+        tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, source=source, signal=signal,
+        checkpointer=checkpointer, resume_key=resume_key, total_steps=total_steps, trajectory={int(k): Path(v) for k, v in trajectory.items()},
+        facts=facts, t_start=t_start,
+        state_nll=StateNLL.build(state_nll_every, init_dir, frozen, accelerator.device, compute_dtype),
+    )  # fmt: skip
 
-    run.checkpointer.lock()
-    try:
-        resumed_from = resume(run, trajectory)
-        trackers.start(accelerator, cfg, tracking_dir)
-        _info(
-            accelerator,
-            "run %s seed %s: %d steps (%d warmup), %s micro-batches/epoch, grad_accum %d, %d process(es), %s, "
-            "precision %s, live metrics %s",
-            cfg["name"], cfg["seed"], total_steps, warmup_steps, micro_per_epoch, optim["grad_accum"],
-            accelerator.num_processes, accelerator.device, accelerator.mixed_precision, run.checkpointer.metrics_path,
-        )
-        start_step = resumed_from or 0
-        fixed = {
-            "name": cfg["name"], "seed": cfg["seed"], "config": cfg, "config_hash": resume_key["config_hash"],
-            "init": str(init_dir), "teacher": str(teacher_dir) if teacher_dir is not None else None,
-            "data_dir": str(data_dir), "inputs": inputs, "env": env_info(),
-            "accelerate": {
-                "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-                "device": str(accelerator.device), "distributed_type": str(accelerator.distributed_type),
-            },
-            "total_steps": total_steps, "warmup_steps": warmup_steps, "micro_batches_per_epoch": micro_per_epoch,
-            "examples_skipped": source.n_skipped, "resumed_from_step": resumed_from, "started": started,
-        }  # fmt: skip
 
-        def record(step: int) -> dict:
-            wall = time.time() - t_start
-            return {**fixed, "final_step": step, "wall_time_s": wall, "train_time_s": run.prior_time + wall,
-                    "finished": utc_now()}  # fmt: skip
+def load_policy(init_dir: Path, optim: dict):
+    """``(tokenizer, model)``: the init model in fp32, dropout off, in train mode (gradient checkpointing if set)."""
+    tokenizer = load_tokenizer(init_dir)
+    model = load_model(init_dir, dtype=torch.float32)
+    disable_dropout(model)
+    if optim["gradient_checkpointing"]:
+        set_gradient_checkpointing(model, True)
+    model.train()
+    return tokenizer, model
 
-        with MetricsLog(run, start_step, progress) as metrics_log:
-            for step in range(start_step + 1, total_steps + 1):
-                train_step(run, step, metrics_log)
-                if step in trajectory:  # kept in the state dir until the run ends, as its checkpoints are
-                    publish(run, tokenizer, record(step), run.checkpointer.snapshot(step))
-                if "after_step" in hooks:
-                    hooks["after_step"](step, run.policy)
-        fail_if_never_updated(run)
 
-        accelerator.wait_for_everyone()
-        final = record(total_steps)
-        publish(run, tokenizer, final, out_dir, Path(metrics_path) if metrics_path else None)
-        run.checkpointer.place_snapshots(trajectory)
-        run.checkpointer.remove_all()
-        return final
-    finally:
-        run.checkpointer.unlock()
-        trackers.stop(accelerator)
+def input_hashes(accelerator, init_dir: Path, model_dirs: Mapping[str, Path], data_file: Path) -> dict:
+    """The sha256 of every input file (main process, broadcast): the init model, the signal's other models and the
+    data. A checkpoint resumes only under the same inputs."""
+    inputs = None
+    if accelerator.is_main_process:
+        inputs = {
+            "init": model_hashes(init_dir),
+            "teacher": model_hashes(model_dirs["teacher"]) if "teacher" in model_dirs else None,
+            "data": {f"{data_file.parent.name}/{data_file.name}": sha256_file(data_file)},
+        }
+    return broadcast(accelerator, inputs)
+
+
+def count_steps(cfg: dict, micro_per_epoch: int | None, trajectory: Mapping) -> int:
+    """The run's optimiser steps: ``optim.max_steps``, else its epochs of micro-batches (learner runs have
+    max_steps: :func:`statepost.checks.run_entry`); every trajectory step must come before the last."""
+    optim = cfg["optim"]
+    if optim["max_steps"]:
+        total = int(optim["max_steps"])
+    else:
+        total = max(1, math.floor(float(optim["epochs"]) * micro_per_epoch / optim["grad_accum"]))
+    if any(not 1 <= int(k) < total for k in trajectory):
+        raise ConfigError(f"config key runs.{cfg['name']}.trajectory: steps {sorted(map(int, trajectory))}, but the "
+                          f"run's steps are 1 to {total} and its last step is its own model: each must be below "
+                          f"{total}")  # fmt: skip
+    return total
 
 
 def make_optimizer(model, optim: dict) -> torch.optim.AdamW:
@@ -314,10 +308,11 @@ def fail_if_never_updated(run: Run) -> None:
         )
 
 
-def resume(run: Run, trajectory: Mapping[int, Path]) -> int | None:
-    """Load the newest resumable checkpoint (and return its step), or clear the state dir of an earlier attempt."""
+def resume(run: Run) -> int:
+    """Load the newest resumable checkpoint (and return its step), or clear the state dir of an earlier attempt (and
+    return 0)."""
     accelerator, checkpointer = run.accelerator, run.checkpointer
-    found = checkpointer.find_resumable(run.resume_key, trajectory) if accelerator.is_main_process else None
+    found = checkpointer.find_resumable(run.resume_key, run.trajectory) if accelerator.is_main_process else None
     found_path = broadcast(accelerator, str(found[0]) if found else None)
     resumed_from = None
     if found_path:
@@ -331,48 +326,8 @@ def resume(run: Run, trajectory: Mapping[int, Path]) -> int | None:
     else:
         checkpointer.reset()
     accelerator.wait_for_everyone()
-    return resumed_from
-
-
-class MetricsLog:
-    """The live ``metrics.jsonl`` in the state dir and the progress bar (main process); a log line every
-    ``log_every`` steps when there is no bar on a terminal."""
-
-    def __init__(self, run: Run, start_step: int, progress: bool):
-        main, cfg = run.accelerator.is_main_process, run.cfg
-        self.file = run.checkpointer.metrics_path.open("a") if main else None
-        self.accelerator = run.accelerator  # its trackers (if any) get every line too
-        self.pbar = tqdm(
-            total=run.total_steps, initial=start_step, desc=f"{cfg['name']}/seed{cfg['seed']}",
-            disable=not (progress and main), dynamic_ncols=True,
-        )
-        self.log_lines = not (progress and _stderr_is_tty())
-        self.log_every, self.total_steps = cfg["log_every"], run.total_steps
-
-    def write(self, row: dict) -> None:
-        if self.file is None:
-            return
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-        self.accelerator.log(row, step=row["step"])
-        self.pbar.update(1)
-        step = row["step"]
-        if step % self.log_every == 0 or step == self.total_steps:
-            self.pbar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-            if self.log_lines:
-                log.info(
-                    "step %d/%d loss %.4f lr %.3g grad_norm %.3g tok/s %.0f pad %.3f",
-                    step, self.total_steps, row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s"],
-                    row["padding_waste"],
-                )
-
-    def __enter__(self) -> MetricsLog:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.pbar.close()
-        if self.file is not None:
-            self.file.close()
+    run.facts["resumed_from_step"] = resumed_from
+    return resumed_from or 0
 
 
 def train_step(run: Run, step: int, metrics_log: MetricsLog) -> None:
@@ -449,17 +404,17 @@ def train_step(run: Run, step: int, metrics_log: MetricsLog) -> None:
         )
 
 
-def publish(run: Run, tokenizer, record: dict, out_dir: Path, metrics_path: Path | None = None) -> None:
+def publish(run: Run, record: dict, out_dir: Path, metrics_path: Path | None = None) -> None:
     """Every process: the model at ``record["final_step"]`` written to ``out_dir`` by the main process (under FSDP,
     its weights gathered from the shards first, a collective)."""
     weights = full_model_state(run.accelerator, run.model)
     if run.accelerator.is_main_process:
-        save_model(run, tokenizer, record, out_dir, metrics_path, weights)
+        save_model(run, record, out_dir, metrics_path, weights)
         _info(run.accelerator, "saved %s (step %d, %.1f s)", out_dir, record["final_step"], record["wall_time_s"])
     run.accelerator.wait_for_everyone()
 
 
-def save_model(run: Run, tokenizer, record: dict, out_dir: Path, metrics_path: Path | None, weights=None) -> None:
+def save_model(run: Run, record: dict, out_dir: Path, metrics_path: Path | None, weights=None) -> None:
     """Write the model, tokenizer, metrics.jsonl (the lines so far) and run.json to ``out_dir`` atomically (main
     process). ``weights``: the whole model's state dict under FSDP (the module holds only this process's shard)."""
     rows = list(read_jsonl(run.checkpointer.metrics_path)) if run.checkpointer.metrics_path.is_file() else []
@@ -469,7 +424,7 @@ def save_model(run: Run, tokenizer, record: dict, out_dir: Path, metrics_path: P
         set_gradient_checkpointing(final, False)
     with atomic_dir(out_dir) as tmp:
         final.save_pretrained(tmp, **({"state_dict": weights} if weights is not None else {}))
-        tokenizer.save_pretrained(tmp)
+        run.tokenizer.save_pretrained(tmp)
         if getattr(final, "generation_config", None) is not None and not (tmp / "generation_config.json").exists():
             final.generation_config.save_pretrained(tmp)
         write_jsonl(tmp / "metrics.jsonl", rows)
@@ -484,10 +439,3 @@ def save_model(run: Run, tokenizer, record: dict, out_dir: Path, metrics_path: P
         set_gradient_checkpointing(final, True)
     if metrics_path is not None and metrics_path.resolve() != (out_dir / "metrics.jsonl").resolve():
         write_jsonl(metrics_path, rows)
-
-
-def _stderr_is_tty() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False

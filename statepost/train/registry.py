@@ -3,8 +3,9 @@
 ``states.source`` picks where the states come from (``dataset``: prompt + gold solution prefixes;
 ``learner``: the current policy's own samples), ``signal.type`` what is applied at them (``nll``,
 ``teacher_kl``, ``reward``). Every builder reads complete config branches (the schema's defaults
-filled in by :func:`statepost.config.with_defaults`) and hands the parts explicit arguments; this is
-also where a source's settings that depend on the signal are worked out (:func:`rollout_reuse`).
+filled in by :func:`statepost.config.with_defaults`, the pairings checked by :func:`statepost.checks.run_entry`) and
+hands the parts explicit arguments; this is also where a source's settings that depend on the signal are worked out
+(whether it records the sampling-time log-probs, and whose answer mode grades the samples).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from statepost import gsm8k
-from statepost.checks import check_on_policy, learner_frac
+import torch
+
+from statepost.checks import learner_frac
 from statepost.data import load_split
 from statepost.io import ConfigError
+from statepost.models import load_frozen, load_tokenizer
 
-from .signals import NLLSignal, RewardSignal, TeacherKL
+from .signals import NLLSignal, RewardSignal, TeacherKLSignal, check_same_tokenizer
 from .states import DatasetStates, LearnerStates
 
 log = logging.getLogger(__name__)
@@ -30,12 +33,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SignalSpec:
-    """How to build one signal type, and what it needs besides the policy.
+    """How to build one signal type, and the frozen models it needs besides the policy.
 
-    ``models(signal_cfg)``: the extra models the loop loads (frozen) and passes to ``build`` by name:
-    ``teacher`` (``--teacher DIR``), ``reference`` (the init model, in the policy's precision so that
-    the KL to it is exactly 0 at step 0). ``reuses_rollouts``: the signal has ``updates_per_batch``
-    and its clipped ratio needs the sampling-time log-probs of a reused batch.
+    ``models(signal_cfg)``: the names :func:`build_signal` loads and passes to ``build``: ``teacher`` (the run's
+    ``--teacher DIR``, in the compute dtype) and ``reference`` (the init model in the policy's precision, so that the
+    KL to it is exactly 0 before the first update). ``reuses_rollouts``: its clipped ratio needs the sampling-time
+    log-probs of a rollout batch that ``states.refresh_every`` > 1 reuses.
     """
 
     build: Callable[..., Any]  # build(signal_cfg, **models) -> signal
@@ -48,7 +51,7 @@ SIGNALS: dict[str, SignalSpec] = {
     "nll": SignalSpec(
         lambda signal_cfg, **models: NLLSignal(**models), models=lambda signal_cfg: ("teacher",) if "teacher" in signal_cfg else ()
     ),
-    "teacher_kl": SignalSpec(TeacherKL, models=lambda signal_cfg: ("teacher",)),
+    "teacher_kl": SignalSpec(TeacherKLSignal, models=lambda signal_cfg: ("teacher",)),
     # the init model only for the k3 penalty; without it the run loads no second model
     "reward": SignalSpec(
         RewardSignal, models=lambda signal_cfg: ("reference",) if signal_cfg["kl_coef"] > 0 else (), reuses_rollouts=True
@@ -56,12 +59,30 @@ SIGNALS: dict[str, SignalSpec] = {
 }
 
 
+def build_signal(cfg: dict, tokenizer, *, init_dir: Path, teacher_dir: Path | None, device, compute_dtype):
+    """``(signal, models, model_dirs)``: the run's signal and the frozen models its spec declares, loaded here (eval
+    mode, no grad, on ``device``; ``models`` by name, for the run's diagnostics to share), and ``model_dirs``, where
+    each was read. A teacher's tokenizer must be the policy's: distillation compares distributions token id by id."""
+    signal_cfg = cfg["signal"]
+    needed = SIGNALS[signal_cfg["type"]].models(signal_cfg)
+    if "teacher" in needed and teacher_dir is None:
+        raise ConfigError(f"config key signal.teacher: signal {signal_cfg['type']!r} needs --teacher DIR")
+    if "teacher" not in needed and teacher_dir is not None:
+        log.info("signal %s uses no teacher: %s not loaded", signal_cfg["type"], teacher_dir)
+    # the teacher in the compute dtype; the reference in the policy's (fp32 weights under the same autocast)
+    frozen = {"teacher": (teacher_dir, compute_dtype), "reference": (init_dir, torch.float32)}
+    models = {name: load_frozen(*frozen[name], device) for name in needed}
+    if "teacher" in models:
+        try:
+            check_same_tokenizer(tokenizer, load_tokenizer(teacher_dir), init_dir, teacher_dir)
+        except ValueError as e:
+            raise ConfigError(f"config key signal.teacher: {e}") from None
+    return make_signal(signal_cfg, **models), models, {name: frozen[name][0] for name in needed}
+
+
 def make_signal(signal_cfg: dict, **models):
     """The signal of ``signal_cfg`` (its ``type`` branch), given the models its spec declares."""
-    try:
-        return SIGNALS[signal_cfg["type"]].build(signal_cfg, **models)
-    except ValueError as e:
-        raise ConfigError(f"config key signal: {e}") from None
+    return SIGNALS[signal_cfg["type"]].build(signal_cfg, **models)
 
 
 # -- state sources ----------------------------------------------------------------------------------
@@ -85,9 +106,8 @@ def dataset_states(cfg: dict, tokenizer, rows: list[dict], accelerator=None) -> 
 
 def learner_states(cfg: dict, tokenizer, rows: list[dict], accelerator=None) -> LearnerStates:
     states, optim = cfg["states"], cfg["optim"]
-    # the DAG ran these checks already; a run started by hand gets them here
-    check_on_policy(f"runs.{cfg['name']}" if "name" in cfg else "run", states, cfg["signal"])
-    refresh_every, record_old_logprobs = rollout_reuse(states, cfg["signal"])
+    signal_cfg = cfg["signal"]
+    reuses_rollouts = SIGNALS[signal_cfg["type"]].reuses_rollouts and states["refresh_every"] > 1
     return LearnerStates(
         tokenizer,
         [r["question"] for r in rows],
@@ -96,42 +116,21 @@ def learner_states(cfg: dict, tokenizer, rows: list[dict], accelerator=None) -> 
         top_p=states["top_p"],
         max_new_tokens=states["max_new_tokens"],
         samples_per_prompt=states["samples_per_prompt"],
-        refresh_every=refresh_every,
+        refresh_every=states["refresh_every"],
         batch_size=optim["batch_size"],
         grad_accum=optim["grad_accum"],
         max_length=optim["max_length"],
         seed=cfg["seed"],
         accelerator=accelerator,
-        keep=reward_filter(states["filter"]),
-        record_old_logprobs=record_old_logprobs,
+        filter_min=states["filter"]["min"] if states["filter"] is not None else None,
+        answer_mode=signal_cfg.get("answer_mode", "strict"),  # a reward's mode; else lm-eval's strict-match
+        record_old_logprobs=reuses_rollouts,
         stop=states["stop"],
         learner_frac=learner_frac(cfg),
     )
 
 
 SOURCES: dict[str, Callable[..., Any]] = {"dataset": dataset_states, "learner": learner_states}
-
-
-def rollout_reuse(states: dict, signal_cfg: dict) -> tuple[int, bool]:
-    """``(refresh_every, record_old_logprobs)`` of learner states under ``signal_cfg``.
-
-    ``states.refresh_every`` and the reward signal's ``updates_per_batch`` both say how many
-    optimiser steps reuse one rollout batch: set either, or both alike (:func:`check_on_policy` refuses
-    two different counts). A signal that reuses rollouts needs their sampling-time log-probs once a
-    batch is reused.
-    """
-    spec = SIGNALS[signal_cfg["type"]]
-    updates = signal_cfg["updates_per_batch"] if spec.reuses_rollouts else 1
-    period = max(states["refresh_every"], updates)
-    return period, spec.reuses_rollouts and period > 1
-
-
-def reward_filter(filter_cfg: dict | None) -> Callable[[str, str], bool] | None:
-    """``keep(completion, gold)`` of rejection sampling: the completion's gsm8k reward (strict-match, the
-    reported metric) reaches ``filter.min``."""
-    if filter_cfg is None:
-        return None
-    return lambda completion, gold: gsm8k.reward(completion, gold) >= filter_cfg["min"]
 
 
 def data_path(cfg: dict, data_dir: str | Path) -> Path:

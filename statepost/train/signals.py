@@ -16,10 +16,9 @@ from dataclasses import replace
 
 import torch
 
-from statepost import gsm8k
 
 from .batch import StateBatch
-from .logprobs import completion_states, completion_token_logprobs, entropy, masked_mean, token_divergence, token_logprobs
+from .logprobs import completion_states, completion_token_logprobs, entropy, token_divergence, token_logprobs
 
 ADV_EPS = 1e-4  # added to a group's reward std before dividing (not a config key)
 
@@ -142,14 +141,14 @@ def check_same_tokenizer(student_tok, teacher_tok, student_dir=None, teacher_dir
         )
 
 
-class TeacherKL(Signal):
+class TeacherKLSignal(Signal):
     """Distillation: per-token divergence to a teacher at every completion state.
 
     ``signal_cfg``: ``direction`` (reverse | forward | jsd), ``beta`` (jsd), ``estimator``:
 
     * ``full``: the exact divergence over the vocabulary at each state; the gradient flows through
       the student's distribution only (the states are not differentiated, as in GKD).
-    * ``sampled`` (reverse only): ``masked_mean(stopgrad(log p_s(y) - log p_t(y)) * log p_s(y))``
+    * ``sampled`` (reverse only): ``mean(stopgrad(log p_s(y) - log p_t(y)) * log p_s(y))``
       over the sampled tokens y, an unbiased, noisier estimate of the ``full`` reverse-KL gradient,
       valid only for fresh student samples at temperature 1.
 
@@ -160,20 +159,9 @@ class TeacherKL(Signal):
     """
 
     def __init__(self, signal_cfg: dict, teacher):
-        # the schema holds the values (direction, estimator, beta's range); checks.run_checks the pairings
+        # the schema holds the values (direction, estimator, beta's range), checks.run_checks their pairings
         self.direction, self.estimator = signal_cfg["direction"], signal_cfg["estimator"]
         self.beta = float(signal_cfg["beta"]) if self.direction == "jsd" else None  # jsd's weight; no other has one
-        if self.direction not in ("reverse", "forward", "jsd"):
-            raise ValueError(f"teacher_kl: unknown direction {self.direction!r} (reverse | forward | jsd)")
-        if self.estimator not in ("full", "sampled"):
-            raise ValueError(f"teacher_kl: unknown estimator {self.estimator!r} (full | sampled)")
-        if self.estimator == "sampled" and self.direction != "reverse":
-            raise ValueError(
-                "teacher_kl: the sampled estimator estimates the reverse KL gradient only; "
-                f"direction {self.direction!r} needs estimator: full"
-            )
-        if self.direction == "jsd" and not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"teacher_kl: beta must be in [0, 1], got {self.beta}")
         self.teacher = frozen(teacher)
 
     def __call__(self, policy, batch: StateBatch):
@@ -208,15 +196,14 @@ class TeacherKL(Signal):
         if n_tok == 0:  # e.g. a filtered-empty batch: zero loss, zero gradient
             metrics.update(kl=0.0, entropy=0.0, teacher_nll=0.0)
             return out[0].sum() * 0.0, metrics
-        ones = torch.ones(n_tok, device=out[0].device, dtype=out[0].dtype)
         ent, lt_y = out[1], out[2]
         if full:
-            loss = masked_mean(out[0], ones)
+            loss = out[0].mean()
             kl_value = float(loss.detach())
         else:
             ls_y = out[0]
             logratio = (ls_y - lt_y).detach()
-            loss = masked_mean(logratio * ls_y, ones)
+            loss = (logratio * ls_y).mean()
             kl_value = float(out[3].mean())
             metrics["kl_sampled"] = float(logratio.mean())
         metrics.update(kl=kl_value, entropy=float(ent.mean()), teacher_nll=float(-lt_y.mean()))
@@ -263,8 +250,9 @@ class RewardSignal(Signal):
     ``clip_eps``, ``kl_coef``. ``reference``: the frozen init model; needed when ``kl_coef > 0``,
     and whenever given it yields the ``kl_to_init`` metric.
 
-    Rewards are computed here, from ``extras["completions"]`` and ``batch.answers`` (a batch without
-    decoded completions brings ``extras["rewards"]``); groups are ``extras["group"]``. Per token:
+    Rewards come from the grades the state source gave each completion (``extras["correct"]``, under the
+    ``answer_mode`` the registry gives the source, and ``extras["formatted"]``); groups are ``extras["group"]``.
+    Per token:
     ``-min(r*A, clip(r, 1-eps, 1+eps)*A)`` with ``r = exp(logp - old_logp)``, where ``old_logp`` is
     ``extras["old_logprobs"]`` (recorded at sampling time when a rollout batch is reused), else
     ``logp.detach()``, so ``r == 1`` and the gradient is REINFORCE with the group baseline. Plus
@@ -276,30 +264,29 @@ class RewardSignal(Signal):
     """
 
     def __init__(self, signal_cfg: dict, reference=None):
-        # the schema holds the values (reward, answer_mode); the reference is the registry's to pass (kl_coef > 0)
-        self.answer_mode = signal_cfg["answer_mode"]
+        # the schema holds the values; the registry passes the reference when kl_coef > 0 (SIGNALS["reward"].models)
         self.format_reward = float(signal_cfg["format_reward"])
         self.normalize_std = bool(signal_cfg["normalize_std"])
         self.clip_eps = float(signal_cfg["clip_eps"])
         self.kl_coef = float(signal_cfg["kl_coef"])
-        if self.kl_coef > 0 and reference is None:
-            raise ValueError("reward: kl_coef > 0 needs the reference (init) model")
         self.reference = frozen(reference) if reference is not None else None
 
     def rewards(self, batch: StateBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(rewards [B], correct [B])`` of the batch's completions."""
-        texts = batch.extras.get("completions")
-        if texts is not None:
-            if len(texts) != len(batch.answers):
-                raise ValueError(f"reward: {len(texts)} completions but {len(batch.answers)} answers")
-            r = [gsm8k.reward(t, a, self.answer_mode, self.format_reward) for t, a in zip(texts, batch.answers)]
-            c = [1.0 if gsm8k.is_correct(t, a, self.answer_mode) else 0.0 for t, a in zip(texts, batch.answers)]
-            return torch.tensor(r, dtype=torch.float32), torch.tensor(c, dtype=torch.float32)
-        if "rewards" not in batch.extras:
-            raise ValueError("reward: the batch carries neither extras['completions'] nor extras['rewards']")
-        r = batch.extras["rewards"].detach().float().cpu()
-        c = batch.extras.get("correct")
-        return r, (c.detach().float().cpu() if c is not None else (r >= 1.0).float())
+        """``(rewards [B], correct [B])``: 1 for a correct answer, plus ``format_reward`` for a ``#### N`` line. The
+        state source graded each completion (``extras["correct"]`` under this signal's answer mode,
+        ``extras["formatted"]``); a batch may bring ``extras["rewards"]`` instead."""
+        extras = batch.extras
+        if "rewards" in extras:
+            r = extras["rewards"].detach().float().cpu()
+            c = extras.get("correct")
+            return r, (c.detach().float().cpu() if c is not None else (r >= 1.0).float())
+        if "correct" not in extras or "formatted" not in extras:
+            raise ValueError("reward: the batch carries neither extras['correct'] and ['formatted'] (learner states "
+                             "grade their samples) nor extras['rewards']")
+        correct = extras["correct"].tolist()
+        formatted = extras["formatted"].tolist()
+        r = [c + self.format_reward if self.format_reward and f else c for c, f in zip(correct, formatted)]
+        return torch.tensor(r, dtype=torch.float32), torch.tensor(correct, dtype=torch.float32)
 
     def prepare(self, batch: StateBatch) -> StateBatch:
         """Rewards and group advantages of a sampled batch (``extras["advantages"]``, per row).
@@ -345,7 +332,6 @@ class RewardSignal(Signal):
 
         logp, ent = completion_states(policy, batch).map(per_state)  # [N] each, in chunks of states
         n_tok = int(logp.numel())
-        ones = torch.ones(n_tok, device=logp.device, dtype=logp.dtype)
         adv_tok = adv.to(logp.device)[row]
         old = batch.extras.get("old_logprobs")
         if old is not None:
@@ -355,7 +341,8 @@ class RewardSignal(Signal):
         ratio = torch.exp(logp - old_logp)
         unclipped = ratio * adv_tok
         clipped = torch.clamp(ratio, 1.0 - self.clip_eps, 1.0 + self.clip_eps) * adv_tok
-        loss = masked_mean(-torch.minimum(unclipped, clipped), ones)
+        # no token left (every group all-equal): a zero loss with a zero gradient, not the mean of nothing
+        loss = -torch.minimum(unclipped, clipped).mean() if n_tok else logp.sum() * 0.0
         metrics = {"completion_tokens": float(n_tok)}
         if self.reference is not None and n_tok:
             rdev = next(self.reference.parameters()).device
@@ -365,7 +352,7 @@ class RewardSignal(Signal):
                 ref_logp = completion_token_logprobs(self.reference, batch)
             delta = ref_logp - (logp if self.kl_coef > 0 else logp.detach())
             k3 = torch.exp(delta) - delta - 1.0
-            kl = masked_mean(k3, ones)
+            kl = k3.mean()
             if self.kl_coef > 0:
                 loss = loss + self.kl_coef * kl
             metrics["kl_to_init"] = float(kl.detach())

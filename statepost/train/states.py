@@ -188,11 +188,11 @@ def _unwrap_model(model, accelerator=None):
 
 
 class LearnerStates:
-    """States from the learner: ``samples_per_prompt`` (G) completions of each prompt by the current policy.
+    """States from the learner: ``samples_per_prompt`` completions of each prompt by the current policy.
 
     Prompts (GSM8K questions, formatted as :class:`DatasetStates` formats them) come in
-    :class:`EpochOrder`, ``batch_size`` per micro-batch, so a micro-batch has B*G rows grouped by
-    prompt (``extras["group"]``). A prompt whose tokens + ``max_new_tokens`` exceed ``max_length`` is
+    :class:`EpochOrder`, ``batch_size`` per micro-batch, so a micro-batch has ``batch_size * samples_per_prompt``
+    rows grouped by prompt (``extras["group"]``: the prompt's place in the micro-batch). A prompt whose tokens + ``max_new_tokens`` exceed ``max_length`` is
     dropped (``n_skipped``), never truncated.
 
     ``sample(policy, step)`` is called ``grad_accum`` times per optimiser step. Samples are drawn
@@ -213,7 +213,7 @@ class LearnerStates:
     Stop strings (``stop``; None: the GSM8K lm-eval task's ``generation_kwargs.until``, see
     :func:`statepost.gsm8k.task_stop_sequences`) end generation as they end it at evaluation. A
     completion cut at a stop string is finished, like one that ends at EOS. Its text
-    (``extras["completions"]``: what rewards, ``correct`` and ``keep`` read) is lm-eval's: the decoded
+    (``extras["completions"]``: what is graded) is lm-eval's: the decoded
     completion cut before the first stop string (:func:`statepost.gsm8k.cut_at_stop`). Its tokens (the
     states signals train on) are the sampled tokens up to and including the one that completes the
     stop string, as EOS is kept: they are the policy's decision to end its answer, which evaluation's
@@ -228,16 +228,18 @@ class LearnerStates:
     ``learner_frac``: the fraction realised). Gold rows count as finished and correct; the sampling metrics below
     are over the learner's samples (absent from a micro-batch with none).
 
-    ``keep(completion, gold) -> bool`` (rejection sampling) drops the other samples; when none is
-    left the batch keeps its rows with an all-zero ``completion_mask``. ``record_old_logprobs``: the
+    Each completion is graded once, here: ``correct`` under ``answer_mode`` (:func:`statepost.gsm8k.is_correct`; the
+    reward signal's mode, else lm-eval's strict-match) and ``formatted`` (a ``#### N`` line). The reward signal,
+    the filter and the metrics read those. ``filter_min`` (rejection sampling) drops the samples whose ``correct``
+    is below it; when none is left the batch keeps its rows with an all-zero ``completion_mask``. ``record_old_logprobs``: the
     policy's log-probs at sampling time go to ``extras["old_logprobs"]`` [B, T] (0 outside the
     completion), for a signal that reuses a rollout batch.
 
-    Extras: ``completions`` (text, cut at the stop string), ``correct`` (gsm8k strict-match),
+    Extras: ``completions`` (text, cut at the stop string), ``correct``, ``formatted``,
     ``group``, ``eos`` (ended at EOS), ``stopped`` (ended at a stop string), ``prompt_index``.
-    Metrics (all B*G samples, before ``keep``): ``gen_time_s``, ``completion_len``, ``eos_frac``,
+    Metrics (all the micro-batch's samples, before the filter): ``gen_time_s``, ``completion_len``, ``eos_frac``,
     ``stop_frac``, ``finished_frac`` (EOS or stop string), ``accuracy``, ``n_samples``,
-    ``states_age``; with ``keep``: ``filter_keep_frac``, ``filtered_empty``.
+    ``states_age``; with ``filter_min``: ``filter_keep_frac``, ``filtered_empty``.
     """
 
     def __init__(
@@ -256,7 +258,8 @@ class LearnerStates:
         max_length: int,
         seed: int,
         accelerator=None,
-        keep: Callable[[str, str], bool] | None = None,
+        filter_min: float | None = None,
+        answer_mode: str = "strict",
         record_old_logprobs: bool = False,
         stop: Sequence[str] | None = None,
         learner_frac: float = 1.0,
@@ -272,19 +275,13 @@ class LearnerStates:
         if not all(isinstance(t, str) and t for t in self.stop):
             raise ValueError(f"LearnerStates: stop strings must be non-empty strings, got {list(self.stop)!r}")
         self.temperature, self.top_p = float(temperature), float(top_p)
-        self.max_new_tokens, self.group_size = int(max_new_tokens), int(samples_per_prompt)
+        self.max_new_tokens, self.samples_per_prompt = int(max_new_tokens), int(samples_per_prompt)
         self.refresh_every = int(refresh_every)
-        self.keep, self.record_old_logprobs = keep, record_old_logprobs
-        self.learner_frac = float(learner_frac)
-        if not 0.0 <= self.learner_frac <= 1.0:
-            raise ValueError(f"LearnerStates: learner_frac must be in [0, 1], got {learner_frac}")
+        self.filter_min, self.answer_mode, self.record_old_logprobs = filter_min, answer_mode, record_old_logprobs
+        self.learner_frac = float(learner_frac)  # its pairings: statepost.checks.run_entry
         mixed = self.learner_frac < 1.0
-        if mixed and (self.group_size != 1 or keep is not None or record_old_logprobs or is_fsdp(accelerator)):
-            raise ValueError(
-                "LearnerStates: learner_frac < 1 puts one gold solution in place of a prompt's samples: it needs "
-                "samples_per_prompt 1, no filter, a signal that does not reuse rollouts, and no FSDP (whose "
-                "processes sample in lockstep)"
-            )
+        if mixed and is_fsdp(accelerator):  # known only in the job: the processes of FSDP sample in lockstep
+            raise ValueError("LearnerStates: learner_frac < 1 cannot run under FSDP, whose processes sample in lockstep")
         self.accelerator = accelerator
         # FSDP: every forward gathers the sharded weights from all processes, so every process must run as many:
         # sampling decodes until all are done, and the old log-probs are scored even when empty
@@ -364,7 +361,7 @@ class LearnerStates:
             return torch.device("cpu")
 
     def _sample(self, model, prompts: list[int], device) -> tuple[list[list[int]], list[bool]]:
-        """``G`` sampled completion token lists per prompt (rows grouped by prompt), up to and including
+        """``samples_per_prompt`` sampled completion token lists per prompt (rows grouped by prompt), up to and including
         the first EOS or the token that completes the first stop string, and whether each ended at a
         stop string (:func:`~statepost.train.rollout.sample_groups`, in lockstep under FSDP)."""
         all_done = None
@@ -376,7 +373,7 @@ class LearnerStates:
         model.eval()
         try:
             return sample_groups(
-                model, [self.prompt_ids[i] for i in prompts], self.group_size,
+                model, [self.prompt_ids[i] for i in prompts], self.samples_per_prompt,
                 temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
                 eos_token_id=int(self.eos_token_id), pad_token_id=int(self.pad_token_id),
                 stopped=(lambda rows: holds_stop(self.tokenizer, self.stop, rows)) if self.stop else None,
@@ -393,13 +390,13 @@ class LearnerStates:
         return u < self.learner_frac
 
     def generate(self, policy) -> StateBatch:
-        """Draw a fresh micro-batch from ``policy`` (advances the prompt cursor): ``B*G`` samples, or at
+        """Draw a fresh micro-batch from ``policy`` (advances the prompt cursor): ``samples_per_prompt`` samples of
+        each prompt, or at
         ``learner_frac`` < 1 a sample or the gold solution per prompt."""
         _, prompts = self.order.micro_batch(self.cursor)
         prompts = [int(i) for i in prompts]
         learner = self.from_learner(self.cursor, len(prompts))
         sampled = [i for i, on in zip(prompts, learner) if on]
-        G = self.group_size
         model = _unwrap_model(policy, self.accelerator)
         device = self._device_of(model)
 
@@ -415,16 +412,18 @@ class LearnerStates:
         gen_time = time.perf_counter() - t0
         self.cursor += 1
 
-        # rows grouped by prompt, in the micro-batch's order: G samples of a learner prompt, the gold of another
+        # rows grouped by prompt, in the micro-batch's order: the samples of a learner prompt, the gold of another
         drawn, parts = iter(zip(samples, sample_stopped)), []  # (prompt, group, completion, stopped, sampled)
         for g, (i, on) in enumerate(zip(prompts, learner)):
-            got = [next(drawn) for _ in range(G)] if on else [(self.gold_ids[i], False)]
+            got = [next(drawn) for _ in range(self.samples_per_prompt)] if on else [(self.gold_ids[i], False)]
             parts += [(i, g, c, st, bool(on)) for c, st in got]
         rows, groups, completions, stopped, is_sample = (list(x) for x in zip(*parts))
         eos = [bool(c) and c[-1] == self.eos_token_id for c in completions]
         texts = [gsm8k.cut_at_stop(self.tokenizer.decode(c, skip_special_tokens=True), self.stop) for c in completions]
         answers = [self.answers[i] for i in rows]
-        correct = [1.0 if gsm8k.is_correct(t, a) else 0.0 for t, a in zip(texts, answers)]
+        # graded once, here: the reward, the filter and the metrics read these
+        correct = [1.0 if gsm8k.is_correct(t, a, self.answer_mode) else 0.0 for t, a in zip(texts, answers)]
+        formatted = [gsm8k.has_answer_line(t) for t in texts]
         on = [k for k in range(len(rows)) if is_sample[k]]
         metrics = {"gen_time_s": gen_time, "n_samples": float(len(on))}
         if self.learner_frac < 1.0:
@@ -440,8 +439,8 @@ class LearnerStates:
 
         kept = list(range(len(rows)))
         empty = False
-        if self.keep is not None:
-            kept = [k for k in kept if self.keep(texts[k], answers[k])]
+        if self.filter_min is not None:
+            kept = [k for k in kept if correct[k] >= self.filter_min]
             metrics["filter_keep_frac"] = len(kept) / len(rows)
             empty = not kept
             metrics["filtered_empty"] = 1.0 if empty else 0.0
@@ -458,6 +457,7 @@ class LearnerStates:
             batch.completion_mask.zero_()
         batch.extras.update(
             correct=torch.tensor([correct[k] for k in kept], dtype=torch.float32),
+            formatted=torch.tensor([formatted[k] for k in kept], dtype=torch.bool),
             group=torch.tensor([groups[k] for k in kept], dtype=torch.long),
             eos=torch.tensor([eos[k] for k in kept], dtype=torch.bool),
             stopped=torch.tensor([stopped[k] for k in kept], dtype=torch.bool),

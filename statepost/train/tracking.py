@@ -1,5 +1,5 @@
-"""Experiment tracking through accelerate's tracker API: every metrics.jsonl line also goes to
-TensorBoard and/or Weights & Biases (the config's ``tracking`` key).
+"""Where a run's metrics lines go: ``metrics.jsonl`` and the progress bar (:class:`MetricsLog`), and through
+accelerate's tracker API to TensorBoard and/or Weights & Biases (the config's ``tracking`` key).
 
 Nothing here touches a weight or a random stream: tracking is a runtime setting (a Snakemake
 resource), so switching it on reruns nothing and a tracked run trains the same weights as an
@@ -11,13 +11,68 @@ model directory, whose files and hashes do not change.
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from statepost.io import ConfigError
+
+log = logging.getLogger("statepost.train")
 
 PROJECT = "statepost"  # the tracker's project: TensorBoard's sub-folder, the W&B project
 TENSORBOARD_FLUSH_S = 10  # a running job's events reach the disk within this many seconds
+
+
+class MetricsLog:
+    """The live ``metrics.jsonl`` in the state dir and the progress bar (main process); a log line every
+    ``log_every`` steps when there is no bar on a terminal."""
+
+    def __init__(self, run, start_step: int, progress: bool):  # run: statepost.train.loop.Run
+        main, cfg = run.accelerator.is_main_process, run.cfg
+        self.file = run.checkpointer.metrics_path.open("a") if main else None
+        self.accelerator = run.accelerator  # its trackers (if any) get every line too
+        self.pbar = tqdm(
+            total=run.total_steps, initial=start_step, desc=f"{cfg['name']}/seed{cfg['seed']}",
+            disable=not (progress and main), dynamic_ncols=True,
+        )
+        self.log_lines = not (progress and _stderr_is_tty())
+        self.log_every, self.total_steps = cfg["log_every"], run.total_steps
+
+    def write(self, row: dict) -> None:
+        if self.file is None:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        self.accelerator.log(row, step=row["step"])
+        self.pbar.update(1)
+        step = row["step"]
+        if step % self.log_every == 0 or step == self.total_steps:
+            self.pbar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+            if self.log_lines:
+                log.info(
+                    "step %d/%d loss %.4f lr %.3g grad_norm %.3g tok/s %.0f pad %.3f",
+                    step, self.total_steps, row["loss"], row["lr"], row["grad_norm"], row["tokens_per_s"],
+                    row["padding_waste"],
+                )
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pbar.close()
+        if self.file is not None:
+            self.file.close()
+
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def tracker_names(value) -> list[str]:

@@ -88,10 +88,7 @@ def references(config: dict) -> None:
         where = f"runs.{run}"
         if run in RESERVED:
             raise ConfigError(f"config key {where}: '{run}' is a reserved name; choose another run name")
-        if cfg["init"] not in models:
-            raise ConfigError(
-                f"config key {where}.init: '{cfg['init']}' names no model (known: {', '.join(sorted(models))})"
-            )
+        known_model(f"{where}.init", cfg["init"], models)
         states, signal = cfg["states"], cfg["signal"]
         if states["data"] not in benchmarks:
             raise ConfigError(f"config key {where}.states.data: benchmark '{states['data']}' is not configured")
@@ -100,11 +97,13 @@ def references(config: dict) -> None:
                 f"config key {where}.states.split: '{states['split']}' is not among "
                 f"benchmarks.{states['data']}.splits"
             )
-        if signal.get("teacher") and signal["teacher"] not in models:
-            raise ConfigError(
-                f"config key {where}.signal.teacher: '{signal['teacher']}' names no model "
-                f"(known: {', '.join(sorted(models))})"
-            )
+        if signal.get("teacher"):
+            known_model(f"{where}.signal.teacher", signal["teacher"], models)
+
+
+def known_model(key: str, name: str, models: set) -> None:
+    if name not in models:
+        fail(key, f"'{name}' names no model (known: {', '.join(sorted(models))})")
 
 
 def on_policy(where: str, states: dict, signal: dict) -> None:

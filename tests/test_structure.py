@@ -97,3 +97,31 @@ def test_the_benchmark_list_is_written_once():
             if names <= values:
                 offenders.append(f"{name}:{node.lineno}")
     assert not offenders, offenders
+
+
+# What each cross-key rule says when it refuses a config: every one is written once, in statepost/checks.py (the
+# DAG and the training entry point call the same function), never re-checked by a class or a second module.
+CROSS_KEY_RULES = [
+    "is a reserved name",
+    "names no model",
+    "learner states have no epochs",
+    "a reward signal needs states.source: learner",
+    "advantages are rewards minus the mean",
+    "assumes samples of the policy itself",
+    "needs fresh samples",
+    "puts a prompt's gold solution in place",
+    "is also the run's init",
+    "beta is the jsd interpolation weight",
+    "the sampled estimator estimates the reverse KL",
+    "the sampled estimator needs the policy's own samples",
+    "is the split every model is scored on",
+    "do not fit optim.max_length",
+    "is not a learning rate",
+]
+
+
+@pytest.mark.parametrize("message", CROSS_KEY_RULES)
+def test_each_cross_key_rule_is_written_once(message):
+    sources = {name: path.read_text() for name, path in modules().items()}
+    homes = [f"{name} ({text.count(message)}x)" for name, text in sources.items() if message in text]
+    assert homes == ["statepost.checks (1x)"], f"{message!r} is written in {homes}"

@@ -151,8 +151,8 @@ class CompletionStates:
         return tuple(col[0] if len(col) == 1 else torch.cat(col) for col in zip(*chunks))
 
 
-def _unwrap(model):
-    """The model under DDP / accelerate / compile wrappers (the module that has the head)."""
+def unwrap(model):
+    """The bare model under DDP / accelerate / compile wrappers: the module that has the head and ``generate``."""
     while hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
         model = model.module
     return getattr(model, "_orig_mod", model)
@@ -179,7 +179,7 @@ def completion_states(model, batch) -> CompletionStates:
     keep = batch.completion_mask[:, 1:] > 0  # [B, T-1]: the target of position t is token t+1
     targets = batch.input_ids[:, 1:][keep]
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
-    base = _unwrap(model)
+    base = unwrap(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     trunk = base.get_decoder() if hasattr(base, "get_decoder") else None
     if not isinstance(head, torch.nn.Module) or not isinstance(trunk, torch.nn.Module) or trunk is base:

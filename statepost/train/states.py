@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from statepost import gsm8k
 
 from .batch import StateBatch, collate_states
 from .distributed import is_fsdp, sum_over_processes
-from .logprobs import completion_token_logprobs
+from .logprobs import completion_token_logprobs, unwrap
 from .rollout import sample_groups
 from .stopping import holds_stop
 
@@ -176,15 +175,6 @@ class DatasetStates:
                     f"DatasetStates.load_state_dict: {key} is {now[key]} now but {state[key]} in the checkpoint"
                 )
         self.cursor = int(state["cursor"])
-
-
-def _unwrap_model(model, accelerator=None):
-    """The bare ``PreTrainedModel`` under accelerate/DDP/compile wrappers (for ``generate``)."""
-    if accelerator is not None:
-        model = accelerator.unwrap_model(model)
-    while hasattr(model, "module") and not hasattr(model, "generate"):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
 
 
 class LearnerStates:
@@ -397,7 +387,7 @@ class LearnerStates:
         prompts = [int(i) for i in prompts]
         learner = self.from_learner(self.cursor, len(prompts))
         sampled = [i for i, on in zip(prompts, learner) if on]
-        model = _unwrap_model(policy, self.accelerator)
+        model = unwrap(policy)  # generate on the bare model, never through DDP
         device = self._device_of(model)
 
         t0 = time.perf_counter()

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     try:
         settings = with_defaults(args.settings_json, "diagnostics")
         settings.pop("state_nll")
-        from statepost.statesets import diagnose
+        from statepost.diagnostics.statesets import diagnose
 
         record = diagnose(args.model_dir, args.base_dir, args.data_dir, settings, list(args.benchmarks_json),
                           args.model_name, dict(args.probe_splits_json))  # fmt: skip

@@ -81,7 +81,7 @@ def test_no_good_checkpoint_starts_fresh(world, reference, crashed, tmp_path, ca
 
 
 def test_check_names_the_file(crashed, tmp_path):
-    from statepost.train.checkpoint import check
+    from statepost.train.checkpoint import integrity_problem as check
 
     ckpt = shutil.copytree(crashed / "ckpt-00000004", tmp_path / "ckpt-00000004")
     assert check(ckpt, 4) is None

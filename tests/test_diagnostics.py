@@ -14,7 +14,7 @@ from _fulllogits import FixedLogits
 from _train_toy import build_model
 
 from statepost import benchmarks
-from statepost import diagnostics as D
+from statepost.diagnostics import measures
 from statepost.io import read_jsonl, write_jsonl
 from statepost.train import logprobs
 from statepost.train.batch import StateBatch
@@ -33,7 +33,7 @@ def logits_of(p, shift=0.0):
 def test_token_stats_hand_computed():
     m, b = logits_of(P, 1.3)[None], logits_of(Q, -0.4)[None]
     for y, nll_q in ((0, -math.log(0.9)), (1, -math.log(0.1))):
-        kl_mb, kl_bm, nll_m, nll_b, ent = (float(x) for x in D.token_stats(m, b, torch.tensor([y])))
+        kl_mb, kl_bm, nll_m, nll_b, ent = (float(x) for x in measures.token_stats(m, b, torch.tensor([y])))
         assert kl_mb == pytest.approx(KL_PQ, rel=1e-6)
         assert kl_bm == pytest.approx(KL_QP, rel=1e-6)
         assert nll_m == pytest.approx(math.log(2), rel=1e-6)
@@ -48,8 +48,8 @@ def test_means_over_completion_tokens_only():
     am = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
     cm = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
     model, base = FixedLogits(logits_of(P)), FixedLogits(logits_of(Q))
-    totals = D.Totals()
-    totals.add(D.state_stats(model, base, StateBatch(input_ids=ids, attention_mask=am, completion_mask=cm)))
+    totals = measures.Totals()
+    totals.add(measures.state_stats(model, base, StateBatch(input_ids=ids, attention_mask=am, completion_mask=cm)))
     out = totals.means()
     assert out["tokens"] == 3
     assert out["kl_model_base"] == pytest.approx(KL_PQ, rel=1e-6)
@@ -58,9 +58,9 @@ def test_means_over_completion_tokens_only():
     assert out["nll_base"] == pytest.approx((-math.log(0.9) - 2 * math.log(0.1)) / 3, rel=1e-6)
     assert out["entropy_model"] == pytest.approx(math.log(2), rel=1e-6)
     # the same states in two batches of one row each: the same token means
-    split = D.Totals()
+    split = measures.Totals()
     for r in range(2):
-        split.add(D.state_stats(model, base, StateBatch(input_ids=ids[r : r + 1], attention_mask=am[r : r + 1],
+        split.add(measures.state_stats(model, base, StateBatch(input_ids=ids[r : r + 1], attention_mask=am[r : r + 1],
                                                         completion_mask=cm[r : r + 1])))  # fmt: skip
     assert split.means() == pytest.approx(out, rel=1e-12)
 
@@ -68,7 +68,7 @@ def test_means_over_completion_tokens_only():
 def test_the_report_reads_the_fields_the_diagnostics_write():
     from statepost.report import diagnostics as report_diagnostics
 
-    assert report_diagnostics.STATS == D.STATS
+    assert report_diagnostics.STATS == measures.STATS
 
 
 def test_state_nll_switch_is_a_step_interval():
@@ -82,8 +82,8 @@ def test_state_nll_switch_is_a_step_interval():
 
 
 def test_no_tokens_gives_none():
-    out = D.Totals().means()
-    assert out["tokens"] == 0 and all(out[k] is None for k in D.STATS)
+    out = measures.Totals().means()
+    assert out["tokens"] == 0 and all(out[k] is None for k in measures.STATS)
 
 
 def random_batch(vocab=40, seed=1):
@@ -101,7 +101,7 @@ def random_batch(vocab=40, seed=1):
 def test_a_model_against_itself_has_exactly_zero_drift(same_object):
     model = build_model(40, layers=1, heads=2, kv_heads=1, max_positions=64, seed=0).eval()
     base = model if same_object else copy.deepcopy(model)
-    stats = D.state_stats(model, base, random_batch())
+    stats = measures.state_stats(model, base, random_batch())
     assert stats["kl_model_base"].numel() == 13  # 5 + 5 + 3 completion tokens
     assert torch.equal(stats["kl_model_base"], torch.zeros(13))
     assert torch.equal(stats["kl_base_model"], torch.zeros(13))
@@ -115,13 +115,13 @@ def test_chunked_states_equal_full_logits(monkeypatch):
     base = build_model(40, layers=1, heads=2, kv_heads=1, max_positions=64, seed=3).eval()
     batch = random_batch()
     monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 2 * 40)
-    chunked = D.state_stats(model, base, batch)
+    chunked = measures.state_stats(model, base, batch)
     keep = batch.completion_mask[:, 1:] > 0
     with torch.no_grad():
         m = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1][keep]
         b = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1][keep]
-    full = D.token_stats(m, b, batch.input_ids[:, 1:][keep])
-    for name, ref in zip(D.STATS, full):
+    full = measures.token_stats(m, b, batch.input_ids[:, 1:][keep])
+    for name, ref in zip(measures.STATS, full):
         assert torch.allclose(chunked[name], ref, atol=1e-5), name
     assert float(chunked["kl_model_base"].min()) > 0
 
@@ -199,7 +199,7 @@ def _toy():
     return cfglib.load(Path(__file__).resolve().parent.parent / "config" / "toy.yaml")
 
 
-SET_KEYS = {*D.STATS, "tokens", "sequences", "skipped", "time_s"}
+SET_KEYS = {*measures.STATS, "tokens", "sequences", "skipped", "time_s"}
 
 
 @pytest.mark.slow
@@ -215,7 +215,7 @@ def test_every_model_has_a_diagnostics_file_of_the_documented_schema(toy_run):
         for name, s in rec["sets"].items():
             assert SET_KEYS <= set(s), (model, name, SET_KEYS - set(s))
             assert s["tokens"] > 0 and s["sequences"] > 0, (model, name)
-            assert all(math.isfinite(s[k]) and s[k] >= 0 for k in D.STATS), (model, name, s)
+            assert all(math.isfinite(s[k]) and s[k] >= 0 for k in measures.STATS), (model, name, s)
         assert {"accuracy", "completion_len", "finished_frac"} <= set(rec["sets"]["own"])
         per = rec["sets"]["off_task"]["benchmarks"]
         assert set(per) == {"truthfulqa_mc2", "mmlu"}
@@ -237,7 +237,7 @@ def test_probe_items_share_no_item_with_any_split_the_evaluation_reads(toy_run):
 
 def test_a_probe_row_that_is_also_scored_is_left_out(tmp_path):
     """Probe rows whose question is in a split the evaluation reads (scored or few-shot) are dropped and counted."""
-    from statepost import statesets
+    from statepost.diagnostics import statesets
 
     rows = [{"question": f"Q{i}?", "subject": "astronomy", "choices": list("abcd"), "answer": 0} for i in range(6)]
     for split, part in (("dev", rows[:1]), ("test", rows[1:3]), ("validation", rows[2:])):

@@ -1,6 +1,6 @@
 """The diagnostics part of the report: does drift on off-task states predict forgetting?
 
-Reads ``results/{experiment}/diagnostics/{model}.json`` (one per model, :mod:`statepost.statesets`) with the score files and the
+Reads ``results/{experiment}/diagnostics/{model}.json`` (one per model, :mod:`statepost.diagnostics.statesets`) with the score files and the
 runs' ``metrics.jsonl``, and writes
 
 * ``tables/diagnostics.{csv,md,tex}``: per run and seed, the mean per-token KL to the base on off-task states (both

@@ -199,7 +199,7 @@ class Checkpointer:
                 if isinstance(old, dict) and old.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
                     log.warning("not resuming: checkpoint format %s != %s", old.get("format_version"), FORMAT_VERSION)
                     return None
-            problem = check(path, step)
+            problem = integrity_problem(path, step)
             if problem is None:
                 return self._matches(path, step, _read_json(path / STATE), key)
             self.set_aside(path, problem)
@@ -373,7 +373,7 @@ def _read_json_or_none(path: Path):
         return None
 
 
-def check(path: Path, step: int) -> str | None:
+def integrity_problem(path: Path, step: int) -> str | None:
     """Why the checkpoint of ``step`` at ``path`` fails its check, or None: each file its manifest lists is
     there with its recorded size and sha256, and the manifest lists every file a resume loads."""
     manifest = _read_json_or_none(path / MANIFEST)

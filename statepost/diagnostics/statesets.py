@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from statepost import benchmarks as bench_facts
 from statepost import gsm8k
 from statepost.data import load_split
-from statepost.diagnostics import STATS, Totals, state_stats
+from statepost.diagnostics.measures import STATS, Totals, state_stats
 from statepost.train.batch import StateBatch, collate_states
 from statepost.train.states import LearnerStates, encode_sft_example
 

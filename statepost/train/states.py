@@ -261,9 +261,7 @@ class LearnerStates:
         if self.eos_token_id is None:
             raise ValueError("LearnerStates: the tokenizer has no eos_token_id (generation stops at EOS)")
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
-        self.stop = tuple(gsm8k.task_stop_sequences() if stop is None else stop)
-        if not all(isinstance(t, str) and t for t in self.stop):
-            raise ValueError(f"LearnerStates: stop strings must be non-empty strings, got {list(self.stop)!r}")
+        self.stop = tuple(gsm8k.task_stop_sequences() if stop is None else stop)  # the schema: non-empty strings
         self.temperature, self.top_p = float(temperature), float(top_p)
         self.max_new_tokens, self.samples_per_prompt = int(max_new_tokens), int(samples_per_prompt)
         self.refresh_every = int(refresh_every)

@@ -31,7 +31,7 @@ from statepost.config import claim_defaults, load_claims
 from statepost.io import ConfigError
 
 from .load import BASE, normalize_models, target_and_retention, teacher_ref
-from .statistics import lookup, rss, satterthwaite
+from .statistics import holm, lookup, rss, satterthwaite, t_isf, t_sf
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -178,19 +178,6 @@ def provisional(n: int) -> str:
     return f"provisional ({n} seed{'s' if n != 1 else ''})"
 
 
-def _t_sf(x: float, df: float) -> float:
-    """P(T > x) for Student's t with ``df`` degrees of freedom (the normal when df is infinite)."""
-    from scipy import stats
-
-    return float(stats.norm.sf(x) if math.isinf(df) else stats.t.sf(x, df))
-
-
-def _t_isf(p: float, df: float) -> float:
-    from scipy import stats
-
-    return float(stats.norm.isf(p) if math.isinf(df) else stats.t.isf(p, df))
-
-
 def _check(name, value, unc, df, q, threshold, alpha) -> dict:
     """A check's statistics: its margin (how far the quantity is on the required side of the threshold) and
     ``p_violated``, the one-sided p-value of "the requirement holds" (small: evidence it is violated); the
@@ -201,8 +188,8 @@ def _check(name, value, unc, df, q, threshold, alpha) -> dict:
         p_violated = 0.0 if margin <= 0 else 1.0
         critical = 0.0
     else:  # under "the requirement holds exactly" margin / unc is Student's t with df degrees of freedom
-        p_violated = 1.0 - _t_sf(margin / unc, df)
-        critical = _t_isf(alpha, df)
+        p_violated = 1.0 - t_sf(margin / unc, df)
+        critical = t_isf(alpha, df)
     out = {
         "quantity": name,
         "value": value,
@@ -215,24 +202,12 @@ def _check(name, value, unc, df, q, threshold, alpha) -> dict:
         "p_violated": p_violated,
         "p_holds": 1.0 - p_violated if unc else (1.0 if margin <= 0 else 0.0),
         # the smallest distance beyond the threshold that passes with 80% probability (a guard: that fails)
-        "decidable_at": (critical + _t_isf(0.2, df)) * unc if unc else 0.0,
+        "decidable_at": (critical + t_isf(0.2, df)) * unc if unc else 0.0,
     }
     for key in ("metric", "part", "fails_as"):
         if key in q:
             out[key] = q[key]
     return out
-
-
-def holm(pvalues: list[float], alpha: float) -> list[bool]:
-    """Holm's step-down rejections at family-wise level ``alpha``: the i-th smallest p-value is rejected when it
-    and every smaller one are at most ``alpha / (m - rank)``."""
-    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    reject = [False] * len(pvalues)
-    for rank, i in enumerate(order):
-        if pvalues[i] > alpha / (len(pvalues) - rank):
-            break
-        reject[i] = True
-    return reject
 
 
 def _decide(checks: list[dict], alpha: float) -> None:

@@ -9,9 +9,9 @@ logs beside them, and ``results/{experiment}/models/{run}/seed{seed}/metrics.jso
 * with the diagnostics (``results/{experiment}/diagnostics/{model}.json``): the ``diagnostics`` table and the
   ``drift_vs_retention`` and ``state_nll`` figures (:mod:`.diagnostics`).
 
-Modules: :mod:`.load` (model list, score files, metrics), :mod:`.statistics` (summaries and the uncertainty
-convention), :mod:`.tables`, :mod:`.figures`, :mod:`.claims` (the interpreter of the claims file, which
-:func:`statepost.config.load_claims` reads and validates).
+Modules: :mod:`.load` (model list, score files, metrics), :mod:`.statistics` (summaries, the uncertainty
+convention and the tests' maths), :mod:`.tables`, :mod:`.figures`, :mod:`.claims` (the interpreter of the claims
+file, which :func:`statepost.config.load_claims` reads and validates, and the writer of its verdicts).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from . import claims as C
 from . import diagnostics as DG
 from . import figures as F
 from . import tables as T
-from .claims import QUANTITIES, check_thresholds, resolve_roles, verdicts
+from .claims import QUANTITIES, check_thresholds, claims_markdown, resolve_roles, verdicts, write_claims
 from .figures import FIGURE_FORMATS, FIGURES, run_colors, save_figure
 from .load import (BASE, load_items, load_metrics, load_scores, normalize_models, run_methods, run_order,
                    target_and_retention)  # fmt: skip
 from .statistics import Changes, metric_summaries, summarize
-from .tables import TABLE_FORMATS, TABLES, Table, build_tables, claims_markdown, write_claims, write_table
+from .tables import TABLE_FORMATS, TABLES, Table, build_tables, write_table
 
 __all__ = [
     "BASE", "FIGURES", "FIGURE_FORMATS", "QUANTITIES", "TABLES", "TABLE_FORMATS", "Table", "build_tables",
@@ -93,7 +93,7 @@ def make_report(
     others = {m: (s, Changes(s, norm, items)) for m, s in metric_summaries(scores, runs, benchmarks).items()}
     results = C.verdicts(summary, roles, th, claims=spec, target=target, retention=retention,
                          changes=Changes(summary, norm, items), metrics=others)  # fmt: skip
-    T.write_claims(results, tables_dir, roles, retention)
+    write_claims(results, tables_dir, roles, retention)
     signals = {run: signal for run, (_, signal) in run_methods(norm).items()}
     figs = {
         "scores": F.scores_figure(summary, colors, scores),

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py in its tiny mode, for real: our loop, the plain step and TRL's three trainers on a
+"""benchmarks/benchmark.py in its tiny mode, for real: our loop, the plain step and TRL's three trainers on a
 tiny Qwen3, generation and one toy evaluation job; the JSON has the schema results/README.md documents
 and BENCHMARKS.md gets one dated row. (The figures of a tiny run mean nothing; the shapes do.)"""
 
@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 NUM = {"type": "number", "exclusiveMinimum": 0}
 ARM = {
@@ -104,7 +104,7 @@ def test_tiny_run_appends_one_dated_row(tiny_run):
     rec, _, md = tiny_run
     text = md.read_text()
     assert text.startswith("# Measurements\n\nearlier text\n")  # what was there stays
-    assert text.count("## scripts/benchmark.py runs") == 1
+    assert text.count("## benchmarks/benchmark.py runs") == 1
     rows = [ln for ln in text.splitlines() if ln.startswith(f"| {rec['date'][:10]}")]
     assert len(rows) == 1 and "| tiny |" in rows[0]
     assert rows[0].count("|") == text.splitlines()[-3].count("|")  # as many columns as the header

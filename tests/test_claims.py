@@ -8,9 +8,8 @@ from scipy import stats
 
 from statepost.config import with_defaults
 from statepost.io import ConfigError
-from statepost.report.claims import check_thresholds, holm, verdicts
-from statepost.report.statistics import satterthwaite
-from statepost.report.tables import claims_markdown
+from statepost.report.claims import check_thresholds, claims_markdown, verdicts
+from statepost.report.statistics import holm, satterthwaite
 
 # The defaults live in the config schema only; opd_teacher is resolved from the opd run's teacher (here: stress).
 DEFAULT_THRESHOLDS = with_defaults({}, "claims")["thresholds"]

@@ -13,7 +13,7 @@ import pytest
 
 from statepost.io import DataError
 from statepost.report import load, statistics, tables
-from statepost.report.claims import verdicts
+from statepost.report.claims import claims_markdown, verdicts
 
 STRICT, FLEX, ACC = "exact_match,strict-match", "exact_match,flexible-extract", "acc,none"
 # Per-item scores, (run, seed) -> benchmark -> items. GSM8K's are hand-picked for the hand-computed values below;
@@ -185,7 +185,7 @@ def test_claims_are_judged_on_paired_standard_errors(scores_dir):
     diff = res["claim2"]["quantities"]["opd − sft_stress on gsm8k"]
     assert diff["paired"] is True and diff["uncertainty"] == pytest.approx(math.sqrt(0.0625 + 1 / 24))
     assert all(c["paired"] for r in res.values() for c in r["checks"])
-    md = tables.claims_markdown(list(res.values()), ROLES)
+    md = claims_markdown(list(res.values()), ROLES)
     assert "paired over the test items" in md and "†" not in md
     # GSM8K's flexible-extract check is paired over its own per-item scores (here the same as strict-match's)
     flex = next(c for c in res["claim1"]["checks"] if c["quantity"] == "sft_mild gsm8k gain (flexible-extract)")
@@ -212,7 +212,7 @@ def test_a_missing_log_falls_back_to_unpaired_and_says_so(scores_dir):
     gain = next(c for c in res["claim3"]["checks"] if c["quantity"] == "rl gsm8k gain")
     assert gain["paired"] is False and gain["uncertainty"] == pytest.approx(math.hypot(STDERR, STDERR))
     assert gain["df"] is None  # lm-eval's standard errors, with one rl seed: no estimated term
-    md = tables.claims_markdown(list(res.values()), ROLES)
+    md = claims_markdown(list(res.values()), ROLES)
     line = next(x for x in md.splitlines() if x.startswith("| rl gsm8k gain"))
     assert "0.2828 †" in line and "† unpaired" in md
 
@@ -250,7 +250,7 @@ def test_summary_only_verdicts_carry_no_pairing(scores_dir):
     roles = {"mild": "sft_mild", "stress": "sft_stress", "opd": "opd", "rl": "rl", "opd_teacher": "sft_stress"}
     res = verdicts(summary, roles, {})
     assert not any("paired" in c for r in res for c in r["checks"])
-    assert "combined standard error" in tables.claims_markdown(res, roles)
+    assert "combined standard error" in claims_markdown(res, roles)
 
 
 # ------------------------------------------------------------------------------------------ the toy's report

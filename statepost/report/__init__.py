@@ -9,9 +9,9 @@ logs beside them, and ``results/{experiment}/models/{run}/seed{seed}/metrics.jso
 * with the diagnostics (``results/{experiment}/diagnostics/{model}.json``): the ``diagnostics`` table and the
   ``drift_vs_retention`` and ``state_nll`` figures (:mod:`.diagnostics`).
 
-Modules: :mod:`.load` (model list, score files, metrics), :mod:`.statistics` (summaries and the uncertainty
-convention), :mod:`.tables`, :mod:`.figures`, :mod:`.claims` (the interpreter of the claims file, which
-:func:`statepost.config.load_claims` reads and validates).
+Modules: :mod:`.load` (model list, score files, metrics), :mod:`.statistics` (summaries, the uncertainty
+convention and the tests' maths), :mod:`.tables`, :mod:`.figures`, :mod:`.claims` (the interpreter of the claims
+file, which :func:`statepost.config.load_claims` reads and validates, and the writer of its verdicts).
 """
 
 from __future__ import annotations
@@ -22,16 +22,14 @@ from pathlib import Path
 from statepost import benchmarks as bench_facts
 from statepost.config import load_claims
 
-from . import claims as C
-from . import diagnostics as DG
-from . import figures as F
-from . import tables as T
-from .claims import QUANTITIES, check_thresholds, resolve_roles, verdicts
-from .figures import FIGURE_FORMATS, FIGURES, run_colors, save_figure
+from .claims import QUANTITIES, check_thresholds, claims_markdown, resolve_roles, verdicts, write_claims
+from .diagnostics import FIGURES as DIAGNOSTICS_FIGURES, TABLE as DIAGNOSTICS_TABLE, write_diagnostics
+from .figures import (FIGURE_FORMATS, FIGURES, retention_vs_gain_figure, run_colors, save_figure, scores_figure,
+                      training_curves_figure)  # fmt: skip
 from .load import (BASE, load_items, load_metrics, load_scores, normalize_models, run_methods, run_order,
                    target_and_retention)  # fmt: skip
 from .statistics import Changes, metric_summaries, summarize
-from .tables import TABLE_FORMATS, TABLES, Table, build_tables, claims_markdown, write_claims, write_table
+from .tables import TABLE_FORMATS, TABLES, Table, build_tables, write_table
 
 __all__ = [
     "BASE", "FIGURES", "FIGURE_FORMATS", "QUANTITIES", "TABLES", "TABLE_FORMATS", "Table", "build_tables",
@@ -46,8 +44,8 @@ def output_paths(tables_dir, figures_dir, diagnostics: bool = False) -> list[Pat
     """Every file ``make_report`` writes (for a Snakemake rule's output list); ``diagnostics``: with a
     diagnostics_dir."""
     t, f = Path(tables_dir), Path(figures_dir)
-    tables = list(TABLES) + ([DG.TABLE] if diagnostics else [])
-    figures = list(FIGURES) + (list(DG.FIGURES) if diagnostics else [])
+    tables = list(TABLES) + ([DIAGNOSTICS_TABLE] if diagnostics else [])
+    figures = list(FIGURES) + (list(DIAGNOSTICS_FIGURES) if diagnostics else [])
     return (
         [t / f"{n}.{e}" for n in tables for e in TABLE_FORMATS]
         + [t / "claims.md", t / "claims.html", t / "claims.json"]
@@ -79,31 +77,31 @@ def make_report(
     norm = normalize_models(models)
     benchmarks = list(bench_facts.NAMES if benchmarks is None else benchmarks)
     target, retention = target_and_retention(benchmarks)
-    th = C.check_thresholds(thresholds)
-    roles = C.resolve_roles(norm, roles, spec)
+    th = check_thresholds(thresholds)
+    roles = resolve_roles(norm, roles, spec)
     runs = run_order(norm)
-    colors = F.run_colors(runs)
+    colors = run_colors(runs)
     scores = load_scores(scores_dir, norm, benchmarks)
     items = load_items(scores_dir, scores)  # per-item scores: the changes' standard errors pair over the items
     metrics = load_metrics(metrics_dir, norm)
     summary = summarize(scores, runs=runs, benchmarks=benchmarks)
-    tables = T.build_tables(scores, norm, target, retention, summary=summary, items=items)
+    tables = build_tables(scores, norm, target, retention, summary=summary, items=items)
     for t in tables.values():
-        T.write_table(t, tables_dir)
+        write_table(t, tables_dir)
     others = {m: (s, Changes(s, norm, items)) for m, s in metric_summaries(scores, runs, benchmarks).items()}
-    results = C.verdicts(summary, roles, th, claims=spec, target=target, retention=retention,
-                         changes=Changes(summary, norm, items), metrics=others)  # fmt: skip
-    T.write_claims(results, tables_dir, roles, retention)
+    results = verdicts(summary, roles, th, claims=spec, target=target, retention=retention,
+                       changes=Changes(summary, norm, items), metrics=others)  # fmt: skip
+    write_claims(results, tables_dir, roles, retention)
     signals = {run: signal for run, (_, signal) in run_methods(norm).items()}
     figs = {
-        "scores": F.scores_figure(summary, colors, scores),
-        "retention_vs_gain": F.retention_vs_gain_figure(tables["retention"].data, colors, target, thresholds=th),
-        "training_curves": F.training_curves_figure(metrics, colors, runs, signals),
+        "scores": scores_figure(summary, colors, scores),
+        "retention_vs_gain": retention_vs_gain_figure(tables["retention"].data, colors, target, thresholds=th),
+        "training_curves": training_curves_figure(metrics, colors, runs, signals),
     }
     for name, fig in figs.items():
-        F.save_figure(fig, figures_dir, name)
+        save_figure(fig, figures_dir, name)
     if diagnostics_dir is not None:
-        tables[DG.TABLE] = DG.write_diagnostics(
+        tables[DIAGNOSTICS_TABLE] = write_diagnostics(
             diagnostics_dir, scores, metrics, norm, benchmarks, retention, tables_dir, figures_dir
         )
     return {"tables": tables, "claims": results, "summary": summary}

@@ -18,20 +18,27 @@ names, ``fails_as``, when it is the only failure: "format only"), "inconclusive"
 it needs (or base, for quantities against base) has no scores. A claim resting on one training seed gets
 "provisional (1 seed)" with the checks' reading in ``leaning``: its seed spread is unknown (likewise with two seeds,
 ``MIN_SEEDS``).
+
+The verdicts are written here too, as ``claims.md``, ``claims.html`` and ``claims.json`` (:func:`write_claims`): the
+text says what a verdict means, so it changes with the rules above. The t tail, its quantile and Holm's procedure
+are :mod:`.statistics`' maths; the standard-error wording and the HTML page are the tables' (:mod:`.tables`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
+import pandas as pd
 
 from statepost import benchmarks as bench_facts
 from statepost.config import claim_defaults, load_claims
-from statepost.io import ConfigError
+from statepost.io import ConfigError, atomic_file, write_json
 
 from .load import BASE, normalize_models, target_and_retention, teacher_ref
-from .statistics import lookup, rss, satterthwaite
+from .statistics import holm, lookup, rss, satterthwaite, t_isf, t_sf
+from .tables import SE_HOW, UNPAIRED, UNPAIRED_NOTE, markdown_page
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -178,19 +185,6 @@ def provisional(n: int) -> str:
     return f"provisional ({n} seed{'s' if n != 1 else ''})"
 
 
-def _t_sf(x: float, df: float) -> float:
-    """P(T > x) for Student's t with ``df`` degrees of freedom (the normal when df is infinite)."""
-    from scipy import stats
-
-    return float(stats.norm.sf(x) if math.isinf(df) else stats.t.sf(x, df))
-
-
-def _t_isf(p: float, df: float) -> float:
-    from scipy import stats
-
-    return float(stats.norm.isf(p) if math.isinf(df) else stats.t.isf(p, df))
-
-
 def _check(name, value, unc, df, q, threshold, alpha) -> dict:
     """A check's statistics: its margin (how far the quantity is on the required side of the threshold) and
     ``p_violated``, the one-sided p-value of "the requirement holds" (small: evidence it is violated); the
@@ -201,8 +195,8 @@ def _check(name, value, unc, df, q, threshold, alpha) -> dict:
         p_violated = 0.0 if margin <= 0 else 1.0
         critical = 0.0
     else:  # under "the requirement holds exactly" margin / unc is Student's t with df degrees of freedom
-        p_violated = 1.0 - _t_sf(margin / unc, df)
-        critical = _t_isf(alpha, df)
+        p_violated = 1.0 - t_sf(margin / unc, df)
+        critical = t_isf(alpha, df)
     out = {
         "quantity": name,
         "value": value,
@@ -215,24 +209,12 @@ def _check(name, value, unc, df, q, threshold, alpha) -> dict:
         "p_violated": p_violated,
         "p_holds": 1.0 - p_violated if unc else (1.0 if margin <= 0 else 0.0),
         # the smallest distance beyond the threshold that passes with 80% probability (a guard: that fails)
-        "decidable_at": (critical + _t_isf(0.2, df)) * unc if unc else 0.0,
+        "decidable_at": (critical + t_isf(0.2, df)) * unc if unc else 0.0,
     }
     for key in ("metric", "part", "fails_as"):
         if key in q:
             out[key] = q[key]
     return out
-
-
-def holm(pvalues: list[float], alpha: float) -> list[bool]:
-    """Holm's step-down rejections at family-wise level ``alpha``: the i-th smallest p-value is rejected when it
-    and every smaller one are at most ``alpha / (m - rank)``."""
-    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    reject = [False] * len(pvalues)
-    for rank, i in enumerate(order):
-        if pvalues[i] > alpha / (len(pvalues) - rank):
-            break
-        reject[i] = True
-    return reject
 
 
 def _decide(checks: list[dict], alpha: float) -> None:
@@ -386,3 +368,119 @@ def verdicts(table, roles: Mapping[str, str], thresholds: Mapping[str, float] | 
         _decide(checks, th["alpha"])
         out.append(_combine(claim["id"], claim["statement"], checks, sub, quantities, claim_seeds(claim, ctx, seeds)))
     return out
+
+
+# --------------------------------------------------------------------------------------------- claims.md, claims.json
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _mark(q: Mapping) -> str:
+    """The unpaired mark for a check or quantity judged with pairing that is not paired."""
+    return UNPAIRED if q.get("paired") is False else ""
+
+
+def requirement(c: Mapping) -> str:
+    """A check's requirement in words: ``> 0 (min_gain)``, or a guard's ``not significantly < 0 (no_loss)``."""
+    if c.get("kind") == "guard":
+        bad = "<" if c["op"] == ">" else ">"
+        return f"not significantly {bad} {c['threshold']:g} ({c['threshold_key']})"
+    return f"{c['op']} {c['threshold']:g} ({c['threshold_key']})"
+
+
+def power(c: Mapping) -> str:
+    """Where the true value must lie for the check to be decided with 80% probability (a guard: to fail)."""
+    if c["uncertainty"] is None:
+        return "–"
+    toward = 1 if c["op"] == ">" else -1
+    if c.get("kind") == "guard":
+        return f"{'<' if toward > 0 else '>'} {c['threshold'] - toward * c['decidable_at']:+.3f}"
+    return f"{c['op']} {c['threshold'] + toward * c['decidable_at']:+.3f}"
+
+
+def _verdict_line(r: Mapping) -> str:
+    seeds = f"{r['n_seeds']} training seed{'s' if r['n_seeds'] != 1 else ''}"
+    lean = f" (the checks alone: {r['leaning']})" if "leaning" in r else ""
+    return f"Verdict: **{r['verdict']}**{lean}, on {seeds}. {r['reason']}."
+
+
+def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None, retention=None) -> str:
+    """Render verdicts: a table of checks per claim and the verdict in bold."""
+    retention = list(bench_facts.RETENTION if retention is None else retention)
+    lines = ["# Claim verdicts", ""]
+    parts = [q for r in results for q in [*r["checks"], *r["quantities"].values()]]
+    if not any("paired" in q for q in parts):
+        se = "± is one combined standard error. "
+    else:
+        se = "± is one standard error of the change: " + SE_HOW + " "
+        se += UNPAIRED_NOTE.strip() + " " if any(q.get("paired") is False for q in parts) else ""
+    if results:
+        alpha = results[0]["thresholds"].get("alpha", claim_defaults()["thresholds"]["alpha"])
+        primaries = _and([f"{b.label} on {b.primary_metric.split(',', 1)[-1]}" for b in bench_facts.BENCHMARKS.values()
+                          if b.metrics])  # fmt: skip
+        lines += [
+            "Accuracy differences are fractions (0.02 = 2 points); a drop is base minus the run (positive = "
+            f"forgetting); retention drop is the mean drop on {_and([bench_facts.get(b).label for b in retention])}. "
+            f"{primaries + ' unless the check names another metric. ' if primaries else ''}" + se,
+            "",
+            f"Each check is a one-sided test at α = {alpha:g} against Student's t with the change's degrees of "
+            "freedom (df: few seeds make the seed spread uncertain). A check passes when the data show its "
+            "requirement holds; it fails when Holm's procedure over the claim's checks rejects its requirement; "
+            "else it is uncertain. A guard (GSM8K flexible-extract: more answers right, not only the format) fails "
+            "when its own test rejects it at α, and passes otherwise. So a claim's chance of a false \"reproduced\", "
+            "of a false \"not reproduced\" from its checks and of a false \"format only\" from a guard is each "
+            "about α (up to 1.5 α when the spread over three seeds dominates: results/README.md, \"Verdicts and "
+            f"their error rates\"). A claim on fewer than {MIN_SEEDS} training seeds is provisional: its seed spread "
+            "is not known well enough. p: the one-sided p-values that the "
+            "requirement holds / is violated. 80% power: where the true value must lie for the check to be decided "
+            "(a guard: to fail) with probability 0.8 at this size.",
+            "",
+        ]
+    if roles:
+        lines += ["Roles: " + ", ".join(f"{k} = `{v}`" for k, v in roles.items()), ""]
+    for r in results:
+        lines += [f"## {r['claim']}: {r['statement']}", ""]
+        if r["checks"]:
+            rows = [
+                {
+                    "check": c["quantity"],
+                    "value": f"{c['value']:+.4f}",
+                    "± (1 se)": "–" if c["uncertainty"] is None else f"{c['uncertainty']:.4f}{_mark(c)}",
+                    "df": "∞" if c.get("df") is None else f"{c['df']:.1f}",
+                    "requirement": requirement(c),
+                    "p holds / violated": f"{c['p_holds']:.3g} / {c['p_violated']:.3g}",
+                    "80% power": power(c),
+                    "outcome": c["outcome"],
+                }
+                for c in r["checks"]
+            ]
+            align = ("left", "right", "right", "right", "left", "right", "right", "left")
+            lines += [pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True, colalign=align), ""]
+        extra = {k: v for k, v in r["quantities"].items() if k not in {c["quantity"] for c in r["checks"]}}
+        if extra:
+            lines += [
+                "Also: "
+                + "; ".join(
+                    f"{k} = {v['value']:+.4f}"
+                    + ("" if v["uncertainty"] is None else f" ± {v['uncertainty']:.4f}{_mark(v)}")
+                    for k, v in extra.items()
+                ),
+                "",
+            ]
+        lines += [_verdict_line(r), ""]
+    return "\n".join(lines)
+
+
+def write_claims(results: list[dict], tables_dir, roles: Mapping[str, str] | None = None, retention=None):
+    """Write ``claims.md``, ``claims.html`` (the same as a page) and ``claims.json`` atomically."""
+    tables_dir = Path(tables_dir)
+    text = claims_markdown(results, roles, retention)
+    md, page = tables_dir / "claims.md", tables_dir / "claims.html"
+    for path, content in ((md, text), (page, markdown_page(text, "Claim verdicts"))):
+        with atomic_file(path) as tmp:
+            tmp.write_text(content, encoding="utf-8")
+    js = tables_dir / "claims.json"
+    write_json(js, {"roles": dict(roles or {}), "claims": results})
+    return [md, page, js]

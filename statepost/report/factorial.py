@@ -37,10 +37,9 @@ from statepost.checks import factorial_runs, learner_frac
 from statepost.io import DataError
 
 from . import load
-from .claims import _t_isf
 from .diagnostics import load_diagnostics
 from .figures import BASE_COLOR, FIGURE_FORMATS, _figure, _rc, save_figure
-from .statistics import paired_change, rss, satterthwaite, sem
+from .statistics import paired_change, rss, satterthwaite, sem, t_isf
 from .tables import TABLE_FORMATS, Table, write_table
 
 STATE, SIGNAL = ("dataset", "learner"), ("nll", "teacher_kl")
@@ -192,7 +191,7 @@ def ci95(value: float, se: float, df: float) -> tuple[float, float]:
     """The two-sided 95% Student-t interval (normal where df is infinite; NaN where it is undefined)."""
     if not (math.isfinite(se) and df > 0):
         return float("nan"), float("nan")
-    half = _t_isf(0.025, df) * se  # the verdicts' t quantile
+    half = t_isf(0.025, df) * se  # the verdicts' t quantile
     return value - half, value + half
 
 

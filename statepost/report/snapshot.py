@@ -23,8 +23,8 @@ import pandas as pd
 from statepost import benchmarks as bench_facts
 from statepost.io import atomic_file
 
+from .claims import power, requirement
 from .figures import SIGNAL_PANEL
-from .tables import power, requirement
 
 BLOCK = re.compile(r"(<!-- snapshot (?P<path>[^#\s]+)#(?P<section>[\w-]+) -->\n)(?P<body>.*?)(<!-- end snapshot -->)",
                    re.S)  # fmt: skip

@@ -22,10 +22,15 @@ rests on ``k - 1`` degrees of freedom (``k`` seeds), the item term on ``n - 1`` 
 error on many. Each change carries ``df``, the Welch-Satterthwaite degrees of freedom of its squared standard error
 (:func:`satterthwaite`), and the verdicts compare against Student's t with ``df`` (:mod:`.claims`): with three seeds
 and a seed term that dominates, the critical value is near t(2) = 4.30 at one-sided 0.025, not 1.96.
+
+The tests' maths lives here too: Student's t tail and quantile (:func:`t_sf`, :func:`t_isf`) and Holm's step-down
+procedure (:func:`holm`); :mod:`.claims` decides what they mean for a claim, :mod:`.factorial` draws its intervals
+with the same quantile.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -104,6 +109,33 @@ def satterthwaite(*terms: tuple[float, float]) -> float:
                 return float("nan")
             den += s**4 / df
     return float(num**2 / den) if den > 0 else float("inf")
+
+
+def t_sf(x: float, df: float) -> float:
+    """P(T > x) for Student's t with ``df`` degrees of freedom (the normal when df is infinite: a standard error
+    known exactly)."""
+    from scipy import stats
+
+    return float(stats.norm.sf(x) if math.isinf(df) else stats.t.sf(x, df))
+
+
+def t_isf(p: float, df: float) -> float:
+    """The x with P(T > x) = ``p`` (:func:`t_sf`'s inverse): the one-sided critical value at level ``p``."""
+    from scipy import stats
+
+    return float(stats.norm.isf(p) if math.isinf(df) else stats.t.isf(p, df))
+
+
+def holm(pvalues: list[float], alpha: float) -> list[bool]:
+    """Holm's step-down rejections at family-wise level ``alpha``: the i-th smallest p-value is rejected when it
+    and every smaller one are at most ``alpha / (m - rank)``."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    reject = [False] * len(pvalues)
+    for rank, i in enumerate(order):
+        if pvalues[i] > alpha / (len(pvalues) - rank):
+            break
+        reject[i] = True
+    return reject
 
 
 def sem(values) -> float:

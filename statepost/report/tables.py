@@ -1,8 +1,9 @@
 """The tables: ``results/{experiment}/tables/{name}.csv`` (numbers), ``.md``, ``.tex`` and ``.html`` (formatted).
 
-``scores``, ``delta_vs_base``, ``delta_vs_teacher`` and ``retention``, and the verdicts as ``claims.md``,
-``claims.html`` and ``claims.json``. Each per-run table shows the run's
-(states, signal) pair next to its name when the model list gives it (the DAG always does).
+``scores``, ``delta_vs_base``, ``delta_vs_teacher`` and ``retention`` (the verdicts' ``claims.md``, ``claims.html``
+and ``claims.json`` are written by :mod:`.claims`, with this module's standard-error wording and HTML page). Each
+per-run table shows the run's (states, signal) pair next to its name when the model list gives it (the DAG always
+does).
 """
 
 from __future__ import annotations
@@ -17,12 +18,8 @@ import markdown
 import numpy as np
 import pandas as pd
 
-from statepost import benchmarks as bench_facts
-from statepost.io import ConfigError, atomic_file, write_json
+from statepost.io import ConfigError, atomic_file
 
-from statepost.config import claim_defaults
-
-from .claims import MIN_SEEDS
 from .load import BASE, label, normalize_models, run_methods, run_order, target_and_retention, teacher_ref
 from .statistics import Changes, deltas_vs_base, lookup, retention_summary, summarize
 
@@ -71,13 +68,14 @@ def _fmt(v, u=None, signed=False, digits=3) -> str:
     return s
 
 
+# How a change's standard error is read: every table's note says it, and so does claims.md (:mod:`.claims`).
 UNPAIRED = " †"  # marks a change whose standard error is not paired over the items
-_SE_HOW = (
+SE_HOW = (
     "paired over the test items every model is scored on (the standard error of the per-item differences, "
     "averaged over seeds) and the standard error over seeds of the per-seed changes, in quadrature."
 )
-_SE_NOTE = "± one standard error of the change: " + _SE_HOW
-_UNPAIRED_NOTE = (
+_SE_NOTE = "± one standard error of the change: " + SE_HOW
+UNPAIRED_NOTE = (
     " † unpaired: a per-sample log is missing, so the two scores' standard errors (lm-eval's and the seeds') are "
     "added in quadrature as if independent, which overstates it."
 )
@@ -90,7 +88,7 @@ def _change(v, u, paired) -> str:
 
 
 def _se_note(paired: Iterable) -> str:
-    return _SE_NOTE + (_UNPAIRED_NOTE if not all(bool(p) for p in paired) else "")
+    return _SE_NOTE + (UNPAIRED_NOTE if not all(bool(p) for p in paired) else "")
 
 
 def _shown(methods: Methods | None) -> bool:
@@ -346,119 +344,3 @@ def build_tables(
         "delta_vs_teacher": delta_vs_teacher_table(scores, norm, summary, changes),
         "retention": retention_table(summary, target, retention, methods, changes),
     }
-
-
-# --------------------------------------------------------------------------------------------- claims.md, claims.json
-
-
-def _and(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-
-
-def _mark(q: Mapping) -> str:
-    """The unpaired mark for a check or quantity judged with pairing that is not paired."""
-    return UNPAIRED if q.get("paired") is False else ""
-
-
-def requirement(c: Mapping) -> str:
-    """A check's requirement in words: ``> 0 (min_gain)``, or a guard's ``not significantly < 0 (no_loss)``."""
-    if c.get("kind") == "guard":
-        bad = "<" if c["op"] == ">" else ">"
-        return f"not significantly {bad} {c['threshold']:g} ({c['threshold_key']})"
-    return f"{c['op']} {c['threshold']:g} ({c['threshold_key']})"
-
-
-def power(c: Mapping) -> str:
-    """Where the true value must lie for the check to be decided with 80% probability (a guard: to fail)."""
-    if c["uncertainty"] is None:
-        return "–"
-    toward = 1 if c["op"] == ">" else -1
-    if c.get("kind") == "guard":
-        return f"{'<' if toward > 0 else '>'} {c['threshold'] - toward * c['decidable_at']:+.3f}"
-    return f"{c['op']} {c['threshold'] + toward * c['decidable_at']:+.3f}"
-
-
-def _verdict_line(r: Mapping) -> str:
-    seeds = f"{r['n_seeds']} training seed{'s' if r['n_seeds'] != 1 else ''}"
-    lean = f" (the checks alone: {r['leaning']})" if "leaning" in r else ""
-    return f"Verdict: **{r['verdict']}**{lean}, on {seeds}. {r['reason']}."
-
-
-def claims_markdown(results: list[dict], roles: Mapping[str, str] | None = None, retention=None) -> str:
-    """Render verdicts: a table of checks per claim and the verdict in bold."""
-    retention = list(bench_facts.RETENTION if retention is None else retention)
-    lines = ["# Claim verdicts", ""]
-    parts = [q for r in results for q in [*r["checks"], *r["quantities"].values()]]
-    if not any("paired" in q for q in parts):
-        se = "± is one combined standard error. "
-    else:
-        se = "± is one standard error of the change: " + _SE_HOW + " "
-        se += _UNPAIRED_NOTE.strip() + " " if any(q.get("paired") is False for q in parts) else ""
-    if results:
-        alpha = results[0]["thresholds"].get("alpha", claim_defaults()["thresholds"]["alpha"])
-        primaries = _and([f"{b.label} on {b.primary_metric.split(',', 1)[-1]}" for b in bench_facts.BENCHMARKS.values()
-                          if b.metrics])  # fmt: skip
-        lines += [
-            "Accuracy differences are fractions (0.02 = 2 points); a drop is base minus the run (positive = "
-            f"forgetting); retention drop is the mean drop on {_and([bench_facts.get(b).label for b in retention])}. "
-            f"{primaries + ' unless the check names another metric. ' if primaries else ''}" + se,
-            "",
-            f"Each check is a one-sided test at α = {alpha:g} against Student's t with the change's degrees of "
-            "freedom (df: few seeds make the seed spread uncertain). A check passes when the data show its "
-            "requirement holds; it fails when Holm's procedure over the claim's checks rejects its requirement; "
-            "else it is uncertain. A guard (GSM8K flexible-extract: more answers right, not only the format) fails "
-            "when its own test rejects it at α, and passes otherwise. So a claim's chance of a false \"reproduced\", "
-            "of a false \"not reproduced\" from its checks and of a false \"format only\" from a guard is each "
-            "about α (up to 1.5 α when the spread over three seeds dominates: results/README.md, \"Verdicts and "
-            f"their error rates\"). A claim on fewer than {MIN_SEEDS} training seeds is provisional: its seed spread "
-            "is not known well enough. p: the one-sided p-values that the "
-            "requirement holds / is violated. 80% power: where the true value must lie for the check to be decided "
-            "(a guard: to fail) with probability 0.8 at this size.",
-            "",
-        ]
-    if roles:
-        lines += ["Roles: " + ", ".join(f"{k} = `{v}`" for k, v in roles.items()), ""]
-    for r in results:
-        lines += [f"## {r['claim']}: {r['statement']}", ""]
-        if r["checks"]:
-            rows = [
-                {
-                    "check": c["quantity"],
-                    "value": f"{c['value']:+.4f}",
-                    "± (1 se)": "–" if c["uncertainty"] is None else f"{c['uncertainty']:.4f}{_mark(c)}",
-                    "df": "∞" if c.get("df") is None else f"{c['df']:.1f}",
-                    "requirement": requirement(c),
-                    "p holds / violated": f"{c['p_holds']:.3g} / {c['p_violated']:.3g}",
-                    "80% power": power(c),
-                    "outcome": c["outcome"],
-                }
-                for c in r["checks"]
-            ]
-            align = ("left", "right", "right", "right", "left", "right", "right", "left")
-            lines += [pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True, colalign=align), ""]
-        extra = {k: v for k, v in r["quantities"].items() if k not in {c["quantity"] for c in r["checks"]}}
-        if extra:
-            lines += [
-                "Also: "
-                + "; ".join(
-                    f"{k} = {v['value']:+.4f}"
-                    + ("" if v["uncertainty"] is None else f" ± {v['uncertainty']:.4f}{_mark(v)}")
-                    for k, v in extra.items()
-                ),
-                "",
-            ]
-        lines += [_verdict_line(r), ""]
-    return "\n".join(lines)
-
-
-def write_claims(results: list[dict], tables_dir, roles: Mapping[str, str] | None = None, retention=None):
-    """Write ``claims.md``, ``claims.html`` (the same as a page) and ``claims.json`` atomically."""
-    tables_dir = Path(tables_dir)
-    text = claims_markdown(results, roles, retention)
-    md, page = tables_dir / "claims.md", tables_dir / "claims.html"
-    for path, content in ((md, text), (page, markdown_page(text, "Claim verdicts"))):
-        with atomic_file(path) as tmp:
-            tmp.write_text(content, encoding="utf-8")
-    js = tables_dir / "claims.json"
-    write_json(js, {"roles": dict(roles or {}), "claims": results})
-    return [md, page, js]

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Peak memory and time of one signal computation (forward + backward) on the Qwen3-0.6B architecture.
 
-    python scripts/bench_memory.py --signal opd      # reverse KL to a teacher, full estimator
-    python scripts/bench_memory.py --signal rl       # GRPO-style reward signal + the reference pass
-    python scripts/bench_memory.py --signal rl --root OTHER_CHECKOUT   # the statepost package of OTHER_CHECKOUT
+    python benchmarks/bench_memory.py --signal opd      # reverse KL to a teacher, full estimator
+    python benchmarks/bench_memory.py --signal rl       # GRPO-style reward signal + the reference pass
+    python benchmarks/bench_memory.py --signal rl --root OTHER_CHECKOUT   # the statepost package of OTHER_CHECKOUT
 
 Random weights from a Qwen3Config with the 0.6B sizes (hidden 1024, 28 layers, 16 heads, 8 KV heads,
 head_dim 128, intermediate 3072, vocabulary 151,936, tied embeddings; nothing is downloaded), float32
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository (this file is in benchmarks/)
 
 
 def status_mb(field: str) -> float:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Throughput of the training loop against a plain PyTorch loop, TRL's trainers and the device's own matmul peak.
 
-    python scripts/benchmark.py            # Qwen3-0.6B architecture, random weights (no download); ~6 min on 2 idle CPU cores
-    python scripts/benchmark.py --tiny     # a tiny Qwen3 and 2 timed steps: seconds (the test runs this)
+    python benchmarks/benchmark.py         # Qwen3-0.6B architecture, random weights (no download); ~6 min on 2 idle CPU cores
+    python benchmarks/benchmark.py --tiny  # a tiny Qwen3 and 2 timed steps: seconds (the test runs this)
 
 Builds the Qwen3-0.6B-Base architecture from a ``Qwen3Config`` (random weights) and a word-level
 tokenizer over made-up words (token ids only decide the cost), then measures on the current device,
@@ -51,9 +51,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent  # benchmarks/: bench_parts and bench_trl beside this file
+ROOT = HERE.parent  # the repository: the statepost package, config/toy.yaml, scripts/evaluate.py
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(HERE))
 
 from bench_parts import (  # noqa: E402
     append_markdown, interleave, machine, make_rows, matmul_peak, profile_arms, summarise, sync, word_tokenizer,

@@ -1,4 +1,4 @@
-"""Parts of scripts/benchmark.py that are not sections: the tokenizer and rows, round-robin timing, the
+"""Parts of benchmarks/benchmark.py that are not sections: the tokenizer and rows, round-robin timing, the
 matmul peak, the machine, the BENCHMARKS.md row and the profiler tables."""
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def machine(device) -> dict:
 
 def append_markdown(path: Path, rec: dict) -> None:
     """One dated row per run at the end of BENCHMARKS.md, under a header written the first time."""
-    header = ("\n## scripts/benchmark.py runs\n\nRatios are throughputs from one interleaved run (> 1: ours faster); "
-              "MFU against the matmul peak measured in the same run. Schema: results/README.md.\n\n"
+    header = ("\n## benchmarks/benchmark.py runs\n\nRatios are throughputs from one interleaved run "
+              "(> 1: ours faster); MFU against the matmul peak measured in the same run. Schema: results/README.md.\n\n"
               "| date | mode | machine | load avg (start/end) | batch x tokens | matmul peak GFLOP/s | "
               "SFT ours/TRL | SFT ours/plain | SFT fused/loop AdamW | OPD ours/TRL | GRPO ours/TRL | "
               "rollout ours/plain (G > 1) | generation ours/plain (all shapes) | SFT MFU | eval job s |\n"
@@ -108,7 +108,7 @@ def append_markdown(path: Path, rec: dict) -> None:
            f"{f(r['generation_ours_over_plain'])} | "
            f"{f(r['sft_mfu'], 3)} | {f(rec.get('evaluation', {}).get('wall_s'), 1)} |\n")
     text = path.read_text() if path.exists() else "# Measurements\n"
-    if "## scripts/benchmark.py runs" not in text:
+    if "## benchmarks/benchmark.py runs" not in text:
         text = text.rstrip("\n") + "\n" + header
     from statepost.io import atomic_file
 

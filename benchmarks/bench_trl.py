@@ -1,4 +1,4 @@
-"""TRL's trainers as benchmark arms for scripts/benchmark.py (TRL is a benchmark-only dependency).
+"""TRL's trainers as benchmark arms for benchmarks/benchmark.py (TRL is a benchmark-only dependency).
 
 Each builder returns ``step() -> {"total_s", ...split}``: one optimiser step of the trainer, driven
 as ``Trainer``'s inner loop drives it (next batch from the trainer's own dataloader,

@@ -7,6 +7,7 @@ sys.path.insert(0, workflow.basedir)
 from statepost import benchmarks as bench_facts
 from statepost import checks
 from statepost import config as cfglib
+from statepost import io as iolib
 from statepost import local
 from statepost.io import ConfigError
 
@@ -80,7 +81,7 @@ def score_path(model, benchmark):
 
 def samples_path(model, benchmark):
     """lm-eval's per-sample log beside the score file (the report pairs changes over its items)."""
-    return score_path(model, benchmark).removesuffix(".json") + ".samples.jsonl"
+    return str(iolib.samples_path(score_path(model, benchmark)))
 
 
 def all_scores():

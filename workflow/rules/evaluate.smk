@@ -7,8 +7,8 @@ rule evaluate:
         model=lambda wc: model_path(wc.model),
         data=lambda wc: data_files(wc.benchmark),
     output:
-        scores=f"{RESULTS}/scores/{{model}}/{{benchmark}}.json",
-        samples=f"{RESULTS}/scores/{{model}}/{{benchmark}}.samples.jsonl",
+        scores=score_path("{model}", "{benchmark}"),
+        samples=samples_path("{model}", "{benchmark}"),
     log:
         f"{RESULTS}/logs/evaluate/{{model}}/{{benchmark}}.log",
     conda:

@@ -1,6 +1,5 @@
 import json
 import sys
-from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
@@ -62,13 +61,18 @@ def trajectory_dirs(run, seed):
     }
 
 
+def data_folder(benchmark):
+    """A benchmark's folder: its splits and their manifest, which its data rule writes (--out)."""
+    return f"{DATA_DIR}/{benchmark}"
+
+
 def data_files(benchmark):
     splits = config["benchmarks"][benchmark]["splits"]
-    return [f"{DATA_DIR}/{benchmark}/{split}.jsonl" for split in splits]
+    return [f"{data_folder(benchmark)}/{split}.jsonl" for split in splits]
 
 
 def data_manifest(benchmark):
-    return f"{DATA_DIR}/{benchmark}/manifest.json"
+    return f"{data_folder(benchmark)}/manifest.json"
 
 
 def model_path(name):
@@ -199,9 +203,12 @@ def train_inputs(run):
     return inputs
 
 
-def data_dir(wildcards, input):
-    """results/{experiment}/data, from the rule's data files ({data}/{benchmark}/{split}.jsonl)."""
-    return Path(input.data[0]).parent.parent
+def path_param(path):
+    """A folder a rule's script needs, as a param given from the value the rule's paths are built from (RESULTS,
+    DATA_DIR). As a function of the job's output it is a derived param, which Snakemake leaves out of the params
+    it records for its params-changed rerun trigger: a path is no setting (the outputs move with it), and the jobs
+    finished before it was a param would otherwise all rerun."""
+    return lambda wildcards, output: path
 
 
 def teacher_arg(wildcards, input):
@@ -216,8 +223,9 @@ def base_model_inputs(wildcards):
 
 
 def base_data_arg(wildcards, input):
-    """The toy's --data-dir, from its inputs ({data}/{benchmark}/manifest.json); no data for other sources."""
-    return f"--data-dir {Path(input[0]).parent.parent}" if len(input) else ""
+    """The toy's --data-dir, where its inputs (the benchmarks' manifests) are; no data for other sources. (A
+    function of the input, as path_param's, so that Snakemake does not record it.)"""
+    return f"--data-dir {DATA_DIR}" if len(input) else ""
 
 
 def base_model_benchmarks():
@@ -266,13 +274,13 @@ def diagnostics_data():
     """The files the diagnostics read: GSM8K's evaluation split, and each probe split with the splits the
     evaluation reads of its benchmark (a probe row that is also there is left out)."""
     files = [
-        f"{DATA_DIR}/{b}/{bench_facts.get(b).eval_split}.jsonl"
+        f"{data_folder(b)}/{bench_facts.get(b).eval_split}.jsonl"
         for b in BENCHMARKS
         if b == bench_facts.TARGET
     ]
     for b, split in probe_splits().items():
         files += [
-            f"{DATA_DIR}/{b}/{s}.jsonl" for s in (*bench_facts.get(b).splits, split)
+            f"{data_folder(b)}/{s}.jsonl" for s in (*bench_facts.get(b).splits, split)
         ]
     return files
 

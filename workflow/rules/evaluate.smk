@@ -22,7 +22,7 @@ rule evaluate:
         device=config["evaluation"]["device"],
         dtype=config["evaluation"]["dtype"],
         backend=config["evaluation"]["backend"],
-        data_dir=data_dir,
+        data_dir=path_param(DATA_DIR),
         # hf: `accelerate launch` over the job's GPUs (data parallel); vllm: one process, tensor parallel
         launch="--launch --" if config["evaluation"]["backend"] == "hf" else "-- python",
     shell:

@@ -111,7 +111,7 @@ rule report:
         roles=json_arg(config["claims"]["roles"]),
         thresholds=json_arg(config["claims"]["thresholds"]),
         benchmarks=json_arg(BENCHMARKS),
-        root=lambda wc, output: Path(output.claims_json).parent.parent,
+        root=path_param(RESULTS),
     shell:
         LOG_START
         + (
@@ -165,7 +165,7 @@ if TRAJECTORY:
         params:
             trajectory=json_arg(TRAJECTORY),
             benchmarks=json_arg(BENCHMARKS),
-            root=lambda wc, output: Path(output.pdf).parent.parent,
+            root=path_param(RESULTS),
         shell:
             LOG_START
             + (
@@ -239,7 +239,7 @@ if FACTORIAL:
             seeds=json_arg(SEEDS),
             benchmarks=json_arg(BENCHMARKS),
             scale=config["claims"]["thresholds"]["substantial_loss"],
-            root=lambda wc, output: Path(output.effects).parent.parent,
+            root=path_param(RESULTS),
         shell:
             LOG_START
             + (

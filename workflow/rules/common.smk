@@ -8,7 +8,10 @@ from statepost import checks
 from statepost import config as cfglib
 from statepost import io as iolib
 from statepost import local
+from statepost import report as report_lib
 from statepost.io import ConfigError
+from statepost.report import factorial as factorial_lib
+from statepost.report import trajectory as trajectory_lib
 
 # Every config file (config/config.yaml, or each --configfile) is first read by the one strict
 # reader: a duplicate key, a non-UTF-8 byte or a YAML error is named with file:line:column before
@@ -255,6 +258,27 @@ def report_models():
                 }
             )
     return models
+
+
+# Each report rule's outputs are the files its script writes, as the module that writes them lists them
+# (statepost.report.output_paths, and its factorial and trajectory modules'); report.smk gives those that
+# Snakemake's HTML report (snakemake --report) shows a caption, a category and labels, by their path under RESULTS.
+TABLES_DIR = f"{RESULTS}/tables"
+FIGURES_DIR = f"{RESULTS}/figures"
+
+
+def with_report(paths, shown):
+    """``paths`` as one output entry, the files of ``shown`` ({path under RESULTS: report() settings}) wrapped in
+    report(): one entry, so that each file is declared once (Snakemake refuses a file in two entries). Settings
+    for a file that ``paths`` lacks (a renamed output) stop the DAG here, not vanish from the HTML report.
+    """
+    under = {str(p).removeprefix(f"{RESULTS}/"): str(p) for p in paths}
+    missing = sorted(set(shown) - set(under))
+    if missing:
+        raise WorkflowError(
+            f"report settings for files no report script writes: {', '.join(missing)}"
+        )
+    return [report(p, **shown[rel]) if rel in shown else p for rel, p in under.items()]
 
 
 def diagnostics_path(model):

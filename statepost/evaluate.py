@@ -365,7 +365,7 @@ def evaluate(
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"eval.limit must be a positive int or null, got {limit!r}")
     num_fewshot = int(eval_cfg.get("num_fewshot", 0) or 0)
-    batch_size = eval_cfg.get("batch_size", 1) or 1
+    batch_size = eval_cfg["batch_size"]  # the schema's, or scripts/evaluate.py's --batch-size
     max_gen_toks = eval_cfg.get("max_gen_toks")
     samples_log = samples_path(out_json)
     rank = int(os.environ.get("RANK", "0"))  # under accelerate launch every process runs this
@@ -456,7 +456,7 @@ def _score_record(results, spec, benchmark, eval_cfg, limit, model_dir, out_json
         "data_files": spec.data_files,
         "device": device,
         "dtype": dtype,
-        "batch_size": eval_cfg.get("batch_size", 1),
+        "batch_size": eval_cfg["batch_size"],
         "seeds": SEEDS,
     }
     if int(eval_cfg.get("num_fewshot", 0) or 0) != record["num_fewshot"]:

@@ -58,6 +58,8 @@ def main(argv=None) -> int:
         raise SystemExit("--eval-json: expected a JSON object")
     if args.batch_size is not None:
         args.eval_json["batch_size"] = args.batch_size
+    if "batch_size" not in args.eval_json:  # the rule passes the config's as --batch-size (the schema fills it)
+        raise SystemExit("--batch-size: none given, and --eval-json has no batch_size")
     t = time.perf_counter()
     from statepost.io import setup_logging
     from statepost.progress import bars_only_on_a_terminal

@@ -33,7 +33,8 @@ from pathlib import Path
 import yaml
 
 from statepost import benchmarks, data
-from statepost.io import DataError, prepare_output, scratch_dir, sha256_file, utc_now, write_json, write_jsonl
+from statepost.io import (DataError, prepare_output, samples_path, scratch_dir, sha256_file, utc_now, write_json,
+                          write_jsonl)  # fmt: skip
 from statepost.backends import check_backend, make_lm
 from statepost.models import verify_model_dir
 
@@ -364,12 +365,12 @@ def evaluate(
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"eval.limit must be a positive int or null, got {limit!r}")
     num_fewshot = int(eval_cfg.get("num_fewshot", 0) or 0)
-    batch_size = eval_cfg.get("batch_size", 1) or 1
+    batch_size = eval_cfg["batch_size"]  # the schema's, or scripts/evaluate.py's --batch-size
     max_gen_toks = eval_cfg.get("max_gen_toks")
-    samples_path = out_json.with_name(out_json.name.removesuffix(".json") + ".samples.jsonl")
+    samples_log = samples_path(out_json)
     rank = int(os.environ.get("RANK", "0"))  # under accelerate launch every process runs this
     if rank == 0:
-        prepare_output(out_json, samples_path)  # writable, and a killed job's leftovers beside them cleaned
+        prepare_output(out_json, samples_log)  # writable, and a killed job's leftovers beside them cleaned
 
     import lm_eval
     import torch  # noqa: F401
@@ -417,7 +418,7 @@ def evaluate(
                            device, dtype, gen_kwargs)
     timing["total"] = time.perf_counter() - t0
     record["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
-    write_jsonl(samples_path, sample_rows(results.get("samples", {})))
+    write_jsonl(samples_log, sample_rows(results.get("samples", {})))
     write_json(out_json, record)
     return record
 
@@ -455,7 +456,7 @@ def _score_record(results, spec, benchmark, eval_cfg, limit, model_dir, out_json
         "data_files": spec.data_files,
         "device": device,
         "dtype": dtype,
-        "batch_size": eval_cfg.get("batch_size", 1),
+        "batch_size": eval_cfg["batch_size"],
         "seeds": SEEDS,
     }
     if int(eval_cfg.get("num_fewshot", 0) or 0) != record["num_fewshot"]:

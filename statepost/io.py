@@ -234,6 +234,13 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     return n
 
 
+def samples_path(score_json: str | os.PathLike) -> Path:
+    """lm-eval's per-sample log beside a score file: ``{benchmark}.json`` -> ``{benchmark}.samples.jsonl``. Its one
+    definition: the evaluation writes it, the workflow declares it and the report reads it by this name."""
+    score_json = Path(score_json)
+    return score_json.with_name(score_json.name.removesuffix(".json") + ".samples.jsonl")
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
     """Yield ``(line number, parsed value)`` per non-empty line; bad JSON or bytes that are not UTF-8 raise
     DataError naming path:line."""

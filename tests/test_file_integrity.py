@@ -155,7 +155,8 @@ def model_dir(tmp_path_factory):
 
 
 def _evaluate(model, out, data=None):
-    return ev.evaluate(model, "gsm8k", data or out.parent / "data", {"num_fewshot": 0, "limit": 1}, out, device="cpu")
+    return ev.evaluate(model, "gsm8k", data or out.parent / "data", {"num_fewshot": 0, "limit": 1, "batch_size": 1}, out,
+                       device="cpu")
 
 
 def test_evaluate_refuses_truncated_weights(model_dir, tmp_path, no_lm_eval):

@@ -51,6 +51,7 @@ def test_files_are_written_and_a_missing_score_or_run_json_is_named(tmp_path):
     scores, models = _world(tmp_path)
     paths = T.make_trajectory(scores, models, TRAJ, BENCHES, tmp_path / "tables", tmp_path / "figures")
     assert {p.name for p in paths} == {f"trajectory.{e}" for e in ("csv", "md", "tex", "html", "png", "pdf")}
+    assert sorted(paths) == sorted(T.output_paths(tmp_path / "tables", tmp_path / "figures"))  # the rule's outputs
     assert (tmp_path / "figures" / "trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(pd.read_csv(tmp_path / "tables" / "trajectory.csv")) == 7
     (scores / "sft_stress" / "step100" / "seed0" / "mmlu.json").unlink()

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from statepost import benchmarks as bench_facts
-from statepost.io import ConfigError, DataError, read_jsonl
+from statepost.io import ConfigError, DataError, read_jsonl, samples_path
 
 BASE = "base"
 _MODEL_RE = re.compile(r"^(?P<run>[^/]+)/seed(?P<seed>\d+)$")
@@ -135,6 +135,12 @@ def run_methods(models) -> dict[str, tuple[str | None, str | None]]:
 # --------------------------------------------------------------------------------------------- scores
 
 
+def score_path(scores_dir, model: str, bench: str) -> Path:
+    """A model's score file on a benchmark: ``{scores_dir}/{model}/{bench}.json`` (its samples log beside it:
+    :func:`statepost.io.samples_path`)."""
+    return Path(scores_dir) / model / f"{bench}.json"
+
+
 def load_scores(scores_dir, models, benchmarks: Iterable[str] | None = None) -> pd.DataFrame:
     """Read ``scores_dir/{model}/{benchmark}.json`` for every model x benchmark (default: every known benchmark,
     in ``statepost.benchmarks`` order; the DAG passes the config's) into a tidy DataFrame.
@@ -149,7 +155,7 @@ def load_scores(scores_dir, models, benchmarks: Iterable[str] | None = None) -> 
     rows, missing = [], []
     for model, info in norm.items():
         for bench in benchmarks:
-            path = scores_dir / model / f"{bench}.json"
+            path = score_path(scores_dir, model, bench)
             if not path.is_file():
                 missing.append(str(path))
                 continue
@@ -219,11 +225,6 @@ def _number(v, path, fld, allow_none=False) -> float:
 # --------------------------------------------------------------------------------------------- per-item scores
 
 
-def samples_path(scores_dir, model: str, bench: str) -> Path:
-    """lm-eval's per-sample log beside a score file: ``{scores_dir}/{model}/{bench}.samples.jsonl``."""
-    return Path(scores_dir) / model / f"{bench}.samples.jsonl"
-
-
 def load_items(scores_dir, scores: pd.DataFrame) -> dict[tuple[str, str, str], np.ndarray]:
     """Per-item scores from the per-sample logs beside the score files, to pair changes over the test items.
 
@@ -239,7 +240,7 @@ def load_items(scores_dir, scores: pd.DataFrame) -> dict[tuple[str, str, str], n
     out: dict[tuple[str, str, str], np.ndarray] = {}
     first: dict[str, tuple[list, Path]] = {}  # benchmark -> (item keys, the log they came from)
     for (model, bench), rows in scores.groupby(["model", "benchmark"], sort=False):
-        path = samples_path(scores_dir, model, bench)
+        path = samples_path(score_path(scores_dir, model, bench))
         if not path.is_file():
             continue
         per_item: dict[tuple[str, int], dict] = {}

@@ -19,10 +19,16 @@ import pandas as pd
 from statepost.io import DataError
 
 from . import load
-from .figures import BASE_COLOR, SEED_STYLES, _figure, _grid, _rc, metric_label, run_colors, save_figure
-from .tables import Table, write_table
+from .figures import BASE_COLOR, FIGURE_FORMATS, SEED_STYLES, _figure, _grid, _rc, metric_label, run_colors, save_figure
+from .tables import TABLE_FORMATS, Table, write_table
 
 NAME = "trajectory"
+
+
+def output_paths(tables_dir, figures_dir) -> list[Path]:
+    """Every file :func:`make_trajectory` writes (for the trajectory rule's output list)."""
+    t, f = Path(tables_dir), Path(figures_dir)
+    return [t / f"{NAME}.{e}" for e in TABLE_FORMATS] + [f / f"{NAME}.{e}" for e in FIGURE_FORMATS]
 
 
 def final_step(models_dir, run: str, seed: int) -> int:

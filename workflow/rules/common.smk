@@ -1,14 +1,17 @@
 import json
 import sys
-from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
 from statepost import benchmarks as bench_facts
 from statepost import checks
 from statepost import config as cfglib
+from statepost import io as iolib
 from statepost import local
+from statepost import report as report_lib
 from statepost.io import ConfigError
+from statepost.report import factorial as factorial_lib
+from statepost.report import trajectory as trajectory_lib
 
 # Every config file (config/config.yaml, or each --configfile) is first read by the one strict
 # reader: a duplicate key, a non-UTF-8 byte or a YAML error is named with file:line:column before
@@ -61,13 +64,18 @@ def trajectory_dirs(run, seed):
     }
 
 
+def data_folder(benchmark):
+    """A benchmark's folder: its splits and their manifest, which its data rule writes (--out)."""
+    return f"{DATA_DIR}/{benchmark}"
+
+
 def data_files(benchmark):
     splits = config["benchmarks"][benchmark]["splits"]
-    return [f"{DATA_DIR}/{benchmark}/{split}.jsonl" for split in splits]
+    return [f"{data_folder(benchmark)}/{split}.jsonl" for split in splits]
 
 
 def data_manifest(benchmark):
-    return f"{DATA_DIR}/{benchmark}/manifest.json"
+    return f"{data_folder(benchmark)}/manifest.json"
 
 
 def model_path(name):
@@ -80,7 +88,7 @@ def score_path(model, benchmark):
 
 def samples_path(model, benchmark):
     """lm-eval's per-sample log beside the score file (the report pairs changes over its items)."""
-    return score_path(model, benchmark).removesuffix(".json") + ".samples.jsonl"
+    return str(iolib.samples_path(score_path(model, benchmark)))
 
 
 def all_scores():
@@ -198,9 +206,12 @@ def train_inputs(run):
     return inputs
 
 
-def data_dir(wildcards, input):
-    """results/{experiment}/data, from the rule's data files ({data}/{benchmark}/{split}.jsonl)."""
-    return Path(input.data[0]).parent.parent
+def path_param(path):
+    """A folder a rule's script needs, as a param given from the value the rule's paths are built from (RESULTS,
+    DATA_DIR). As a function of the job's output it is a derived param, which Snakemake leaves out of the params
+    it records for its params-changed rerun trigger: a path is no setting (the outputs move with it), and the jobs
+    finished before it was a param would otherwise all rerun."""
+    return lambda wildcards, output: path
 
 
 def teacher_arg(wildcards, input):
@@ -215,8 +226,9 @@ def base_model_inputs(wildcards):
 
 
 def base_data_arg(wildcards, input):
-    """The toy's --data-dir, from its inputs ({data}/{benchmark}/manifest.json); no data for other sources."""
-    return f"--data-dir {Path(input[0]).parent.parent}" if len(input) else ""
+    """The toy's --data-dir, where its inputs (the benchmarks' manifests) are; no data for other sources. (A
+    function of the input, as path_param's, so that Snakemake does not record it.)"""
+    return f"--data-dir {DATA_DIR}" if len(input) else ""
 
 
 def base_model_benchmarks():
@@ -248,6 +260,27 @@ def report_models():
     return models
 
 
+# Each report rule's outputs are the files its script writes, as the module that writes them lists them
+# (statepost.report.output_paths, and its factorial and trajectory modules'); report.smk gives those that
+# Snakemake's HTML report (snakemake --report) shows a caption, a category and labels, by their path under RESULTS.
+TABLES_DIR = f"{RESULTS}/tables"
+FIGURES_DIR = f"{RESULTS}/figures"
+
+
+def with_report(paths, shown):
+    """``paths`` as one output entry, the files of ``shown`` ({path under RESULTS: report() settings}) wrapped in
+    report(): one entry, so that each file is declared once (Snakemake refuses a file in two entries). Settings
+    for a file that ``paths`` lacks (a renamed output) stop the DAG here, not vanish from the HTML report.
+    """
+    under = {str(p).removeprefix(f"{RESULTS}/"): str(p) for p in paths}
+    missing = sorted(set(shown) - set(under))
+    if missing:
+        raise WorkflowError(
+            f"report settings for files no report script writes: {', '.join(missing)}"
+        )
+    return [report(p, **shown[rel]) if rel in shown else p for rel, p in under.items()]
+
+
 def diagnostics_path(model):
     return f"{RESULTS}/diagnostics/{model}.json"
 
@@ -265,13 +298,13 @@ def diagnostics_data():
     """The files the diagnostics read: GSM8K's evaluation split, and each probe split with the splits the
     evaluation reads of its benchmark (a probe row that is also there is left out)."""
     files = [
-        f"{DATA_DIR}/{b}/{bench_facts.get(b).eval_split}.jsonl"
+        f"{data_folder(b)}/{bench_facts.get(b).eval_split}.jsonl"
         for b in BENCHMARKS
         if b == bench_facts.TARGET
     ]
     for b, split in probe_splits().items():
         files += [
-            f"{DATA_DIR}/{b}/{s}.jsonl" for s in (*bench_facts.get(b).splits, split)
+            f"{data_folder(b)}/{s}.jsonl" for s in (*bench_facts.get(b).splits, split)
         ]
     return files
 

@@ -19,7 +19,7 @@ for _bench in BENCHMARKS:
         params:
             bench=json_arg(data_settings(_bench)),
             name=_bench,
-            out=lambda wc, output: Path(output.manifest).parent,
+            out=path_param(data_folder(_bench)),
         shell:
             LOG_START
             + (

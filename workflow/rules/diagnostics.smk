@@ -22,7 +22,7 @@ rule diagnose:
         settings=json_arg(diagnostics_settings()),
         benchmarks=json_arg(BENCHMARKS),
         probe_splits=json_arg(probe_splits()),
-        data_dir=data_dir,
+        data_dir=path_param(DATA_DIR),
     shell:
         LOG_START
         + (

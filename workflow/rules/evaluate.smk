@@ -7,8 +7,8 @@ rule evaluate:
         model=lambda wc: model_path(wc.model),
         data=lambda wc: data_files(wc.benchmark),
     output:
-        scores=f"{RESULTS}/scores/{{model}}/{{benchmark}}.json",
-        samples=f"{RESULTS}/scores/{{model}}/{{benchmark}}.samples.jsonl",
+        scores=score_path("{model}", "{benchmark}"),
+        samples=samples_path("{model}", "{benchmark}"),
     log:
         f"{RESULTS}/logs/evaluate/{{model}}/{{benchmark}}.log",
     conda:
@@ -22,7 +22,7 @@ rule evaluate:
         device=config["evaluation"]["device"],
         dtype=config["evaluation"]["dtype"],
         backend=config["evaluation"]["backend"],
-        data_dir=data_dir,
+        data_dir=path_param(DATA_DIR),
         # hf: `accelerate launch` over the job's GPUs (data parallel); vllm: one process, tensor parallel
         launch="--launch --" if config["evaluation"]["backend"] == "hf" else "-- python",
     shell:

@@ -6,9 +6,65 @@ try:
     cfglib.load_claims(CLAIMS_FILE)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
-TABLES = ["scores", "delta_vs_base", "delta_vs_teacher", "retention"]
-FIGURES = ["scores", "retention_vs_gain", "training_curves"]
-DIAG_FIGURES = ["drift_vs_retention", "state_nll"]
+
+# What Snakemake's HTML report (snakemake --report) shows of the report rule's files (common.smk, with_report).
+REPORT_SHOWN = {
+    "tables/scores.html": dict(
+        caption="../report/scores_table.rst",
+        category="Tables",
+        labels={"#": "1", "table": "scores per run and benchmark"},
+    ),
+    "tables/delta_vs_base.html": dict(
+        caption="../report/delta_vs_base.rst",
+        category="Tables",
+        labels={"#": "2", "table": "change against the base model"},
+    ),
+    "tables/delta_vs_teacher.html": dict(
+        caption="../report/delta_vs_teacher.rst",
+        category="Tables",
+        labels={"#": "3", "table": "change against the teacher"},
+    ),
+    "tables/retention.html": dict(
+        caption="../report/retention.rst",
+        category="Tables",
+        labels={"#": "4", "table": "gain against retention"},
+    ),
+    "tables/claims.html": dict(
+        caption="../report/claims.rst",
+        category="Claims",
+        labels={"#": "1", "table": "claim verdicts"},
+    ),
+    "figures/scores.png": dict(
+        caption="../report/scores_figure.rst",
+        category="Figures",
+        labels={"#": "1", "figure": "scores per benchmark"},
+    ),
+    "figures/retention_vs_gain.png": dict(
+        caption="../report/retention_vs_gain.rst",
+        category="Figures",
+        labels={"#": "2", "figure": "gain against retention"},
+    ),
+    "figures/training_curves.png": dict(
+        caption="../report/training_curves.rst",
+        category="Figures",
+        labels={"#": "3", "figure": "training curves"},
+    ),
+    "tables/diagnostics.html": dict(
+        caption="../report/diagnostics_table.rst",
+        category="Diagnostics",
+        labels={"#": "1", "item": "drift and forgetting per run and seed (table)"},
+    ),
+    "figures/drift_vs_retention.png": dict(
+        caption="../report/drift_vs_retention.rst",
+        category="Diagnostics",
+        labels={"#": "2", "item": "drift against retention (figure)"},
+    ),
+    "figures/state_nll.png": dict(
+        caption="../report/state_nll.rst",
+        category="Diagnostics",
+        labels={"#": "3", "item": "NLL of the training states per step (figure)"},
+    ),
+}
 
 
 rule report:
@@ -19,85 +75,9 @@ rule report:
         claims=CLAIMS_FILE,
         diagnostics=[diagnostics_path(m) for m in MODELS],
     output:
-        tables=expand(
-            f"{RESULTS}/tables/{{table}}.{{ext}}",
-            table=TABLES,
-            ext=["csv", "md", "tex"],
-        ),
-        scores_table=report(
-            f"{RESULTS}/tables/scores.html",
-            caption="../report/scores_table.rst",
-            category="Tables",
-            labels={"#": "1", "table": "scores per run and benchmark"},
-        ),
-        delta_vs_base=report(
-            f"{RESULTS}/tables/delta_vs_base.html",
-            caption="../report/delta_vs_base.rst",
-            category="Tables",
-            labels={"#": "2", "table": "change against the base model"},
-        ),
-        delta_vs_teacher=report(
-            f"{RESULTS}/tables/delta_vs_teacher.html",
-            caption="../report/delta_vs_teacher.rst",
-            category="Tables",
-            labels={"#": "3", "table": "change against the teacher"},
-        ),
-        retention=report(
-            f"{RESULTS}/tables/retention.html",
-            caption="../report/retention.rst",
-            category="Tables",
-            labels={"#": "4", "table": "gain against retention"},
-        ),
-        claims=report(
-            f"{RESULTS}/tables/claims.html",
-            caption="../report/claims.rst",
-            category="Claims",
-            labels={"#": "1", "table": "claim verdicts"},
-        ),
-        claims_md=f"{RESULTS}/tables/claims.md",
-        claims_json=f"{RESULTS}/tables/claims.json",
-        scores_figure=report(
-            f"{RESULTS}/figures/scores.png",
-            caption="../report/scores_figure.rst",
-            category="Figures",
-            labels={"#": "1", "figure": "scores per benchmark"},
-        ),
-        retention_vs_gain=report(
-            f"{RESULTS}/figures/retention_vs_gain.png",
-            caption="../report/retention_vs_gain.rst",
-            category="Figures",
-            labels={"#": "2", "figure": "gain against retention"},
-        ),
-        training_curves=report(
-            f"{RESULTS}/figures/training_curves.png",
-            caption="../report/training_curves.rst",
-            category="Figures",
-            labels={"#": "3", "figure": "training curves"},
-        ),
-        figure_pdfs=expand(f"{RESULTS}/figures/{{figure}}.pdf", figure=FIGURES),
-        diagnostics_table=report(
-            f"{RESULTS}/tables/diagnostics.html",
-            caption="../report/diagnostics_table.rst",
-            category="Diagnostics",
-            labels={"#": "1", "item": "drift and forgetting per run and seed (table)"},
-        ),
-        diagnostics_numbers=multiext(
-            f"{RESULTS}/tables/diagnostics", ".csv", ".md", ".tex"
-        ),
-        drift_figure=report(
-            f"{RESULTS}/figures/drift_vs_retention.png",
-            caption="../report/drift_vs_retention.rst",
-            category="Diagnostics",
-            labels={"#": "2", "item": "drift against retention (figure)"},
-        ),
-        state_nll_figure=report(
-            f"{RESULTS}/figures/state_nll.png",
-            caption="../report/state_nll.rst",
-            category="Diagnostics",
-            labels={"#": "3", "item": "NLL of the training states per step (figure)"},
-        ),
-        diagnostics_pdfs=expand(
-            f"{RESULTS}/figures/{{figure}}.pdf", figure=DIAG_FIGURES
+        with_report(
+            report_lib.output_paths(TABLES_DIR, FIGURES_DIR, diagnostics=True),
+            REPORT_SHOWN,
         ),
     log:
         f"{RESULTS}/logs/report.log",
@@ -111,7 +91,7 @@ rule report:
         roles=json_arg(config["claims"]["roles"]),
         thresholds=json_arg(config["claims"]["thresholds"]),
         benchmarks=json_arg(BENCHMARKS),
-        root=lambda wc, output: Path(output.claims_json).parent.parent,
+        root=path_param(RESULTS),
     shell:
         LOG_START
         + (
@@ -141,20 +121,21 @@ if TRAJECTORY:
             ],
             models=[model_path(m) for m in trajectory_finals()],
         output:
-            tables=multiext(f"{RESULTS}/tables/trajectory", ".csv", ".md", ".tex"),
-            table=report(
-                f"{RESULTS}/tables/trajectory.html",
-                caption="../report/trajectory_table.rst",
-                category="Tables",
-                labels={"#": "5", "table": "scores along training"},
+            with_report(
+                trajectory_lib.output_paths(TABLES_DIR, FIGURES_DIR),
+                {
+                    "tables/trajectory.html": dict(
+                        caption="../report/trajectory_table.rst",
+                        category="Tables",
+                        labels={"#": "5", "table": "scores along training"},
+                    ),
+                    "figures/trajectory.png": dict(
+                        caption="../report/trajectory_figure.rst",
+                        category="Figures",
+                        labels={"#": "4", "figure": "scores along training"},
+                    ),
+                },
             ),
-            figure=report(
-                f"{RESULTS}/figures/trajectory.png",
-                caption="../report/trajectory_figure.rst",
-                category="Figures",
-                labels={"#": "4", "figure": "scores along training"},
-            ),
-            pdf=f"{RESULTS}/figures/trajectory.pdf",
         log:
             f"{RESULTS}/logs/trajectory.log",
         conda:
@@ -165,7 +146,7 @@ if TRAJECTORY:
         params:
             trajectory=json_arg(TRAJECTORY),
             benchmarks=json_arg(BENCHMARKS),
-            root=lambda wc, output: Path(output.pdf).parent.parent,
+            root=path_param(RESULTS),
         shell:
             LOG_START
             + (
@@ -191,40 +172,36 @@ if FACTORIAL:
             diagnostics=[diagnostics_path(m) for m in FACTORIAL_MODELS],
             models=[model_path(m) for m in FACTORIAL_MODELS if m != "base"],
         output:
-            effects=report(
-                f"{RESULTS}/tables/effects.html",
-                caption="../report/effects_table.rst",
-                category="Factorial",
-                labels={
-                    "#": "1",
-                    "item": "effects of state source and signal (table)",
+            with_report(
+                factorial_lib.output_paths(TABLES_DIR, FIGURES_DIR),
+                {
+                    "tables/effects.html": dict(
+                        caption="../report/effects_table.rst",
+                        category="Factorial",
+                        labels={
+                            "#": "1",
+                            "item": "effects of state source and signal (table)",
+                        },
+                    ),
+                    "tables/factorial_cells.html": dict(
+                        caption="../report/factorial_cells.rst",
+                        category="Factorial",
+                        labels={"#": "2", "item": "each run against base (table)"},
+                    ),
+                    "figures/grid.png": dict(
+                        caption="../report/grid_figure.rst",
+                        category="Factorial",
+                        labels={"#": "3", "item": "the grid (figure)"},
+                    ),
+                    "figures/dose_response.png": dict(
+                        caption="../report/dose_response.rst",
+                        category="Factorial",
+                        labels={
+                            "#": "4",
+                            "item": "dose-response over lambda (figure)",
+                        },
+                    ),
                 },
-            ),
-            cells=report(
-                f"{RESULTS}/tables/factorial_cells.html",
-                caption="../report/factorial_cells.rst",
-                category="Factorial",
-                labels={"#": "2", "item": "each run against base (table)"},
-            ),
-            grid=report(
-                f"{RESULTS}/figures/grid.png",
-                caption="../report/grid_figure.rst",
-                category="Factorial",
-                labels={"#": "3", "item": "the grid (figure)"},
-            ),
-            dose=report(
-                f"{RESULTS}/figures/dose_response.png",
-                caption="../report/dose_response.rst",
-                category="Factorial",
-                labels={"#": "4", "item": "dose-response over lambda (figure)"},
-            ),
-            numbers=expand(
-                f"{RESULTS}/tables/{{table}}.{{ext}}",
-                table=["effects", "factorial_cells"],
-                ext=["csv", "md", "tex"],
-            ),
-            pdfs=expand(
-                f"{RESULTS}/figures/{{figure}}.pdf", figure=["grid", "dose_response"]
             ),
         log:
             f"{RESULTS}/logs/factorial.log",
@@ -239,7 +216,7 @@ if FACTORIAL:
             seeds=json_arg(SEEDS),
             benchmarks=json_arg(BENCHMARKS),
             scale=config["claims"]["thresholds"]["substantial_loss"],
-            root=lambda wc, output: Path(output.effects).parent.parent,
+            root=path_param(RESULTS),
         shell:
             LOG_START
             + (

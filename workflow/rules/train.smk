@@ -37,7 +37,7 @@ for _run in RUNS:
             state_dir=lambda wc, r=_run: f"{RESULTS}/.state/{r}/seed{wc.seed}",
             tracking_dir=lambda wc, r=_run: f"{RESULTS}/tracking/{r}/seed{wc.seed}",
             teacher=teacher_arg,
-            data_dir=data_dir,
+            data_dir=path_param(DATA_DIR),
             trajectory=lambda wc, r=_run: json_arg(trajectory_dirs(r, wc.seed)),
         shell:
             LOG_START

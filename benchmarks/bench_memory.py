@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
 
     from statepost.config import with_defaults
     from statepost.train.batch import StateBatch
-    from statepost.train.signals import RewardSignal, TeacherKL
+    from statepost.train.signals import RewardSignal, TeacherKLSignal
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
     }
     batch = StateBatch(input_ids=ids, attention_mask=torch.ones_like(ids), completion_mask=cm, extras=extras)
     if args.signal == "opd":
-        signal = TeacherKL(with_defaults({"type": "teacher_kl", "teacher": "t", "direction": "reverse"}, "signal"), frozen)
+        signal = TeacherKLSignal(with_defaults({"type": "teacher_kl", "teacher": "t", "direction": "reverse"}, "signal"), frozen)
     else:
         signal = RewardSignal(with_defaults({"type": "reward", "kl_coef": 0.0}, "signal"), reference=frozen)
 

@@ -149,9 +149,9 @@ def our_arm(model, run_cfg: dict, source, signal, state_dir: Path, optimizer=Non
                               num_training_steps=10**6)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     run = Run(cfg=run_cfg, accelerator=accelerator, model=prepared, policy=accelerator.unwrap_model(prepared),
-              optimizer=optimizer, scheduler=scheduler, source=source, signal=signal,
+              tokenizer=None, optimizer=optimizer, scheduler=scheduler, source=source, signal=signal,
               checkpointer=Checkpointer(state_dir, accelerator, keep=1), resume_key={}, total_steps=10**9,
-              t_start=time.time())
+              trajectory={}, facts={}, t_start=time.time())
     rows, counter = _Rows(), iter(range(1, 10**9))
 
     def step():

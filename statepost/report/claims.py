@@ -37,7 +37,7 @@ from statepost.config import claim_defaults, load_claims
 from statepost.io import ConfigError, atomic_file, write_json
 
 from .load import BASE, normalize_models, target_and_retention, teacher_ref
-from .statistics import holm, lookup, rss, satterthwaite, t_isf, t_sf
+from .statistics import holm, lookup, mean_of_changes, rss, t_isf, t_sf
 from .tables import SE_HOW, UNPAIRED, UNPAIRED_NOTE, markdown_page
 
 
@@ -151,9 +151,8 @@ def _retention_drop(ctx: _Context, q: dict):
     """Minus the mean change against base on the retention benchmarks; positive = forgetting."""
     cs = [ctx.change(q["role"], BASE, b) for b in ctx.retention]
     paired = None if any(c[2] is None for c in cs) else all(c[2] for c in cs)
-    value, unc = -sum(c[0] for c in cs) / len(cs), rss(*(c[1] for c in cs)) / len(cs)
-    df = satterthwaite(*((c[1] / len(cs), c[3]) for c in cs))
-    yield f"{ctx.run(q['role'])} retention drop", value, unc, paired, df
+    mean, unc, df = mean_of_changes([(c[0], c[1], c[3]) for c in cs])
+    yield f"{ctx.run(q['role'])} retention drop", -mean, unc, paired, df
 
 
 def _difference(ctx: _Context, q: dict):

@@ -24,7 +24,7 @@ import pandas as pd
 
 from statepost.io import DataError
 
-from . import figures as F
+from . import figures
 from .load import BASE, label, normalize_models, run_methods, run_order
 from .tables import Table, _data_with_method, _fmt, _with_method
 
@@ -140,10 +140,10 @@ def drift_vs_retention_figure(data: pd.DataFrame, colors: Mapping[str, str], run
     (its y-axis names ``retention``'s primary metrics, default the retention benchmarks among the data's)."""
     if retention is None:
         retention = [c[: -len("_change")] for c in data if c.endswith("_change") and c != "retention_change"]
-        retention = [b for b in retention if F.benchmark_facts(b).role == "retention"]
-    markers = F.run_markers(runs)
-    with F._rc():
-        fig = F._figure((10.0, 4.0))
+        retention = [b for b in retention if figures.benchmark_facts(b).role == "retention"]
+    markers = figures.run_markers(runs)
+    with figures._rc():
+        fig = figures._figure((10.0, 4.0))
         axes = fig.subplots(1, 2, sharey=True)
         for ax, (key, name) in zip(axes, DRIFT.items()):
             col = f"off_task_{key}"
@@ -158,7 +158,7 @@ def drift_vs_retention_figure(data: pd.DataFrame, colors: Mapping[str, str], run
             ax.set_xlabel(f"off-task {name} (nats/token)")
             ax.grid(alpha=0.25)
             ax.set_axisbelow(True)
-        names = " & ".join(F.metric_label(b) for b in retention)
+        names = " & ".join(figures.metric_label(b) for b in retention)
         axes[0].set_ylabel(f"mean retention change vs base\n({names}; ↑ less forgetting)")
         handles, labels = axes[0].get_legend_handles_labels()
         if handles:
@@ -169,9 +169,9 @@ def drift_vs_retention_figure(data: pd.DataFrame, colors: Mapping[str, str], run
 
 def state_nll_figure(metrics: pd.DataFrame, diag: pd.DataFrame, colors: Mapping[str, str], runs):
     """The init model's NLL of each run's training states per optimiser step, every run and seed on one axis."""
-    styles = F.SEED_STYLES
-    with F._rc():
-        fig = F._figure((8.0, 4.0))
+    styles = figures.SEED_STYLES
+    with figures._rc():
+        fig = figures._figure((8.0, 4.0))
         ax = fig.add_subplot()
         drawn, seeds = False, {}
         for run in [r for r in runs if r != BASE]:
@@ -182,7 +182,7 @@ def state_nll_figure(metrics: pd.DataFrame, diag: pd.DataFrame, colors: Mapping[
                     continue
                 y = s["state_nll"].astype(float)
                 ax.plot(s["step"], y, color=colors[run], alpha=0.25, lw=0.8)
-                ax.plot(s["step"], F._smooth(y, len(y)), color=colors[run], lw=1.8, ls=styles[k % len(styles)],
+                ax.plot(s["step"], figures._smooth(y, len(y)), color=colors[run], lw=1.8, ls=styles[k % len(styles)],
                         label=run if k == 0 else None)  # fmt: skip
                 seeds.setdefault(k, seed)
                 drawn = True
@@ -213,10 +213,10 @@ def write_diagnostics(diagnostics_dir, scores, metrics, models, benchmarks, rete
 
     norm = normalize_models(models)
     runs = run_order(norm)
-    colors = F.run_colors(runs)
+    colors = figures.run_colors(runs)
     diag = load_diagnostics(diagnostics_dir, norm)
     table = diagnostics_table(diag, changes_vs_base(scores, benchmarks, retention), norm, benchmarks)
     write_table(table, tables_dir)
-    F.save_figure(drift_vs_retention_figure(table.data, colors, runs, retention), figures_dir, FIGURES[0])
-    F.save_figure(state_nll_figure(metrics, diag, colors, runs), figures_dir, FIGURES[1])
+    figures.save_figure(drift_vs_retention_figure(table.data, colors, runs, retention), figures_dir, FIGURES[0])
+    figures.save_figure(state_nll_figure(metrics, diag, colors, runs), figures_dir, FIGURES[1])
     return table

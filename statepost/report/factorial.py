@@ -39,7 +39,7 @@ from statepost.io import DataError
 from . import load
 from .diagnostics import load_diagnostics
 from .figures import BASE_COLOR, FIGURE_FORMATS, _figure, _rc, save_figure
-from .statistics import paired_change, rss, satterthwaite, sem, t_isf
+from .statistics import mean_of_changes, paired_change, sem, t_isf
 from .tables import TABLE_FORMATS, Table, write_table
 
 STATE, SIGNAL = ("dataset", "learner"), ("nll", "teacher_kl")
@@ -162,17 +162,11 @@ class Scores:
             per_bench.setdefault(bench, c)  # a benchmark's primary metric comes first
             out[self.label(bench, metric)] = {"value": c["delta"], "se": c["uncertainty"], "df": c["df"]}
         if self.retention:
-            cs = [per_bench[b] for b in self.retention]
-            n = len(cs)
-            out["retention (mean)"] = {
-                "value": sum(c["delta"] for c in cs) / n,
-                "se": rss(*(c["uncertainty"] for c in cs)) / n,
-                "df": satterthwaite(*((c["uncertainty"] / n, c["df"]) for c in cs)),
-            }
+            mean = mean_of_changes([(c["delta"], c["uncertainty"], c["df"]) for c in map(per_bench.get, self.retention)])
+            out["retention (mean)"] = dict(zip(("value", "se", "df"), mean))
         per_seed = sum(w * self.drift[run] for run, w in weights.items())
         out["off-task drift"] = {"value": float(per_seed.mean()), "se": sem(per_seed), "df": len(per_seed) - 1.0}
         return out
-
 
     def per_seed(self, run: str) -> dict[str, np.ndarray]:
         """``{quantity label: per-seed change against base}`` of one run (drift: its per-seed KL)."""

@@ -111,6 +111,15 @@ def satterthwaite(*terms: tuple[float, float]) -> float:
     return float(num**2 / den) if den > 0 else float("inf")
 
 
+def mean_of_changes(changes) -> tuple[float, float, float]:
+    """``(value, uncertainty, df)`` of the mean of k independent changes, each ``(value, uncertainty, df)``: the
+    uncertainty is their root sum of squares over k, the df Welch-Satterthwaite's. How retention combines its
+    benchmarks, in a claim's ``retention_drop`` and in the factorial's effects alike."""
+    k = len(changes)
+    value = sum(v for v, _, _ in changes) / k
+    return value, rss(*(u for _, u, _ in changes)) / k, satterthwaite(*((u / k, df) for _, u, df in changes))
+
+
 def t_sf(x: float, df: float) -> float:
     """P(T > x) for Student's t with ``df`` degrees of freedom (the normal when df is infinite: a standard error
     known exactly)."""

@@ -33,10 +33,10 @@ from pathlib import Path
 
 from . import benchmarks as bench_facts
 from .io import ConfigError
+from .toyworld import toy_rows
 
 # Model names the DAG uses for things that are not runs, and rule names a run must not shadow.
 RESERVED = {"base", "all", "base_model", "evaluate", "report", "data", "teacher", "init"}
-from .toyworld import toy_rows
 
 # A learner prompt is "Question: {question}\nAnswer:" (statepost.gsm8k.format_prompt). Both tokenizers the
 # workflow uses (Qwen3's and the toy's, which copies its pre-tokenizer) split text into pre-tokens by Qwen's
@@ -67,7 +67,7 @@ def check_all(config: dict, explicit_roles=()) -> None:
 
 def references(config: dict) -> None:
     """Names that must name something: the splits every evaluation reads, a run's init, data, split and teacher;
-    run names not taken by the workflow; and the pairings a signal needs of its state source."""
+    and run names not taken by the workflow (a run's own pairings: :func:`run_entry`)."""
     benchmarks = config["benchmarks"]
     for name, bench in benchmarks.items():
         test_split, shot_split = bench_facts.get(name).eval_split, bench_facts.get(name).fewshot_split
